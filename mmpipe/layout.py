@@ -1,0 +1,103 @@
+"""Where every file of the pipeline lives, and the columns of every raw table.
+
+This is the contract between the world generator (or a user's own data), validation,
+and everything downstream. Paths inside tables are relative to the raw root
+(``data/raw``) and must stay inside it.
+
+Raw landing zone (``data/raw``, tracked by DVC through ``data.dvc``)::
+
+    pins.parquet           pin_id, image_path, title, description, created_at
+    boards.parquet         board_id, name, description, created_at
+    board_pins.parquet     board_id, pin_id, saved_at
+    users.parquet          user_id, country, signup_date
+    interactions.parquet   impression_id, user_id, pin_id, date, position, clicked
+    videos.parquet         video_id, video_path, title, duration_s, fps, created_at
+    moment_queries.parquet query_id, video_id, query, start_s, end_s
+    images/<pin_id>.jpg
+    videos/<video_id>.mp4
+    _truth/                ground truth, read only by eval code and tests
+
+Dates are ISO strings ``YYYY-MM-DD`` (daily partitions key on them).
+
+Derived data (``storage/``, outside the DVC-tracked ``data/``)::
+
+    validated/<table>.parquet
+    quarantine/<table>.parquet   one row per rejected input row (see QUARANTINE_COLUMNS)
+    frames/<video_id>.npy        uint8 [T, H, W, 3] sampled frames of one video
+    frames/index.parquet         video_id, frame_index, t_s, shot_id, is_blank
+    graph/neighbor_pairs.parquet pin_a, pin_b, board_id, source, split
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_COLUMNS: dict[str, list[str]] = {
+    "pins": ["pin_id", "image_path", "title", "description", "created_at"],
+    "boards": ["board_id", "name", "description", "created_at"],
+    "board_pins": ["board_id", "pin_id", "saved_at"],
+    "users": ["user_id", "country", "signup_date"],
+    "interactions": ["impression_id", "user_id", "pin_id", "date", "position", "clicked"],
+    "videos": ["video_id", "video_path", "title", "duration_s", "fps", "created_at"],
+    "moment_queries": ["query_id", "video_id", "query", "start_s", "end_s"],
+}
+RAW_TABLES = tuple(RAW_COLUMNS)
+
+# The column that identifies a row of each table (None: the row is identified by its pair).
+ID_COLUMN: dict[str, str | None] = {
+    "pins": "pin_id",
+    "boards": "board_id",
+    "board_pins": None,
+    "users": "user_id",
+    "interactions": "impression_id",
+    "videos": "video_id",
+    "moment_queries": "query_id",
+}
+
+QUARANTINE_COLUMNS = ["table", "row_index", "record_id", "source_file", "rule", "message"]
+
+# Ground-truth files the generator writes under data/raw/_truth/.
+TRUTH_FILES = {
+    "world": "world.json",  # seed, scale, days, cutoff date, attribute vocabulary, oracle AUC
+    "pin_objects": "pin_objects.parquet",  # pin_id, object_index, <attribute columns>, x, y, scale, rotation
+    "caption_attributes": "caption_attributes.parquet",  # pin_id, attribute, value (mentioned in text)
+    "board_themes": "board_themes.parquet",  # board_id, attribute, value
+    "board_saves": "board_saves.parquet",  # board_id, pin_id, on_theme
+    "user_affinities": "user_affinities.parquet",  # user_id, attribute, value, affinity
+    "impressions": "impressions.parquet",  # impression_id, p_click, is_cold_item
+    "video_objects": "video_objects.parquet",  # video_id, object_id, <attributes>, motion, start_s, end_s
+    "shots": "shots.parquet",  # video_id, shot_index, start_s, end_s, labels
+    "moments": "moments.parquet",  # query_id, video_id, object_id, start_s, end_s
+    "bad_records": "bad_records.parquet",  # table, row_index, record_id, defect
+}
+
+
+def raw_table_path(raw_root: Path, table: str) -> Path:
+    if table not in RAW_COLUMNS:
+        raise KeyError(f"unknown raw table {table!r}; expected one of {sorted(RAW_COLUMNS)}")
+    return Path(raw_root) / f"{table}.parquet"
+
+
+def truth_path(raw_root: Path, name: str) -> Path:
+    return Path(raw_root) / "_truth" / TRUTH_FILES[name]
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """Resolve a data-relative path, refusing anything that escapes ``root``.
+
+    >>> resolve_inside(Path("/data/raw"), "images/p1.jpg").as_posix()
+    '/data/raw/images/p1.jpg'
+    >>> resolve_inside(Path("/data/raw"), "../../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    ValueError: path '../../etc/passwd' escapes the data root
+    """
+    if not isinstance(relative, str) or not relative.strip():
+        raise ValueError(f"path {relative!r} is empty")
+    if Path(relative).is_absolute() or "\x00" in relative:
+        raise ValueError(f"path {relative!r} is absolute or malformed; data paths must be relative")
+    root_resolved = Path(root).resolve()
+    candidate = (root_resolved / relative).resolve()
+    if not candidate.is_relative_to(root_resolved):
+        raise ValueError(f"path {relative!r} escapes the data root")
+    return candidate

@@ -1,0 +1,60 @@
+"""Sizes and rates of the generated world, one preset per scale."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    scale: str = "small"
+    seed: int = 0
+    start_date: str = "2026-01-01"
+    n_days: int = 30
+    cold_days: int = 3  # pins of the last `cold_days` days are cold: few or no interactions
+    # pins, boards, users, clicks
+    n_pins: int = 5000
+    n_boards: int = 200
+    n_users: int = 500
+    n_impressions: int = 100_000
+    image_size: int = 96
+    max_objects_per_pin: int = 3
+    off_theme_rate: float = 0.10
+    typo_rate: float = 0.05
+    # videos
+    n_videos: int = 60
+    video_seconds: tuple[float, float] = (20.0, 40.0)
+    video_fps: int = 8
+    video_size: int = 96
+    queries_per_video: int = 3
+    # deliberately bad records, as a fraction of the rows of each table
+    bad_rate: float = 0.02
+
+    def replace(self, **changes) -> "WorldConfig":
+        return dataclasses.replace(self, **changes)
+
+
+SCALES: dict[str, WorldConfig] = {
+    "tiny": WorldConfig(
+        scale="tiny", n_days=10, cold_days=2, n_pins=200, n_boards=10, n_users=20,
+        n_impressions=2000, image_size=64, n_videos=4, video_seconds=(6.0, 10.0),
+        video_size=64, bad_rate=0.04,
+    ),
+    "small": WorldConfig(scale="small"),
+    "medium": WorldConfig(
+        scale="medium", n_days=60, cold_days=5, n_pins=100_000, n_boards=2000, n_users=10_000,
+        n_impressions=2_000_000, n_videos=2000, video_seconds=(20.0, 60.0),
+    ),
+    "large": WorldConfig(
+        scale="large", n_days=90, cold_days=7, n_pins=1_000_000, n_boards=20_000,
+        n_users=100_000, n_impressions=20_000_000, image_size=128, n_videos=10_000,
+        video_seconds=(20.0, 60.0), video_size=128,
+    ),
+}
+
+
+def world_config(scale: str = "small", **overrides) -> WorldConfig:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
+    return SCALES[scale].replace(**overrides)
