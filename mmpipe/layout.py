@@ -13,6 +13,7 @@ Raw landing zone (``data/raw``, tracked by DVC through ``data.dvc``)::
     interactions.parquet   impression_id, user_id, pin_id, date, position, clicked
     videos.parquet         video_id, video_path, title, duration_s, fps, created_at
     moment_queries.parquet query_id, video_id, query, start_s, end_s
+    manifest.json          what the delivery declares: producer, start_date, end_date, row counts
     images/<pin_id>.jpg
     videos/<video_id>.mp4
     _truth/                ground truth, read only by eval code and tests
@@ -25,11 +26,13 @@ Derived data (``storage/``, outside the DVC-tracked ``data/``)::
     quarantine/<table>.parquet   one row per rejected input row (see QUARANTINE_COLUMNS)
     frames/<video_id>.npy        uint8 [T, H, W, 3] sampled frames of one video
     frames/index.parquet         video_id, frame_index, t_s, shot_id, is_blank
+    frames/shots.parquet         detected shots with frame-exact boundaries
     graph/neighbor_pairs.parquet pin_a, pin_b, board_id, source, split
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 RAW_COLUMNS: dict[str, list[str]] = {
@@ -54,6 +57,8 @@ ID_COLUMN: dict[str, str | None] = {
     "moment_queries": "query_id",
 }
 
+MANIFEST_FILE = "manifest.json"
+
 QUARANTINE_COLUMNS = ["table", "row_index", "record_id", "source_file", "rule", "message"]
 
 # Ground-truth files the generator writes under data/raw/_truth/.
@@ -76,6 +81,25 @@ def raw_table_path(raw_root: Path, table: str) -> Path:
     if table not in RAW_COLUMNS:
         raise KeyError(f"unknown raw table {table!r}; expected one of {sorted(RAW_COLUMNS)}")
     return Path(raw_root) / f"{table}.parquet"
+
+
+def write_manifest(raw_root: Path, manifest: dict) -> Path:
+    path = Path(raw_root) / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def declared_date_window(raw_root: Path) -> tuple[str | None, str | None]:
+    """The [start_date, end_date] a delivery's manifest declares, or (None, None) without one.
+
+    Rows dated outside the declared window are data errors (clock skew, backfills gone
+    wrong), so validation quarantines them.
+    """
+    path = Path(raw_root) / MANIFEST_FILE
+    if not path.exists():
+        return None, None
+    manifest = json.loads(path.read_text())
+    return manifest.get("start_date"), manifest.get("end_date")
 
 
 def truth_path(raw_root: Path, name: str) -> Path:

@@ -1,0 +1,52 @@
+# Quick start: `make run` (the whole asset graph on the generated small world), `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SCALE ?= small
+SEED ?= 0
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export GX_ANALYTICS_ENABLED := False
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run world version materialize test ui clean
+
+setup: $(VENV)/.installed
+
+# torch comes first, pinned: the CPU wheel on disk. A looser requirement pulls CUDA builds.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@# DVC pulls hydra-core, which pins antlr4 4.9; Dagster's asset-selection parser needs 4.13.
+	@# DVC only needs antlr through hydra's `dvc exp run -S` composition, which we do not use.
+	$(BIN)/pip install -q antlr4-python3-runtime==4.13.2 2>&1 | grep -v "requires antlr4" || true
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+run: setup world version materialize
+
+world: setup
+	$(BIN)/mmpipe world generate --scale $(SCALE) --seed $(SEED) --out data/raw
+
+# Version the landing zone with DVC and push it to the local remote (.dvc_remote/).
+version: setup
+	$(BIN)/dvc add -q data
+	$(BIN)/dvc push -q
+
+materialize: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize --select '*' -m orchestration.definitions
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+ui: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf storage .dagster_home

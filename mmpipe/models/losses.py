@@ -1,0 +1,88 @@
+"""Contrastive losses for PinCLIP, after open_clip's ``ClipLoss``.
+
+Both losses are symmetric InfoNCE with in-batch negatives and take the logit scale as a
+multiplier (``exp`` of the model's learned log-scale), which ``clamp_logit_scale_`` keeps
+at most ln(100) after every optimizer step, as open_clip does: an unbounded scale makes
+the softmax one-hot and training unstable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+MAX_LOGIT_SCALE = math.log(100)
+
+
+def gather_features(features: torch.Tensor) -> torch.Tensor:
+    """All ranks' features concatenated in rank order; one process gets ``features`` back.
+
+    ``all_gather`` returns tensors without a gradient, so the local tensor is put back in
+    place of its gathered copy: every rank then computes the full-batch loss with exact
+    gradients for its own rows (open_clip's ``gather_features`` with ``local_loss=False``,
+    ``gather_with_grad=False``); DDP's gradient averaging does the rest.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features
+    gathered = [torch.zeros_like(features) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, features.contiguous())
+    gathered[dist.get_rank()] = features
+    return torch.cat(gathered)
+
+
+class ClipLoss(nn.Module):
+    """Symmetric InfoNCE between image i and text i, every other text/image a negative.
+
+    Under ``torch.distributed`` the negatives come from every rank; in one process the
+    same code is the plain in-batch loss.
+    """
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:
+        image_features = gather_features(image_features)
+        text_features = gather_features(text_features)
+        logits_per_image = logit_scale * image_features @ text_features.T
+        labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+        return (F.cross_entropy(logits_per_image, labels)
+                + F.cross_entropy(logits_per_image.T, labels)) / 2
+
+
+class NeighborAlignmentLoss(nn.Module):
+    """Symmetric InfoNCE pulling the fused embeddings of neighbor pins a_i and b_i together.
+
+    ``false_negative_mask[i, j]`` (bool [B, B]) marks pair j as a neighbor of pair i too
+    (a shared board, or a shared pin): a_i-b_j and b_j-a_i are then dropped from the
+    softmax denominators instead of being pushed apart. The diagonal is the positive and is
+    always kept, whatever the mask says. Negatives are local to the batch because the
+    mask is.
+    """
+
+    def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, logit_scale: torch.Tensor,
+                false_negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = logit_scale * emb_a @ emb_b.T
+        if false_negative_mask is not None:
+            off_diagonal = ~torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+            excluded = false_negative_mask.to(logits.device).bool() & off_diagonal
+            logits = logits.masked_fill(excluded, float("-inf"))
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        # The mask is read per row for a->b and per column for b->a: masked_fill before
+        # the transpose applies mask[i, j] to the (a_i, b_j) logit in both directions.
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@torch.no_grad()
+def clamp_logit_scale_(model: nn.Module, max_logit_scale: float | None = None) -> None:
+    """Clamp every ``*logit_scale`` parameter of ``model`` to [0, max] in place.
+
+    ``max_logit_scale`` defaults to ``model.config.max_logit_scale`` when the model has
+    one, else ln(100). Call it after each optimizer step.
+    """
+    if max_logit_scale is None:
+        max_logit_scale = getattr(getattr(model, "config", None), "max_logit_scale", MAX_LOGIT_SCALE)
+    for name, param in model.named_parameters():
+        if name.split(".")[-1].endswith("logit_scale"):
+            param.clamp_(0, max_logit_scale)

@@ -1,0 +1,310 @@
+"""PinCLIP: a ViT image tower, a cached pretrained text tower, and a fusion transformer.
+
+Three embeddings of the same dimension come out, all L2-normalised, so retrieval can use
+any of them:
+
+* ``image_emb``: mean of the ViT patch tokens, projected;
+* ``text_emb``: the frozen text tower's cached token states through a small trainable
+  adapter (the tower cannot move, so the adapter is what aligns text to images), pooled
+  over real tokens and projected;
+* ``fused_emb``: learned fusion queries cross-attend over [image tokens ; text tokens]
+  (Q-Former / Perceiver style) and are pooled. Padding tokens are masked out of the keys;
+  a pin with no text still has its image tokens, so cold pins without captions get a
+  fused embedding from the image alone.
+
+Image-text alignment (``ClipLoss``) trains the towers; neighbor alignment between fused
+embeddings of pins that share a board trains the fusion (see ``losses.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import ViTConfig, ViTModel
+
+
+@dataclass(frozen=True)
+class PinCLIPConfig:
+    # Image tower: a transformers ViT built from these numbers (8x8 patches at 96 px).
+    # The defaults train at ~0.5 s per 128-image step on two CPU cores: on a fixed CPU
+    # budget more steps beat more width, and the generated world's shapes, colours and
+    # patterns need no more.
+    image_size: int = 96
+    patch_size: int = 12
+    vit_width: int = 128
+    vit_depth: int = 4
+    vit_heads: int = 4
+    vit_mlp: int = 512
+    # A local ViTModel directory whose weights replace the random init; its config must
+    # match the numbers above (see ``with_pretrained_image_tower``).
+    image_tower_path: str | None = None
+    # Text side: hidden states of a pretrained tower (all-MiniLM-L6-v2: 384 wide).
+    text_hidden_size: int = 384
+    text_trainable_layers: int = 0  # 0 = frozen tower; N > 0 tunes its top N layers live
+    text_adapter_depth: int = 1  # trainable self-attention blocks over the tower's tokens
+    # Fusion transformer: learned queries over [image tokens ; text tokens].
+    fusion_width: int = 128
+    fusion_depth: int = 2
+    fusion_heads: int = 4
+    fusion_mlp: int = 512
+    n_fusion_queries: int = 8
+    embed_dim: int = 128
+    dropout: float = 0.0
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = math.log(100)
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of "
+                             f"patch_size {self.patch_size}")
+        for width, heads, name in [(self.vit_width, self.vit_heads, "vit"),
+                                   (self.fusion_width, self.fusion_heads, "fusion")]:
+            if width % heads:
+                raise ValueError(f"{name} width {width} is not divisible by its {heads} heads")
+        if self.text_trainable_layers < 0 or self.n_fusion_queries < 1:
+            raise ValueError("text_trainable_layers must be >= 0 and n_fusion_queries >= 1")
+
+    @classmethod
+    def tiny(cls, **overrides) -> PinCLIPConfig:
+        """A model that runs in milliseconds, for tests."""
+        sizes = dict(image_size=32, patch_size=8, vit_width=32, vit_depth=2, vit_heads=2, vit_mlp=64,
+                     text_hidden_size=32, fusion_width=32, fusion_depth=1, fusion_heads=2,
+                     fusion_mlp=64, n_fusion_queries=4, embed_dim=16)
+        return cls(**{**sizes, **overrides})
+
+    def vit_config(self) -> ViTConfig:
+        return ViTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=3,
+            hidden_size=self.vit_width,
+            num_hidden_layers=self.vit_depth,
+            num_attention_heads=self.vit_heads,
+            intermediate_size=self.vit_mlp,
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
+        )
+
+    def with_pretrained_image_tower(self, path: Path) -> PinCLIPConfig:
+        """This config with the ViT sizes read from a local pretrained ViT directory."""
+        vit = ViTConfig.from_pretrained(str(path), local_files_only=True)
+        return replace(self, image_size=vit.image_size, patch_size=vit.patch_size,
+                       vit_width=vit.hidden_size, vit_depth=vit.num_hidden_layers,
+                       vit_heads=vit.num_attention_heads, vit_mlp=vit.intermediate_size,
+                       image_tower_path=str(path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PinCLIPConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown PinCLIPConfig fields {unknown}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+class PinCLIPOutput(NamedTuple):
+    image_emb: torch.Tensor  # [B, E], unit norm
+    text_emb: torch.Tensor  # [B, E], unit norm
+    fused_emb: torch.Tensor  # [B, E], unit norm
+    logit_scale: torch.Tensor  # scalar multiplier (exp of the learned log-scale) for ClipLoss
+    neighbor_logit_scale: torch.Tensor  # same, for NeighborAlignmentLoss
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries ``x`` over ``context`` with a key padding mask."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                key_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, n_query, width = x.shape
+        head_dim = width // self.heads
+        q = self.query(x).view(batch, n_query, self.heads, head_dim).transpose(1, 2)
+        k, v = self.key_value(context).view(batch, -1, 2, self.heads, head_dim).unbind(2)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, n_query, width))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(self, width: int, heads: int, mlp: int, dropout: float, cross_attention: bool = False):
+        super().__init__()
+        self.ln_self = nn.LayerNorm(width)
+        self.self_attn = Attention(width, heads, dropout)
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.ln_query = nn.LayerNorm(width)
+            self.ln_context = nn.LayerNorm(width)
+            self.cross_attn = Attention(width, heads, dropout)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Linear(mlp, width),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x, x_mask=None, context=None, context_mask=None) -> torch.Tensor:
+        h = self.ln_self(x)
+        x = x + self.self_attn(h, h, x_mask)
+        if self.cross_attention:
+            x = x + self.cross_attn(self.ln_query(x), self.ln_context(context), context_mask)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+def _attendable(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` with all-padding rows opened up: softmax over no keys is NaN, and those
+    rows' outputs are never read (pooling and fusion mask them again)."""
+    return mask | ~mask.any(dim=1, keepdim=True)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class PinCLIP(nn.Module):
+    def __init__(self, config: PinCLIPConfig, text_model: nn.Module | None = None):
+        """``text_model`` (the pretrained text tower) is needed only when
+        ``config.text_trainable_layers > 0``: its top layers are copied in and tuned."""
+        super().__init__()
+        self.config = config
+        c = config
+
+        self.image_tower = ViTModel(c.vit_config(), add_pooling_layer=False)
+        if c.image_tower_path is not None:
+            self._load_pretrained_image_tower(Path(c.image_tower_path))
+        self.image_proj = nn.Linear(c.vit_width, c.embed_dim, bias=False)
+        self.image_to_fusion = nn.Linear(c.vit_width, c.fusion_width)
+
+        self.text_top_layers = nn.ModuleList()
+        self._text_tower_config = None
+        if c.text_trainable_layers > 0:
+            if text_model is None:
+                raise ValueError("text_trainable_layers > 0 needs the pretrained text_model "
+                                 "to copy its top layers from")
+            if text_model.config.hidden_size != c.text_hidden_size:
+                raise ValueError(f"text model is {text_model.config.hidden_size} wide, "
+                                 f"config says {c.text_hidden_size}")
+            layers = text_model.encoder.layer
+            if c.text_trainable_layers > len(layers):
+                raise ValueError(f"text model has {len(layers)} layers, "
+                                 f"cannot tune {c.text_trainable_layers}")
+            top = layers[-c.text_trainable_layers:]
+            self.text_top_layers = nn.ModuleList(copy.deepcopy(layer) for layer in top)
+            self.text_top_layers.requires_grad_(True)
+            self._text_tower_config = text_model.config
+        self.text_in = nn.Linear(c.text_hidden_size, c.fusion_width)
+        self.text_adapter = nn.ModuleList(
+            Block(c.fusion_width, c.fusion_heads, c.fusion_mlp, c.dropout)
+            for _ in range(c.text_adapter_depth)
+        )
+        self.text_ln = nn.LayerNorm(c.fusion_width)
+        self.text_proj = nn.Linear(c.fusion_width, c.embed_dim, bias=False)
+
+        # Tells the fusion queries which tokens are pixels and which are words.
+        self.modality_embedding = nn.Parameter(torch.randn(2, c.fusion_width) * 0.02)
+        self.fusion_queries = nn.Parameter(torch.randn(c.n_fusion_queries, c.fusion_width) * 0.02)
+        self.fusion = nn.ModuleList(
+            Block(c.fusion_width, c.fusion_heads, c.fusion_mlp, c.dropout, cross_attention=True)
+            for _ in range(c.fusion_depth)
+        )
+        self.fusion_ln = nn.LayerNorm(c.fusion_width)
+        self.fusion_proj = nn.Linear(c.fusion_width, c.embed_dim, bias=False)
+
+        # Separate temperatures: board neighbors are a looser notion of "same" than a pin
+        # and its own caption, so the neighbor loss may settle on a softer one.
+        self.logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
+        self.neighbor_logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on matrices only, never on biases, norms or the
+        logit scales (decaying a temperature towards 1 would fight the loss)."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+
+    def _load_pretrained_image_tower(self, path: Path) -> None:
+        pretrained = ViTModel.from_pretrained(str(path), add_pooling_layer=False, local_files_only=True)
+        mine, theirs = self.image_tower.config, pretrained.config
+        for key in ("image_size", "patch_size", "hidden_size", "num_hidden_layers",
+                    "num_attention_heads", "intermediate_size"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise ValueError(f"pretrained ViT at {path} has {key}={getattr(theirs, key)}, "
+                                 f"config says {getattr(mine, key)}; build the config with "
+                                 "with_pretrained_image_tower()")
+        self.image_tower.load_state_dict(pretrained.state_dict())
+
+    def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixels float [B, 3, S, S] (normalised) -> (fusion tokens [B, 1+P, W_f], emb [B, E])."""
+        # [CLS ; patches], the ViT's final LayerNorm applied.
+        states = self.image_tower(pixel_values=pixels).last_hidden_state
+        # Mean of patch tokens rather than CLS: a ViT trained from scratch on a few thousand
+        # images learns a usable average long before a usable CLS token.
+        emb = F.normalize(self.image_proj(states[:, 1:].mean(1)), dim=-1)
+        tokens = self.image_to_fusion(states) + self.modality_embedding[0]
+        return tokens, emb
+
+    def encode_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached tower states [B, L, H], mask bool [B, L] -> (fusion tokens [B, L, W_f], emb [B, E])."""
+        mask = mask.bool()
+        keys = _attendable(mask)
+        x = self.text_in(self.text_tower_top(hidden, keys))
+        for block in self.text_adapter:
+            x = block(x, keys)
+        x = self.text_ln(x)
+        emb = F.normalize(self.text_proj(masked_mean(x, mask)), dim=-1)
+        return x + self.modality_embedding[1], emb
+
+    def text_tower_top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The tuned top layers of the text tower over the cached states below them
+        (identity when the tower is frozen): together, exactly the tower's final states."""
+        hidden = hidden.to(self.text_in.weight.dtype)
+        if not len(self.text_top_layers):
+            return hidden
+        from transformers.masking_utils import create_bidirectional_mask
+
+        tower_mask = create_bidirectional_mask(config=self._text_tower_config, inputs_embeds=hidden,
+                                               attention_mask=mask.long())
+        for layer in self.text_top_layers:
+            hidden = layer(hidden, tower_mask)
+        return hidden
+
+    def fuse(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
+             text_mask: torch.Tensor) -> torch.Tensor:
+        """Fused embedding [B, E]. Text is optional per pin: an all-False ``text_mask`` row
+        leaves only the image tokens as keys, and the result is exactly image-only fusion."""
+        context = torch.cat([image_tokens, text_tokens], dim=1)
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)
+        context_mask = torch.cat([image_mask, text_mask.bool()], dim=1)
+        queries = self.fusion_queries.expand(image_tokens.shape[0], -1, -1)
+        for block in self.fusion:
+            queries = block(queries, None, context, context_mask)
+        return F.normalize(self.fusion_proj(self.fusion_ln(queries).mean(1)), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, text_hidden: torch.Tensor,
+                text_mask: torch.Tensor) -> PinCLIPOutput:
+        image_tokens, image_emb = self.encode_image(pixels)
+        text_tokens, text_emb = self.encode_text(text_hidden, text_mask)
+        fused_emb = self.fuse(image_tokens, text_tokens, text_mask)
+        return PinCLIPOutput(image_emb, text_emb, fused_emb,
+                             self.logit_scale.exp(), self.neighbor_logit_scale.exp())

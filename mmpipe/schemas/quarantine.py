@@ -1,0 +1,119 @@
+"""Splitting a table into valid rows and quarantine records, and writing both.
+
+Every check, tabular or media, reports ``Issue``s: a row, the rule it broke and a message.
+``split_rows`` turns the issues of a table into exactly one quarantine record per rejected
+row, and keeps every other row as valid, so that rows in = valid + quarantined, always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mmpipe.io import write_parquet_atomic
+from mmpipe.layout import ID_COLUMN, QUARANTINE_COLUMNS
+
+ROW_INDEX = "row_index"
+
+
+@dataclass(frozen=True)
+class Issue:
+    row_index: int
+    column: str | None  # None: the rule spans several columns
+    rule: str
+    message: str
+
+
+@dataclass
+class ValidationResult:
+    table: str
+    valid: pd.DataFrame  # validated rows, original columns typed, plus row_index
+    quarantine: pd.DataFrame  # QUARANTINE_COLUMNS, one record per rejected row
+    n_in: int
+
+    def check_invariant(self) -> None:
+        """Raise unless every input row is in exactly one of valid and quarantine."""
+        valid_rows = self.valid[ROW_INDEX].tolist()
+        rejected_rows = self.quarantine[ROW_INDEX].tolist()
+        problems = []
+        if len(valid_rows) + len(rejected_rows) != self.n_in:
+            problems.append(f"{self.n_in} rows in but {len(valid_rows)} valid + {len(rejected_rows)} quarantined")
+        if len(set(valid_rows)) != len(valid_rows) or len(set(rejected_rows)) != len(rejected_rows):
+            problems.append("a row_index appears twice on one side")
+        in_both = set(valid_rows) & set(rejected_rows)
+        if in_both:
+            problems.append(f"rows both valid and quarantined: {sorted(in_both)[:10]}")
+        missing = set(range(self.n_in)) - set(valid_rows) - set(rejected_rows)
+        if missing:
+            problems.append(f"rows neither valid nor quarantined: {sorted(missing)[:10]}")
+        if problems:
+            raise AssertionError(f"{self.table}: " + "; ".join(problems))
+
+    def rule_counts(self) -> dict[str, int]:
+        """Quarantined rows per (first) rule, most frequent first."""
+        return {str(rule): int(n) for rule, n in self.quarantine["rule"].value_counts().items()}
+
+
+def record_ids(table: str, frame: pd.DataFrame) -> pd.Series:
+    """The id a person would search for: the id column, or ``board_id:pin_id`` for a save."""
+    id_column = ID_COLUMN[table]
+    if id_column is not None:
+        ids = frame[id_column]
+    else:
+        ids = frame["board_id"].astype("string") + ":" + frame["pin_id"].astype("string")
+    return ids.astype("string")
+
+
+def empty_quarantine() -> pd.DataFrame:
+    return pd.DataFrame({
+        "table": pd.Series(dtype="string"),
+        ROW_INDEX: pd.Series(dtype="int64"),
+        "record_id": pd.Series(dtype="string"),
+        "source_file": pd.Series(dtype="string"),
+        "rule": pd.Series(dtype="string"),
+        "message": pd.Series(dtype="string"),
+    })[QUARANTINE_COLUMNS]
+
+
+def quarantine_records(table: str, frame: pd.DataFrame, issues: list[Issue], column_order: list[str]) -> pd.DataFrame:
+    """One record per row with issues: the first rule (in column order, then rules spanning
+    columns) names it, the message lists every issue of the row."""
+    if not issues:
+        return empty_quarantine()
+    position = {column: i for i, column in enumerate(column_order)}
+    ranked = pd.DataFrame(
+        [(issue.row_index, position.get(issue.column, len(position)), n, issue.rule, issue.message)
+         for n, issue in enumerate(issues)],
+        columns=[ROW_INDEX, "column_rank", "found", "rule", "message"],
+    )
+    ranked = ranked.sort_values([ROW_INDEX, "column_rank", "found"]).drop_duplicates([ROW_INDEX, "rule", "message"])
+    per_row = ranked.groupby(ROW_INDEX, sort=True).agg(rule=("rule", "first"), message=("message", "; ".join))
+    ids = record_ids(table, frame).reindex(per_row.index)
+    records = pd.DataFrame({
+        "table": table,
+        ROW_INDEX: per_row.index.astype("int64"),
+        "record_id": ids.to_numpy(),
+        "source_file": f"{table}.parquet",
+        "rule": per_row["rule"].to_numpy(),
+        "message": per_row["message"].to_numpy(),
+    })
+    return records.astype(empty_quarantine().dtypes.to_dict())[QUARANTINE_COLUMNS]
+
+
+def write_result(result: ValidationResult, out_dir: Path) -> dict:
+    """Write ``validated/<table>.parquet`` and ``quarantine/<table>.parquet`` under ``out_dir``,
+    each atomically (a reader sees the old file or the new one, never half of one)."""
+    result.check_invariant()
+    out_dir = Path(out_dir)
+    valid_path = write_parquet_atomic(result.valid, out_dir / "validated" / f"{result.table}.parquet")
+    quarantine_path = write_parquet_atomic(result.quarantine, out_dir / "quarantine" / f"{result.table}.parquet")
+    return {
+        "table": result.table,
+        "rows_in": result.n_in,
+        "rows_valid": len(result.valid),
+        "rows_quarantined": len(result.quarantine),
+        "validated_path": str(valid_path),
+        "quarantine_path": str(quarantine_path),
+    }

@@ -1,0 +1,313 @@
+"""Validate the raw tables: every row ends up valid, or quarantined with every reason.
+
+A table is checked by its pandera model (``tables``), plus the checks that need the
+validated parent tables or the accepted date window, plus its media files
+(``media_checks``). Children are checked against *validated* parents, so a save of a
+quarantined pin is itself quarantined: nothing downstream can reach a bad record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from mmpipe.layout import ID_COLUMN, RAW_COLUMNS, RAW_TABLES, declared_date_window, raw_table_path
+from mmpipe.schemas.media_checks import check_images, check_videos
+from mmpipe.schemas.quarantine import (
+    ROW_INDEX,
+    Issue,
+    ValidationResult,
+    quarantine_records,
+    write_result,
+)
+from mmpipe.schemas.tables import (
+    BoardPinsModel,
+    BoardsModel,
+    InteractionsModel,
+    MomentQueriesModel,
+    PinsModel,
+    UsersModel,
+    VideosModel,
+    date_window,
+    explain,
+    known_ids,
+    real_numbers,
+    with_runtime_checks,
+    within_video,
+)
+from mmpipe.schemas.text_checks import garbled_reason
+
+__all__ = [
+    "VALIDATION_PARENTS", "ValidationResult", "validate_board_pins", "validate_boards",
+    "validate_interactions", "validate_moment_queries", "validate_pins", "validate_table",
+    "validate_users", "validate_videos", "validate_world", "write_result",
+]
+
+# The validated tables each table's references are checked against (dependency order).
+VALIDATION_PARENTS: dict[str, tuple[str, ...]] = {
+    "pins": (),
+    "boards": (),
+    "board_pins": ("pins", "boards"),
+    "users": (),
+    "interactions": ("users", "pins"),
+    "videos": (),
+    "moment_queries": ("videos",),
+}
+
+_SHOWN_CHARS = 60
+
+
+# -----------------------------------------------------------------------------
+# pandera failure cases -> issues
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _row_message(column: str, check_name: str, explanation: str, value) -> str:
+    """``column=value explanation``, short enough for a log line."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if check_name == "not_garbled":
+        # the text itself would garble the log too: show its start escaped
+        return f"{column} (starting {ascii(str(value)[:20])}) {explanation}: {garbled_reason(str(value))}"
+    if _missing(value):
+        return f"{column} {explanation}"
+    if isinstance(value, str) and len(value) > _SHOWN_CHARS:
+        return f"{column} ({len(value)} chars, starting {value[:30]!r}) {explanation}"
+    return f"{column}={value!r} {explanation}"
+
+
+def _checks_by_identifier(schema: pa.DataFrameSchema) -> dict[tuple[str | None, str], pa.Check]:
+    """pandera names a failed check by its ``error`` (or its name): map that back to the check."""
+    found = {}
+    for column_name, column in schema.columns.items():
+        for check in column.checks:
+            found[(column_name, check.error or check.name)] = check
+    for check in schema.checks:
+        found[(None, check.error or check.name)] = check
+    return found
+
+
+def _failed_check(identifier: str, column: str | None, checks) -> tuple[str, dict]:
+    """The check's name and the statistics its explanation needs."""
+    if identifier.startswith(("coerce_dtype(", "dtype(")):
+        return "dtype", {"dtype": identifier.split("'")[1] if "'" in identifier else identifier}
+    check = checks.get((column, identifier))
+    if check is None:  # pandera's own checks (not_nullable, ...) are not Check objects
+        return identifier, {}
+    return check.name, check.statistics
+
+
+def schema_issues(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> list[Issue]:
+    """Every failure of ``schema`` on ``frame``, one issue per (row, check).
+
+    Failures without a row (``index`` None) concern a whole column; a column whose type
+    coercion failed row by row also reports itself as a whole, which the row-level failures
+    already explain. Any other whole-column failure is charged to every row.
+    """
+    try:
+        schema.validate(frame, lazy=True)
+        return []
+    except pa.errors.SchemaErrors as errors:
+        failures = errors.failure_cases
+    checks = _checks_by_identifier(schema)
+    columns_failing_per_row = set(failures.loc[failures["index"].notna(), "column"])
+    issues = []
+    for failure in failures.itertuples(index=False):
+        spans_columns = failure.schema_context == "DataFrameSchema"
+        column = None if spans_columns else failure.column
+        check_name, statistics = _failed_check(str(failure.check), column, checks)
+        rule = check_name if spans_columns else f"{column}.{check_name}"
+        explanation = explain(check_name, statistics)
+
+        if failure.index is None or pd.isna(failure.index):
+            if check_name == "dtype" and failure.column in columns_failing_per_row:
+                continue
+            message = f"the whole column {failure.column!r} fails: {explanation} ({failure.failure_case})"
+            issues += [Issue(int(row), column, rule, message) for row in frame[ROW_INDEX]]
+            continue
+
+        row = int(failure.index)
+        if spans_columns:
+            issues.append(Issue(row, None, rule, explanation))
+            continue
+        value = frame.at[row, column]
+        if check_name == "not_nullable" and not _missing(value):
+            # the parser emptied a value that is not a number: a type problem, not a gap
+            check_name, rule = "dtype", f"{column}.dtype"
+            explanation = explain("dtype", {"dtype": str(schema.columns[column].dtype)})
+        elif check_name == "dtype" and _missing(value):
+            continue  # reported as missing
+        issues.append(Issue(row, column, rule, _row_message(column, check_name, explanation, value)))
+    return issues
+
+
+# -----------------------------------------------------------------------------
+# media files -> issues
+
+
+def _image_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
+    rows = frame[frame["image_path"].notna()]
+    problems = check_images(raw_root, rows["image_path"].astype(str))
+    return [Issue(row, "image_path", p.rule, p.message) for row, p in zip(rows[ROW_INDEX], problems) if p]
+
+
+def _video_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
+    rows = frame[frame["video_path"].notna()]
+    durations = [None if pd.isna(d) else float(d) for d in real_numbers(rows["duration_s"])]
+    problems = check_videos(raw_root, rows["video_path"].astype(str), durations)
+    return [Issue(row, "video_path", p.rule, p.message) for row, p in zip(rows[ROW_INDEX], problems) if p]
+
+
+# -----------------------------------------------------------------------------
+# one table
+
+
+def _numbered(table: str, raw: pd.DataFrame) -> pd.DataFrame:
+    """The raw rows with their position in the raw file as ``row_index``."""
+    missing = [column for column in RAW_COLUMNS[table] if column not in raw.columns]
+    if missing:
+        raise ValueError(f"{table}: the raw table lacks columns {missing}; expected {RAW_COLUMNS[table]}")
+    frame = raw.reset_index(drop=True)
+    frame[ROW_INDEX] = pd.RangeIndex(len(frame), dtype="int64")
+    return frame
+
+
+def _validate(
+    table: str,
+    raw: pd.DataFrame,
+    schema: pa.DataFrameSchema,
+    media_issues: Callable[[pd.DataFrame], list[Issue]] | None = None,
+) -> ValidationResult:
+    frame = _numbered(table, raw)
+    issues = schema_issues(schema, frame)
+    if media_issues is not None:
+        issues += media_issues(frame)
+    quarantine = quarantine_records(table, frame, issues, RAW_COLUMNS[table])
+    kept = frame[~frame[ROW_INDEX].isin(quarantine[ROW_INDEX])]
+    try:
+        # Validating the kept rows again gives them their types, and proves the split right.
+        valid = schema.validate(kept, lazy=True).reset_index(drop=True)
+    except pa.errors.SchemaErrors as errors:
+        raise RuntimeError(f"{table}: rows judged valid fail the schema:\n{errors.failure_cases}") from errors
+    result = ValidationResult(table=table, valid=valid, quarantine=quarantine, n_in=len(frame))
+    result.check_invariant()
+    return result
+
+
+def _latest_date(max_date: str | None) -> str:
+    """Dates after ``max_date`` are rejected; by default, dates in the future (UTC)."""
+    return max_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def validate_pins(
+    raw: pd.DataFrame, raw_root: Path, min_date: str | None = None, max_date: str | None = None
+) -> ValidationResult:
+    schema = with_runtime_checks(PinsModel, {"created_at": [date_window(min_date, _latest_date(max_date))]})
+    return _validate("pins", raw, schema, lambda frame: _image_issues(frame, Path(raw_root)))
+
+
+def validate_boards(raw: pd.DataFrame) -> ValidationResult:
+    return _validate("boards", raw, with_runtime_checks(BoardsModel))
+
+
+def validate_board_pins(raw: pd.DataFrame, valid_pin_ids: Iterable[str], valid_board_ids: Iterable[str]) -> ValidationResult:
+    schema = with_runtime_checks(BoardPinsModel, {
+        "board_id": [known_ids(valid_board_ids, "boards")],
+        "pin_id": [known_ids(valid_pin_ids, "pins")],
+    })
+    return _validate("board_pins", raw, schema)
+
+
+def validate_users(raw: pd.DataFrame) -> ValidationResult:
+    return _validate("users", raw, with_runtime_checks(UsersModel))
+
+
+def validate_interactions(
+    raw: pd.DataFrame,
+    valid_user_ids: Iterable[str],
+    valid_pin_ids: Iterable[str],
+    min_date: str | None = None,
+    max_date: str | None = None,
+) -> ValidationResult:
+    schema = with_runtime_checks(InteractionsModel, {
+        "user_id": [known_ids(valid_user_ids, "users")],
+        "pin_id": [known_ids(valid_pin_ids, "pins")],
+        "date": [date_window(min_date, _latest_date(max_date))],
+    })
+    return _validate("interactions", raw, schema)
+
+
+def validate_videos(raw: pd.DataFrame, raw_root: Path) -> ValidationResult:
+    """Decodes every frame of every video: cheap at the sizes this pipeline handles."""
+    return _validate("videos", raw, with_runtime_checks(VideosModel), lambda frame: _video_issues(frame, Path(raw_root)))
+
+
+def validate_moment_queries(raw: pd.DataFrame, valid_videos: pd.DataFrame) -> ValidationResult:
+    schema = with_runtime_checks(
+        MomentQueriesModel,
+        {"video_id": [known_ids(valid_videos["video_id"], "videos")]},
+        [within_video(valid_videos)],
+    )
+    return _validate("moment_queries", raw, schema)
+
+
+# -----------------------------------------------------------------------------
+# the whole raw landing zone
+
+
+def validate_table(
+    table: str,
+    raw_root: Path,
+    parents: dict[str, pd.DataFrame],
+    min_date: str | None = None,
+    max_date: str | None = None,
+) -> ValidationResult:
+    """Validate ``raw_root/<table>.parquet``; ``parents`` holds the validated tables named
+    in ``VALIDATION_PARENTS[table]``. Dates of pins and interactions must lie within
+    [min_date, max_date]; when neither is given, the window the delivery's manifest
+    declares (without a manifest: any date not in the future)."""
+    if min_date is None and max_date is None:
+        min_date, max_date = declared_date_window(raw_root)
+    absent = [parent for parent in VALIDATION_PARENTS[table] if parent not in parents]
+    if absent:
+        raise ValueError(f"validating {table} needs the validated {absent} tables")
+    raw_root = Path(raw_root)
+    raw = pd.read_parquet(raw_table_path(raw_root, table))
+
+    def ids(parent: str) -> set[str]:
+        return set(parents[parent][ID_COLUMN[parent]])
+
+    if table == "pins":
+        return validate_pins(raw, raw_root, min_date, max_date)
+    if table == "boards":
+        return validate_boards(raw)
+    if table == "board_pins":
+        return validate_board_pins(raw, ids("pins"), ids("boards"))
+    if table == "users":
+        return validate_users(raw)
+    if table == "interactions":
+        return validate_interactions(raw, ids("users"), ids("pins"), min_date, max_date)
+    if table == "videos":
+        return validate_videos(raw, raw_root)
+    if table == "moment_queries":
+        return validate_moment_queries(raw, parents["videos"])
+    raise KeyError(f"unknown table {table!r}; expected one of {RAW_TABLES}")
+
+
+def validate_world(
+    raw_root: Path, min_date: str | None = None, max_date: str | None = None
+) -> dict[str, ValidationResult]:
+    """Validate every raw table, parents before children."""
+    results: dict[str, ValidationResult] = {}
+    for table in RAW_TABLES:  # listed parents first
+        parents = {parent: results[parent].valid for parent in VALIDATION_PARENTS[table]}
+        results[table] = validate_table(table, raw_root, parents, min_date, max_date)
+    return results

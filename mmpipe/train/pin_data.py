@@ -1,0 +1,311 @@
+"""What PinCLIP trains on: pin images, captions, and batches of neighbor pairs.
+
+Images are decoded from the JPEGs once into one uint8 tensor (5k pins x 96 px is 140 MB)
+because decoding every image every epoch on two cores costs more than the model step.
+Captions go through the frozen text tower once (``models.text_encoder``); row i of the
+text cache belongs to row i of ``PinDataset``.
+
+Neighbor pairs come in batches whose in-batch negatives should really be negatives: two
+pairs *conflict* when they share a pin or a board (the pair's own board, and with
+``board_pins`` every board either pin is saved to). The sampler keeps conflicting pairs
+apart where it can, and returns the [B, B] mask of the conflicts it could not avoid, for
+``NeighborAlignmentLoss`` to drop from its denominators.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mmpipe.layout import resolve_inside
+
+# The mean/std of transformers' ViTImageProcessor, so a pretrained ViT sees what it expects.
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+def caption_text(title, description) -> str:
+    """``title + ". " + description``, skipping whichever is missing; "" when both are."""
+    parts = [text.strip() for text in (title, description) if isinstance(text, str) and text.strip()]
+    if len(parts) == 2:
+        return f"{parts[0].rstrip('.')}. {parts[1]}"
+    return parts[0] if parts else ""
+
+
+def _read_rgb(path: Path, image_size: int) -> np.ndarray:
+    """uint8 [image_size, image_size, 3], square-resized like the video frames are."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            return np.array(image, dtype=np.uint8)  # a writable copy, as torch wants
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot decode pin image {path}: {err}") from err
+
+
+def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32 normalised with IMAGE_MEAN/IMAGE_STD."""
+    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
+    scale, shift = 1.0 / (255.0 * std), torch.tensor(IMAGE_MEAN).view(3, 1, 1) / std
+    return images.float().mul_(scale).sub_(shift)  # in place on the float copy: one pass less
+
+
+def load_pin_image(path: Path, image_size: int) -> torch.Tensor:
+    """One pin image as a normalised float tensor [3, image_size, image_size]."""
+    return normalize_pixels(torch.from_numpy(_read_rgb(Path(path), image_size)).permute(2, 0, 1))
+
+
+def decode_images(paths: Sequence[Path], image_size: int, num_workers: int = 2) -> torch.Tensor:
+    """Decode every image once: uint8 [N, 3, image_size, image_size], row i from paths[i].
+
+    Threads suffice: PIL releases the GIL while it decodes and resizes.
+    """
+    def read(path):
+        return _read_rgb(Path(path), image_size)
+
+    if num_workers > 1:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            arrays = list(pool.map(read, paths))
+    else:
+        arrays = [read(path) for path in paths]
+    if not arrays:
+        return torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class PinDataset(Dataset):
+    """Validated pins: pixels from ``raw_root/image_path``, captions from title + description.
+
+    ``dataset[i]`` is ``(pixels float [3, S, S], i)``: the second item indexes the text
+    cache, which is built from ``dataset.captions`` in the same order. Call
+    ``predecode()`` once to serve pixels from memory instead of the JPEG files.
+    """
+
+    def __init__(self, pins: pd.DataFrame, raw_root: Path, image_size: int,
+                 images: torch.Tensor | None = None):
+        self.pin_ids = pins["pin_id"].tolist()
+        self._row = pd.Index(self.pin_ids)
+        if not self._row.is_unique:
+            duplicated = self._row[self._row.duplicated()].unique().tolist()[:5]
+            raise ValueError(f"pin ids must be unique; duplicated: {duplicated}")
+        self.image_paths = [resolve_inside(Path(raw_root), path) for path in pins["image_path"]]
+        self.captions = [caption_text(t, d) for t, d in zip(pins["title"], pins["description"])]
+        self.image_size = image_size
+        if images is not None and tuple(images.shape) != (len(self.pin_ids), 3, image_size, image_size):
+            expected = (len(self.pin_ids), 3, image_size, image_size)
+            raise ValueError(f"images must be uint8 {list(expected)}, "
+                             f"got {tuple(images.shape)}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.pin_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.images is not None:
+            return normalize_pixels(self.images[index]), index
+        return load_pin_image(self.image_paths[index], self.image_size), index
+
+    def predecode(self, num_workers: int = 2) -> PinDataset:
+        if self.images is None:
+            self.images = decode_images(self.image_paths, self.image_size, num_workers)
+        return self
+
+    def pixels(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Normalised pixels [n, 3, S, S] of dataset rows: one gather when pre-decoded."""
+        rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        if self.images is not None:
+            return normalize_pixels(self.images[rows])
+        return torch.stack([load_pin_image(self.image_paths[row], self.image_size)
+                            for row in rows.tolist()])
+
+    def rows_of(self, pin_ids: Sequence) -> np.ndarray:
+        """Dataset row of each pin id; -1 for a pin not in the dataset."""
+        return self._row.get_indexer(pd.Index(pin_ids))
+
+
+@dataclass(frozen=True)
+class NeighborPairs:
+    """Neighbor pairs as dataset rows, with what each pair must not share with another."""
+
+    a: np.ndarray  # int64 [P] dataset row of pin_a
+    b: np.ndarray  # int64 [P] dataset row of pin_b
+    keys: tuple[frozenset[int], ...]  # per pair: its two pins' rows and ids of its boards
+    group: np.ndarray  # int64 [P] the pair's own board (-1 for co-engagement), to spread it
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def neighbor_pairs_for_training(
+    pairs: pd.DataFrame,
+    pin_ids: Sequence,
+    board_pins: pd.DataFrame | None = None,
+    split: str | None = "train",
+) -> NeighborPairs:
+    """Index the ``split`` rows of ``graph/neighbor_pairs.parquet`` into dataset rows.
+
+    Pairs with a pin outside ``pin_ids`` are dropped. With ``board_pins`` (board_id,
+    pin_id) a pair conflicts with any pair whose pins share *any* board with its pins,
+    not only its own board: the exact false-negative definition when pins sit on several
+    boards. Without it, only the pair's own ``board_id`` (and its pins) count.
+    """
+    if split is not None:
+        pairs = pairs[pairs["split"] == split]
+    rows = pd.Index(list(pin_ids))
+    a = rows.get_indexer(pd.Index(pairs["pin_a"]))
+    b = rows.get_indexer(pd.Index(pairs["pin_b"]))
+    keep = (a >= 0) & (b >= 0)
+    a, b = a[keep].astype(np.int64), b[keep].astype(np.int64)
+    pair_boards = pairs["board_id"].to_numpy()[keep]
+
+    membership = None
+    if board_pins is not None:
+        member_rows = rows.get_indexer(pd.Index(board_pins["pin_id"]))
+        known = member_rows >= 0
+        membership = pd.DataFrame({"row": member_rows[known],
+                                   "board": board_pins["board_id"].to_numpy()[known]})
+    all_boards = pd.Series(pair_boards).dropna()
+    if membership is not None:
+        all_boards = pd.concat([all_boards, membership["board"]])
+    board_index = pd.Index(pd.unique(all_boards.to_numpy()))
+    # Boards get key ids after every pin row, so a board never collides with a pin.
+    board_key = {board: len(rows) + code for code, board in enumerate(board_index)}
+
+    boards_of_row: dict[int, frozenset[int]] = {}
+    if membership is not None:
+        for row, boards in membership.groupby("row")["board"]:
+            boards_of_row[int(row)] = frozenset(board_key[board] for board in boards)
+    empty: frozenset[int] = frozenset()
+    group = np.full(len(a), -1, dtype=np.int64)
+    keys = []
+    for i, (row_a, row_b, board) in enumerate(zip(a.tolist(), b.tolist(), pair_boards.tolist())):
+        own = empty if pd.isna(board) else frozenset((board_key[board],))
+        if own:
+            group[i] = next(iter(own))
+        member_of = boards_of_row.get(row_a, empty) | boards_of_row.get(row_b, empty)
+        keys.append(frozenset((row_a, row_b)) | own | member_of)
+    return NeighborPairs(a=a, b=b, keys=tuple(keys), group=group)
+
+
+def false_negative_mask(keys: Sequence[frozenset[int]]) -> torch.Tensor:
+    """bool [B, B]: True where pairs i != j share a key (a pin or a board)."""
+    pairs_with_key: dict[int, list[int]] = {}
+    for i, pair_keys in enumerate(keys):
+        for key in pair_keys:
+            pairs_with_key.setdefault(key, []).append(i)
+    shared = np.zeros((len(keys), len(keys)), dtype=bool)
+    for rows in pairs_with_key.values():
+        if len(rows) > 1:
+            shared[np.ix_(rows, rows)] = True
+    np.fill_diagonal(shared, False)
+    return torch.from_numpy(shared)
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    pair_rows: torch.Tensor  # int64 [B] rows of NeighborPairs
+    a: torch.Tensor  # int64 [B] dataset rows of the first pins
+    b: torch.Tensor  # int64 [B] dataset rows of the second pins
+    false_negative_mask: torch.Tensor  # bool [B, B], symmetric, False on the diagonal
+
+
+class NeighborPairBatchSampler:
+    """Epochs of neighbor-pair batches, deterministic in (seed, epoch).
+
+    Each epoch visits every pair once. Pairs of one board are first spread evenly over
+    the epoch (a board with 150 pairs lands in 150 different batches if there are that
+    many), then each batch is filled greedily from the front of the queue, skipping a pair
+    that conflicts with one already in the batch; skipped pairs stay at the front for the
+    next batch. Only when ``lookahead * batch_size`` queued pairs have been looked at
+    without filling the batch are conflicting pairs let in, and the mask records them.
+    """
+
+    def __init__(self, pairs: NeighborPairs, batch_size: int, seed: int = 0, drop_last: bool = False,
+                 lookahead: int = 16):
+        if batch_size < 1 or lookahead < 1:
+            raise ValueError("batch_size and lookahead must be >= 1")
+        self.pairs = pairs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.lookahead = lookahead
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.pairs)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _spread_order(self, rng: np.random.Generator) -> np.ndarray:
+        """A random order in which each board's pairs sit at evenly spaced positions."""
+        n = len(self.pairs)
+        shuffled = rng.permutation(n)
+        groups = self.pairs.group[shuffled]
+        position = rng.random(n)  # pairs without a board go anywhere
+        grouped = groups >= 0
+        if grouped.any():
+            codes, rank_in_group, counts = _rank_within_groups(groups[grouped])
+            offset = rng.random(len(counts))
+            position[grouped] = (rank_in_group + offset[codes]) / counts[codes]
+        return shuffled[np.argsort(position, kind="stable")]
+
+    def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The pair rows of every batch of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        keys = self.pairs.keys
+        pending = self._spread_order(rng).tolist()
+        scan_limit = self.lookahead * self.batch_size
+        batches = []
+        while pending:
+            batch, used, skipped = [], set(), []
+            scanned = 0
+            while scanned < len(pending) and scanned < scan_limit and len(batch) < self.batch_size:
+                row = pending[scanned]
+                scanned += 1
+                if used.isdisjoint(keys[row]):
+                    batch.append(row)
+                    used.update(keys[row])
+                else:
+                    skipped.append(row)
+            fill = self.batch_size - len(batch)
+            batch.extend(skipped[:fill])  # unavoidable here: these conflicts get masked
+            pending = skipped[fill:] + pending[scanned:]
+            batches.append(np.asarray(batch, dtype=np.int64))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def make_batch(self, pair_rows: np.ndarray) -> PairBatch:
+        return PairBatch(
+            pair_rows=torch.from_numpy(pair_rows),
+            a=torch.from_numpy(self.pairs.a[pair_rows]),
+            b=torch.from_numpy(self.pairs.b[pair_rows]),
+            false_negative_mask=false_negative_mask([self.pairs.keys[row] for row in pair_rows]),
+        )
+
+    def __iter__(self) -> Iterator[PairBatch]:
+        for rows in self.batch_rows():
+            yield self.make_batch(rows)
+
+
+def _rank_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code of each item's group, its 0-based rank among its group's items in order, group sizes)."""
+    codes, uniques = pd.factorize(groups)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(uniques))
+    starts = np.cumsum(counts) - counts
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[order] = np.arange(len(groups)) - np.repeat(starts, counts)
+    return codes, rank, counts

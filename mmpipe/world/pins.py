@@ -1,0 +1,669 @@
+"""Pins, boards, users and clicks of the generated world, and the truth behind them.
+
+Each stage takes its own random generator and returns the raw table (good rows with the
+deliberately bad rows already interleaved), its ground truth, and a log of the bad rows.
+Only good rows ever reach the truth tables, and later stages only refer to good rows.
+
+Truth conventions:
+- pin_objects: object_index 0 is the pin's main object (the one captions describe, boards
+  group by and users click on); x, y are its centre as fractions of the image side; scale
+  is its diameter as a fraction of the side; rotation is in degrees.
+- user_affinities: only the non-zero affinities; a user's bias and a pin's quality are not
+  written anywhere but folded into impressions.p_click, the exact click probability.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES, SIZE_SCALE, ObjectSpec
+from mmpipe.world.captions import (
+    MENTION_PROBABILITY,
+    board_text,
+    choose_mentions,
+    garbled_text,
+    pin_caption,
+)
+from mmpipe.world.config import WorldConfig
+from mmpipe.world.render import add_noise, background, draw_object
+
+# The kinds of bad row injected into each table; at least one of each whenever the bad
+# rate is non-zero, so validation is tested on every kind even at tiny scale.
+DEFECTS: dict[str, tuple[str, ...]] = {
+    "pins": (
+        "corrupt_jpeg", "not_an_image", "missing_image", "path_traversal", "absolute_path",
+        "duplicate_id", "null_id", "empty_text", "overlong_description", "garbled_caption",
+        "invalid_date", "date_out_of_range",
+    ),
+    "boards": ("duplicate_id", "null_id", "empty_name"),
+    "board_pins": ("unknown_board", "unknown_pin"),
+    "users": ("duplicate_id", "null_id"),
+    "interactions": ("unknown_user", "unknown_pin", "negative_position", "invalid_clicked", "invalid_date"),
+}
+BAD_RECORD_COLUMNS = ["table", "row_index", "record_id", "defect"]
+
+JPEG_QUALITY = 85
+N_POSITIONS = 20
+COUNTRIES = ("US", "GB", "DE", "FR", "BR", "JP", "IN", "CA", "MX", "AU")
+COUNTRY_WEIGHTS = (0.35, 0.1, 0.08, 0.08, 0.1, 0.07, 0.1, 0.05, 0.04, 0.03)
+
+# Click model. Calibrated by simulation so that the oracle AUC lands near 0.8 and the
+# user-attribute affinities carry most of what is predictable (without them the AUC of
+# the true probabilities drops to about 0.65).
+USER_BIAS_MEAN, USER_BIAS_STD = -1.9, 0.35
+AFFINITY_MAGNITUDE = (1.0, 1.6)
+AFFINITY_LIKE_PROBABILITY = 0.6
+AFFINITIES_PER_USER = (3, 6)
+ITEM_QUALITY_STD = 0.3
+CLICK_NOISE_STD = 0.4
+POSITION_BIAS = [-0.5 * math.log1p(p) for p in range(N_POSITIONS)]
+
+# Boards: a pin is saved with this probability, to 1 + Poisson(extra) boards of its theme.
+SAVED_PIN_FRACTION = 0.9
+EXTRA_BOARDS_PER_PIN = 0.7
+MIN_ON_THEME_PINS = 3
+
+
+# --------------------------------------------------------------------------------------
+# shared helpers
+
+
+def day_to_date(start_date: str, day: int) -> str:
+    return (date.fromisoformat(start_date) + timedelta(days=int(day))).isoformat()
+
+
+def format_id(prefix: str, number: int, width: int) -> str:
+    return f"{prefix}{number:0{width}d}"
+
+
+def id_width(n: int, minimum: int) -> int:
+    return max(minimum, len(str(n)))
+
+
+def split_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent generator seeded from ``rng`` with a single draw."""
+    return np.random.default_rng(int(rng.integers(2**63)))
+
+
+def bad_row_count(n_good: int, bad_rate: float, n_kinds: int) -> int:
+    """How many bad rows a table gets: its share of the rate, but every kind at least once."""
+    if bad_rate <= 0:
+        return 0
+    return max(n_kinds, int(round(bad_rate * n_good)))
+
+
+def assign_defects(table: str, n_good: int, bad_rate: float, rng: np.random.Generator) -> list[str]:
+    kinds = DEFECTS[table]
+    n_bad = bad_row_count(n_good, bad_rate, len(kinds))
+    return [kinds[i] for i in rng.permutation(np.arange(n_bad) % len(kinds))]
+
+
+def interleave(
+    good: pd.DataFrame, bad: pd.DataFrame, rng: np.random.Generator, after: list[int] | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Insert the bad rows among the good ones at random places.
+
+    ``after[j]`` is the good row that bad row j must come after (-1: anywhere), so that a
+    duplicate id is always the later of the two rows. Returns the table and the positions
+    of the bad rows in it, in the order of ``bad``.
+    """
+    n_good, n_bad = len(good), len(bad)
+    if n_bad == 0:
+        return good.reset_index(drop=True), np.zeros(0, dtype=np.int64)
+    after_arr = np.full(n_bad, -1) if after is None else np.asarray(after, dtype=np.int64)
+    # Bad row j goes right after good row slot[j] (-1: before every good row).
+    slot = np.array([rng.integers(lo, n_good) for lo in after_arr], dtype=np.int64)
+    major = np.concatenate([np.arange(n_good), slot])
+    is_bad = np.concatenate([np.zeros(n_good, dtype=np.int64), np.ones(n_bad, dtype=np.int64)])
+    order = np.lexsort((np.arange(n_good + n_bad), is_bad, major))
+    combined = pd.concat([good, bad], ignore_index=True).iloc[order].reset_index(drop=True)
+    position = np.empty(n_good + n_bad, dtype=np.int64)
+    position[order] = np.arange(n_good + n_bad)
+    return combined, position[n_good:]
+
+
+def bad_records_frame(table: str, positions, record_ids, defects) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "table": [table] * len(defects),
+            "row_index": np.asarray(positions, dtype=np.int64),
+            "record_id": pd.array(list(record_ids), dtype=object),
+            "defect": list(defects),
+        },
+        columns=BAD_RECORD_COLUMNS,
+    )
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Exact ROC AUC via the rank-sum statistic, ties counted as half."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each tie group
+    rank_sum = average_rank[inverse][labels].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# --------------------------------------------------------------------------------------
+# pins: scenes, images, captions
+
+
+@dataclass(frozen=True)
+class PlacedObject:
+    spec: ObjectSpec
+    x: float  # centre, fraction of the image side
+    y: float
+    scale_jitter: float  # multiplies the diameter implied by spec.size
+    rotation: float  # degrees
+
+    @property
+    def diameter(self) -> float:
+        return SIZE_SCALE[self.spec.size] * self.scale_jitter
+
+
+def sample_scene(rng: np.random.Generator, max_objects: int) -> list[PlacedObject]:
+    """One main object near the centre plus 0..max_objects-1 smaller distractors."""
+    main = PlacedObject(
+        spec=ObjectSpec.sample(rng),
+        x=0.5 + rng.uniform(-0.12, 0.12),
+        y=0.5 + rng.uniform(-0.12, 0.12),
+        scale_jitter=rng.uniform(0.9, 1.1),
+        rotation=rng.uniform(-30, 30),
+    )
+    weights = 0.6 ** np.arange(max(max_objects, 1))
+    n_distractors = int(rng.choice(len(weights), p=weights / weights.sum()))
+    sizes = ATTRIBUTES["size"]
+    # Distractors are never of a larger size class than the main object, and a bit shrunk.
+    allowed_sizes = sizes[: sizes.index(main.spec.size) + 1]
+    scene = [main]
+    for _ in range(n_distractors):
+        spec = ObjectSpec.sample(rng, fixed={"size": str(rng.choice(allowed_sizes))})
+        for _attempt in range(10):  # keep distractors off the main object where possible
+            x, y = rng.uniform(0.12, 0.88, size=2)
+            if math.hypot(x - main.x, y - main.y) > 0.3:
+                break
+        scene.append(PlacedObject(spec, float(x), float(y), rng.uniform(0.7, 0.9), rng.uniform(-45, 45)))
+    return scene
+
+
+def render_scene(scene: list[PlacedObject], side: int, rng: np.random.Generator) -> Image.Image:
+    canvas = background(rng, side)
+    for obj in scene[1:] + scene[:1]:  # main object last, so nothing covers it
+        draw_object(canvas, obj.spec, (obj.x * side, obj.y * side), obj.rotation, obj.scale_jitter)
+    return add_noise(canvas, rng, sigma=float(rng.uniform(3.0, 8.0)))
+
+
+def render_images(jobs: list[tuple[str, list[PlacedObject], int]], side: int, progress: bool) -> None:
+    """Render and save pin images. Each image has its own seed, so its bytes depend only on
+    the world's seed and the pin, never on the order or the batching of the work."""
+    for path, scene, seed in tqdm(jobs, desc="pin images", unit="img", disable=not progress):
+        render_scene(scene, side, np.random.default_rng(seed)).save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+@dataclass
+class PinWorld:
+    pins: pd.DataFrame  # raw table, good and bad rows
+    pin_objects: pd.DataFrame  # truth, good pins only
+    caption_attributes: pd.DataFrame  # truth, good pins only
+    bad_records: pd.DataFrame
+    # The good pins, row-aligned, for the later stages:
+    pin_ids: list[str]
+    days: np.ndarray  # creation day index
+    main_values: np.ndarray  # [n_pins, n_attributes] value index of the main object
+    n_bad_ids: int  # ids p(n+1)..p(n+n_bad_ids) are taken by bad pins
+
+
+def _overlong(description: str, rng: np.random.Generator) -> str:
+    target = 2000 + int(rng.integers(100, 1500))
+    return " ".join([description] * (target // (len(description) + 1) + 1))[:target]
+
+
+def generate_pins(out_root: Path, cfg: WorldConfig, rng: np.random.Generator, progress: bool = True) -> PinWorld:
+    images_dir = Path(out_root) / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    n = cfg.n_pins
+    bad_rng = split_rng(rng)  # bad rows draw apart, so the good ones do not depend on them
+    defects = assign_defects("pins", n, cfg.bad_rate, bad_rng)
+    width = id_width(n + len(defects), 6)
+    render_seed = int(rng.integers(2**62))
+    dates = [day_to_date(cfg.start_date, d) for d in range(cfg.n_days)]
+
+    # Good pins: ids in order of creation, like a real id sequence.
+    days = np.sort(rng.integers(0, cfg.n_days, size=n))
+    pin_ids = [format_id("p", i + 1, width) for i in range(n)]
+    scenes = [sample_scene(rng, cfg.max_objects_per_pin) for _ in range(n)]
+    rows, objects, mentions, jobs = [], [], [], []
+    for i, (pin_id, scene) in enumerate(zip(pin_ids, scenes)):
+        mentioned = choose_mentions(rng)
+        title, description = pin_caption(scene[0].spec, mentioned, rng, cfg.typo_rate)
+        rows.append((pin_id, f"images/{pin_id}.jpg", title, description, dates[days[i]]))
+        jobs.append((str(images_dir / f"{pin_id}.jpg"), scene, render_seed + i))
+        main_attributes = scene[0].spec.as_dict()
+        mentions.extend((pin_id, name, main_attributes[name]) for name in mentioned)
+        for k, obj in enumerate(scene):
+            objects.append(
+                (pin_id, k, *obj.spec.as_dict().values(), obj.x, obj.y, obj.diameter, obj.rotation)
+            )
+
+    # Bad pins: extra rows with ids after the good ones, each with exactly one defect.
+    bad_rows, bad_ids, after, file_defects = [], [], [], []
+    for j, defect in enumerate(defects):
+        pin_id = format_id("p", n + j + 1, width)
+        scene = sample_scene(bad_rng, cfg.max_objects_per_pin)
+        title, description = pin_caption(scene[0].spec, choose_mentions(bad_rng), bad_rng, cfg.typo_rate)
+        image_path, created_at = f"images/{pin_id}.jpg", dates[int(bad_rng.integers(cfg.n_days))]
+        record_id, original = pin_id, -1
+        needs_image = defect not in ("missing_image", "path_traversal", "absolute_path", "duplicate_id")
+        if defect == "path_traversal":
+            image_path = ("../../etc/passwd", "../outside.jpg")[j % 2]
+        elif defect == "absolute_path":
+            image_path = ("/etc/passwd", f"/data/raw/images/{pin_id}.jpg")[j % 2]
+        elif defect == "duplicate_id":
+            original = int(bad_rng.integers(n))
+            record_id = pin_ids[original]
+            image_path = f"images/{record_id}.jpg"
+        elif defect == "null_id":
+            record_id = None
+        elif defect == "empty_text":
+            title, description = ("", "") if j % 2 == 0 else ("  ", " ")
+        elif defect == "overlong_description":
+            description = _overlong(description, bad_rng)
+        elif defect == "garbled_caption":
+            title, description = garbled_text(bad_rng, 12), garbled_text(bad_rng, 80)
+        elif defect == "invalid_date":
+            created_at = ("2026-02-30", "not-a-date", "2026-13-01", "yesterday")[j % 4]
+        elif defect == "date_out_of_range":
+            shift = int(bad_rng.integers(30, 400))
+            created_at = day_to_date(cfg.start_date, -shift if j % 2 == 0 else cfg.n_days - 1 + shift)
+        if needs_image:
+            jobs.append((str(images_dir / f"{pin_id}.jpg"), scene, render_seed + n + j))
+        if defect in ("corrupt_jpeg", "not_an_image"):
+            file_defects.append((images_dir / f"{pin_id}.jpg", defect))
+        bad_rows.append((record_id, image_path, title, description, created_at))
+        bad_ids.append(record_id)
+        after.append(original)
+
+    render_images(jobs, cfg.image_size, progress)
+    for path, defect in file_defects:
+        data = path.read_bytes()
+        if defect == "corrupt_jpeg":  # cut off mid-scan: the header parses, the pixels do not
+            path.write_bytes(data[: int(len(data) * bad_rng.uniform(0.2, 0.6))])
+        else:
+            noise = bad_rng.integers(0, 256, size=int(bad_rng.integers(200, 2000)), dtype=np.uint8).tobytes()
+            path.write_bytes(b"<html><body>404 Not Found</body></html>\n" + noise)
+
+    columns = ["pin_id", "image_path", "title", "description", "created_at"]
+    good = pd.DataFrame(rows, columns=columns, dtype=object)
+    bad = pd.DataFrame(bad_rows, columns=columns, dtype=object)
+    pins, positions = interleave(good, bad, bad_rng, after)
+    pin_objects = pd.DataFrame(
+        objects, columns=["pin_id", "object_index", *ATTRIBUTE_NAMES, "x", "y", "scale", "rotation"]
+    )
+    caption_attributes = pd.DataFrame(mentions, columns=["pin_id", "attribute", "value"])
+    main_value_index = np.array(
+        [[ATTRIBUTES[name].index(getattr(scene[0].spec, name)) for name in ATTRIBUTE_NAMES] for scene in scenes],
+        dtype=np.int64,
+    ).reshape(n, len(ATTRIBUTE_NAMES))
+    return PinWorld(
+        pins=pins,
+        pin_objects=pin_objects,
+        caption_attributes=caption_attributes,
+        bad_records=bad_records_frame("pins", positions, bad_ids, defects),
+        pin_ids=pin_ids,
+        days=days,
+        main_values=main_value_index,
+        n_bad_ids=len(defects),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# boards
+
+
+@dataclass
+class BoardWorld:
+    boards: pd.DataFrame
+    board_pins: pd.DataFrame
+    board_themes: pd.DataFrame  # truth
+    board_saves: pd.DataFrame  # truth, good board_pins rows in table order
+    bad_records: pd.DataFrame
+
+
+def sample_themes(n_boards: int, pins: PinWorld, rng: np.random.Generator) -> np.ndarray:
+    """Themes over 1-2 attributes, favouring the ones captions tend to leave out.
+
+    Returns [n_boards, n_attributes] value indices, -1 where the theme does not care. The
+    values are those of a random pin's main object, so every theme matches some pins; the
+    pin is drawn among those no earlier theme fits, so that few boards still cover most pins.
+    """
+    weights = np.array([1.0 - MENTION_PROBABILITY[name] for name in ATTRIBUTE_NAMES])
+    themes = np.full((n_boards, len(ATTRIBUTE_NAMES)), -1, dtype=np.int64)
+    covered = np.zeros(len(pins.pin_ids), dtype=bool)
+    for b in range(n_boards):
+        n_attributes = 1 if rng.random() < 0.6 else 2
+        chosen = rng.choice(len(ATTRIBUTE_NAMES), size=n_attributes, replace=False, p=weights / weights.sum())
+        uncovered = np.flatnonzero(~covered)
+        example = pins.main_values[rng.choice(uncovered) if len(uncovered) else rng.integers(len(covered))]
+        themes[b, chosen] = example[chosen]
+        covered |= theme_matches(themes[b], pins.main_values)
+    return themes
+
+
+def theme_matches(theme: np.ndarray, main_values: np.ndarray) -> np.ndarray:
+    """Which rows of main_values (one object per row) fit the theme (-1: any value)."""
+    return np.all((theme == -1) | (main_values == theme), axis=-1)
+
+
+def _theme_names(theme: np.ndarray) -> dict[str, str]:
+    return {name: ATTRIBUTES[name][v] for name, v in zip(ATTRIBUTE_NAMES, theme) if v >= 0}
+
+
+def generate_boards(cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, progress: bool = True) -> BoardWorld:
+    n_boards, n_pins = cfg.n_boards, len(pins.pin_ids)
+    bad_rng = split_rng(rng)  # bad rows draw apart, so the good ones do not depend on them
+    board_defects = assign_defects("boards", n_boards, cfg.bad_rate, bad_rng)
+    width = id_width(n_boards + len(board_defects), 4)
+    board_ids = [format_id("b", i + 1, width) for i in range(n_boards)]
+    themes = sample_themes(n_boards, pins, rng)
+    # Zipf popularity: a few boards collect most saves. Broad themes ("all things blue")
+    # tend to be the popular ones, so the huge boards have enough pins to be huge.
+    breadth = np.array([theme_matches(theme, pins.main_values).sum() for theme in themes])
+    rank = np.empty(n_boards, dtype=np.int64)
+    rank[np.argsort(-breadth * rng.lognormal(0.0, 1.0, size=n_boards), kind="stable")] = np.arange(n_boards)
+    popularity = 1.0 / (1.0 + rank) ** 1.1
+    # Boards are mostly created early; every save comes after both the pin and the board.
+    board_days = np.floor(rng.random(n_boards) ** 2 * cfg.n_days).astype(np.int64)
+
+    # Each pin picks boards among those whose theme its main object fits, by popularity.
+    matching_boards: dict[tuple, np.ndarray] = {}  # pins with equal main objects share the list
+    members: list[set[int]] = [set() for _ in range(n_boards)]
+    for p in tqdm(range(n_pins), desc="board saves", unit="pin", disable=not progress):
+        key = tuple(pins.main_values[p])
+        if key not in matching_boards:
+            matching_boards[key] = np.flatnonzero(theme_matches(themes, pins.main_values[p]))
+        candidates = matching_boards[key]
+        if len(candidates) == 0 or rng.random() >= SAVED_PIN_FRACTION:
+            continue
+        k = min(len(candidates), 1 + int(rng.poisson(EXTRA_BOARDS_PER_PIN)))
+        w = popularity[candidates]
+        for b in rng.choice(candidates, size=k, replace=False, p=w / w.sum()):
+            members[int(b)].add(p)
+
+    saves = []  # (board, pin, on_theme)
+    for b in range(n_boards):
+        is_match = theme_matches(themes[b], pins.main_values)
+        matching = np.flatnonzero(is_match)
+        missing = min(MIN_ON_THEME_PINS, len(matching)) - len(members[b])
+        if missing > 0:  # no board is left empty by the popularity draw
+            free = np.setdiff1d(matching, np.fromiter(members[b], dtype=np.int64, count=len(members[b])))
+            members[b].update(int(p) for p in rng.choice(free, size=missing, replace=False))
+        on_theme = sorted(members[b])
+        # Off-theme saves at the configured share of the board's saves.
+        rate = cfg.off_theme_rate
+        n_off = int(rng.binomial(len(on_theme), rate / (1.0 - rate))) if rate > 0 else 0
+        non_matching = np.flatnonzero(~is_match)
+        off_theme = rng.choice(non_matching, size=min(n_off, len(non_matching)), replace=False)
+        saves += [(b, p, True) for p in on_theme] + [(b, int(p), False) for p in sorted(off_theme)]
+
+    save_board = np.array([s[0] for s in saves], dtype=np.int64)
+    save_pin = np.array([s[1] for s in saves], dtype=np.int64)
+    earliest = np.maximum(board_days[save_board], pins.days[save_pin])
+    save_days = np.minimum(earliest + rng.geometric(0.4, size=len(saves)) - 1, cfg.n_days - 1)
+    order = np.lexsort((save_pin, save_board, save_days))  # a chronological save log
+    dates = [day_to_date(cfg.start_date, d) for d in range(cfg.n_days)]
+    good_saves = pd.DataFrame(
+        {
+            "board_id": [board_ids[save_board[i]] for i in order],
+            "pin_id": [pins.pin_ids[save_pin[i]] for i in order],
+            "saved_at": [dates[save_days[i]] for i in order],
+        },
+        dtype=object,
+    )
+    on_theme_flags = np.array([saves[i][2] for i in order], dtype=bool)
+
+    # Board rows, and the bad ones.
+    texts = [board_text(_theme_names(theme), rng) for theme in themes]
+    good_boards = pd.DataFrame(
+        [(board_ids[b], *texts[b], dates[board_days[b]]) for b in range(n_boards)],
+        columns=["board_id", "name", "description", "created_at"],
+        dtype=object,
+    )
+    bad_rows, bad_ids, after = [], [], []
+    for j, defect in enumerate(board_defects):
+        board_id = format_id("b", n_boards + j + 1, width)
+        theme = themes[int(bad_rng.integers(n_boards))]
+        name, description = board_text(_theme_names(theme), bad_rng)
+        original = -1
+        if defect == "duplicate_id":
+            original = int(bad_rng.integers(n_boards))
+            board_id = board_ids[original]
+        elif defect == "null_id":
+            board_id = None
+        elif defect == "empty_name":
+            name = ("", "   ")[j % 2]
+        bad_rows.append((board_id, name, description, dates[int(bad_rng.integers(cfg.n_days))]))
+        bad_ids.append(board_id)
+        after.append(original)
+    bad_boards = pd.DataFrame(bad_rows, columns=good_boards.columns, dtype=object)
+    boards, board_positions = interleave(good_boards, bad_boards, bad_rng, after)
+
+    # Saves that point at boards or pins that do not exist anywhere.
+    save_defects = assign_defects("board_pins", len(good_saves), cfg.bad_rate, bad_rng)
+    unknown_board_start = n_boards + len(board_defects) + 1
+    unknown_pin_start = n_pins + pins.n_bad_ids + 1
+    pin_width = len(pins.pin_ids[0]) - 1
+    bad_saves, bad_save_ids = [], []
+    for j, defect in enumerate(save_defects):
+        template = good_saves.iloc[int(bad_rng.integers(len(good_saves)))]
+        board_id, pin_id = template["board_id"], template["pin_id"]
+        if defect == "unknown_board":
+            board_id = format_id("b", unknown_board_start + j, width)
+        else:
+            pin_id = format_id("p", unknown_pin_start + j, pin_width)
+        bad_saves.append((board_id, pin_id, template["saved_at"]))
+        bad_save_ids.append(f"{board_id}:{pin_id}")
+    board_pins, save_positions = interleave(
+        good_saves, pd.DataFrame(bad_saves, columns=good_saves.columns, dtype=object), bad_rng
+    )
+
+    board_themes = pd.DataFrame(
+        [(board_ids[b], name, value) for b in range(n_boards) for name, value in _theme_names(themes[b]).items()],
+        columns=["board_id", "attribute", "value"],
+    )
+    board_saves = good_saves[["board_id", "pin_id"]].assign(on_theme=on_theme_flags)
+    return BoardWorld(
+        boards=boards,
+        board_pins=board_pins,
+        board_themes=board_themes,
+        board_saves=board_saves,
+        bad_records=pd.concat(
+            [
+                bad_records_frame("boards", board_positions, bad_ids, board_defects),
+                bad_records_frame("board_pins", save_positions, bad_save_ids, save_defects),
+            ],
+            ignore_index=True,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# users
+
+
+# Each (attribute, value) pair gets one column in the users' affinity matrix.
+VALUE_OFFSETS = np.cumsum([0] + [len(ATTRIBUTES[name]) for name in ATTRIBUTE_NAMES])[:-1]
+N_VALUES = sum(len(ATTRIBUTES[name]) for name in ATTRIBUTE_NAMES)
+
+
+@dataclass
+class UserWorld:
+    users: pd.DataFrame
+    user_affinities: pd.DataFrame  # truth, non-zero entries
+    bad_records: pd.DataFrame
+    user_ids: list[str]
+    signup_days: np.ndarray  # day index; negative: before the world starts
+    bias: np.ndarray  # [n_users]
+    affinity: np.ndarray  # [n_users, N_VALUES]
+    n_bad_ids: int
+
+
+def generate_users(cfg: WorldConfig, rng: np.random.Generator) -> UserWorld:
+    n = cfg.n_users
+    bad_rng = split_rng(rng)  # bad rows draw apart, so the good ones do not depend on them
+    defects = assign_defects("users", n, cfg.bad_rate, bad_rng)
+    width = id_width(n + len(defects), 4)
+    user_ids = [format_id("u", i + 1, width) for i in range(n)]
+    # Most users signed up before the world starts, some during it.
+    joined_before = rng.random(n) < 0.8
+    signup_days = np.where(joined_before, -rng.integers(1, 731, size=n), rng.integers(0, cfg.n_days, size=n))
+    countries = rng.choice(len(COUNTRIES), size=n, p=np.array(COUNTRY_WEIGHTS) / sum(COUNTRY_WEIGHTS))
+
+    bias = rng.normal(USER_BIAS_MEAN, USER_BIAS_STD, size=n)
+    affinity = np.zeros((n, N_VALUES))
+    for u in range(n):
+        for _ in range(int(rng.integers(AFFINITIES_PER_USER[0], AFFINITIES_PER_USER[1] + 1))):
+            a = int(rng.integers(len(ATTRIBUTE_NAMES)))
+            v = int(rng.integers(len(ATTRIBUTES[ATTRIBUTE_NAMES[a]])))
+            sign = 1.0 if rng.random() < AFFINITY_LIKE_PROBABILITY else -1.0
+            affinity[u, VALUE_OFFSETS[a] + v] = sign * rng.uniform(*AFFINITY_MAGNITUDE)
+    affinity_rows = []
+    for u in range(n):
+        for a, name in enumerate(ATTRIBUTE_NAMES):
+            for v, value in enumerate(ATTRIBUTES[name]):
+                if affinity[u, VALUE_OFFSETS[a] + v] != 0.0:
+                    affinity_rows.append((user_ids[u], name, value, float(affinity[u, VALUE_OFFSETS[a] + v])))
+
+    good = pd.DataFrame(
+        {
+            "user_id": user_ids,
+            "country": [COUNTRIES[c] for c in countries],
+            "signup_date": [day_to_date(cfg.start_date, d) for d in signup_days],
+        },
+        dtype=object,
+    )
+    bad_rows, bad_ids, after = [], [], []
+    for j, defect in enumerate(defects):
+        original = -1
+        if defect == "duplicate_id":
+            original = int(bad_rng.integers(n))
+            user_id = user_ids[original]
+        else:
+            user_id = None
+        country = COUNTRIES[int(bad_rng.integers(len(COUNTRIES)))]
+        bad_rows.append((user_id, country, day_to_date(cfg.start_date, -int(bad_rng.integers(1, 365)))))
+        bad_ids.append(user_id)
+        after.append(original)
+    users, positions = interleave(good, pd.DataFrame(bad_rows, columns=good.columns, dtype=object), bad_rng, after)
+    return UserWorld(
+        users=users,
+        user_affinities=pd.DataFrame(affinity_rows, columns=["user_id", "attribute", "value", "affinity"]),
+        bad_records=bad_records_frame("users", positions, bad_ids, defects),
+        user_ids=user_ids,
+        signup_days=signup_days,
+        bias=bias,
+        affinity=affinity,
+        n_bad_ids=len(defects),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# impressions and clicks
+
+
+@dataclass
+class InteractionWorld:
+    interactions: pd.DataFrame
+    impressions: pd.DataFrame  # truth, good rows in table order
+    bad_records: pd.DataFrame
+    oracle_auc: float
+    mean_p_click: float
+
+
+def generate_interactions(
+    cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, users: UserWorld
+) -> InteractionWorld:
+    n_pins, n_users = len(pins.pin_ids), len(users.user_ids)
+    bad_rng = split_rng(rng)  # bad rows draw apart, so the good ones do not depend on them
+    first_cold_day = cfg.n_days - cfg.cold_days
+    is_cold = pins.days >= first_cold_day
+
+    # Cold pins are barely shown: most never, some once or twice.
+    cold_pins = np.flatnonzero(is_cold)
+    cold_counts = rng.choice(3, size=len(cold_pins), p=[0.5, 0.3, 0.2])
+    cold_shown = np.repeat(cold_pins, cold_counts)[: cfg.n_impressions]
+    # Warm pins are shown by popularity, and in proportion to the days they have existed.
+    warm_pins = np.flatnonzero(~is_cold)
+    exposure = rng.lognormal(0.0, 0.8, size=len(warm_pins)) * (cfg.n_days - pins.days[warm_pins])
+    warm_shown = rng.choice(warm_pins, size=cfg.n_impressions - len(cold_shown), p=exposure / exposure.sum())
+    pin = np.concatenate([warm_shown, cold_shown])
+    n = len(pin)
+
+    activity = rng.lognormal(0.0, 0.8, size=n_users)
+    user = rng.choice(n_users, size=n, p=activity / activity.sum())
+    earliest = np.maximum(pins.days[pin], np.maximum(users.signup_days[user], 0))
+    day = rng.integers(earliest, cfg.n_days)
+    position = rng.integers(0, N_POSITIONS, size=n)
+
+    quality = rng.normal(0.0, ITEM_QUALITY_STD, size=n_pins)
+    logit = users.bias[user] + np.asarray(POSITION_BIAS)[position] + quality[pin]
+    logit += users.affinity[user[:, None], VALUE_OFFSETS[None, :] + pins.main_values[pin]].sum(axis=1)
+    logit += rng.normal(0.0, CLICK_NOISE_STD, size=n)
+    p_click = 1.0 / (1.0 + np.exp(-logit))
+    clicked = (rng.random(n) < p_click).astype(np.int64)
+
+    order = np.argsort(day, kind="stable")  # a daily log
+    defects = assign_defects("interactions", n, cfg.bad_rate, bad_rng)
+    width = id_width(n + len(defects), 7)
+    impression_ids = [format_id("i", k + 1, width) for k in range(n)]
+    dates = [day_to_date(cfg.start_date, d) for d in range(cfg.n_days)]
+    good = pd.DataFrame(
+        {
+            "impression_id": impression_ids,
+            "user_id": [users.user_ids[u] for u in user[order]],
+            "pin_id": [pins.pin_ids[p] for p in pin[order]],
+            "date": [dates[d] for d in day[order]],
+            "position": position[order].astype(np.int64),
+            "clicked": clicked[order],
+        }
+    )
+    impressions = pd.DataFrame(
+        {"impression_id": impression_ids, "p_click": p_click[order], "is_cold_item": is_cold[pin[order]]}
+    )
+
+    bad_rows, bad_ids = [], []
+    user_width, pin_width = len(users.user_ids[0]) - 1, len(pins.pin_ids[0]) - 1
+    for j, defect in enumerate(defects):
+        row = good.iloc[int(bad_rng.integers(n))].to_dict()
+        row["impression_id"] = format_id("i", n + j + 1, width)
+        if defect == "unknown_user":
+            row["user_id"] = format_id("u", n_users + users.n_bad_ids + 1 + j, user_width)
+        elif defect == "unknown_pin":
+            row["pin_id"] = format_id("p", n_pins + pins.n_bad_ids + 1 + j, pin_width)
+        elif defect == "negative_position":
+            row["position"] = -int(bad_rng.integers(1, 5))
+        elif defect == "invalid_clicked":
+            row["clicked"] = (2, -1, 7)[j % 3]
+        elif defect == "invalid_date":
+            row["date"] = ("2026-02-30", "not-a-date", "2026-13-01", "")[j % 4]
+        bad_rows.append(row)
+        bad_ids.append(row["impression_id"])
+    bad = pd.DataFrame(bad_rows, columns=good.columns).astype({"position": np.int64, "clicked": np.int64})
+    interactions, positions = interleave(good, bad, bad_rng)
+    return InteractionWorld(
+        interactions=interactions,
+        impressions=impressions,
+        bad_records=bad_records_frame("interactions", positions, bad_ids, defects),
+        oracle_auc=roc_auc(p_click, clicked),
+        mean_p_click=float(p_click.mean()),
+    )

@@ -1,0 +1,45 @@
+"""Raw landing-zone tables. Their data version is the content hash of the table and its media."""
+
+
+import dagster as dg
+import pandas as pd
+
+from mmpipe.layout import RAW_TABLES, raw_table_path
+from mmpipe.versioning import dvc_tracked_hash, raw_table_version
+from orchestration.metadata import preview_table
+from orchestration.resources import PipelinePaths
+
+
+def _raw_asset(table: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"raw_{table}",
+        group_name="raw",
+        kinds={"parquet", "dvc"},
+        description=f"The `{table}` table of the raw landing zone (data/raw, versioned by DVC).",
+        code_version="1",
+    )
+    def raw_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+        path = raw_table_path(paths.raw_root, table)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: generate data with `mmpipe world generate --out {paths.raw_root}` "
+                "or fetch it with `dvc pull`"
+            )
+        frame = pd.read_parquet(path)
+        version = raw_table_version(paths.raw_root, table)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(version),
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "rows": len(frame),
+                "columns": ", ".join(frame.columns),
+                "content_hash": version,
+                "dvc_data_md5": dvc_tracked_hash(paths.dvc_path) or "untracked",
+                "preview": preview_table(frame),
+            },
+        )
+
+    return raw_table
+
+
+raw_assets = [_raw_asset(table) for table in RAW_TABLES]

@@ -1,0 +1,28 @@
+"""The single Definitions object of the mmpipe code location."""
+
+
+import dagster as dg
+
+from orchestration.assets.graph import graph_neighbor_pairs
+from orchestration.assets.media import validated_frames
+from orchestration.assets.raw import raw_assets
+from orchestration.assets.validated import validated_assets
+from orchestration.checks import validation_checks
+from orchestration.resources import PipelinePaths, ValidationPolicy
+
+all_assets_job = dg.define_asset_job(
+    "all_assets", selection=dg.AssetSelection.all(), description="Materialize the whole asset graph."
+)
+
+assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs]
+asset_checks = [*validation_checks]
+
+defs = dg.Definitions(
+    assets=assets,
+    asset_checks=asset_checks,
+    jobs=[all_assets_job],
+    resources={"paths": PipelinePaths(), "policy": ValidationPolicy()},
+    # One process: each step is short and a subprocess per step would spend most of its time
+    # importing torch / Great Expectations on 2 cores.
+    executor=dg.in_process_executor,
+)
