@@ -70,7 +70,9 @@ TRUTH_FILES = {
     "board_saves": "board_saves.parquet",  # board_id, pin_id, on_theme
     "user_affinities": "user_affinities.parquet",  # user_id, attribute, value, affinity
     "impressions": "impressions.parquet",  # impression_id, p_click, is_cold_item
-    "video_objects": "video_objects.parquet",  # video_id, object_id, <attributes>, motion, start_s, end_s
+    # video_id, object_id, <attributes>, motion, start_s, end_s, and the path: x/y_start, x/y_end,
+    # rotation_deg, spin_deg_per_s (videos.VideoObject.from_truth_row rebuilds any frame's pose)
+    "video_objects": "video_objects.parquet",
     "shots": "shots.parquet",  # video_id, shot_index, start_s, end_s, labels
     "moments": "moments.parquet",  # query_id, video_id, object_id, start_s, end_s
     "bad_records": "bad_records.parquet",  # table, row_index, record_id, defect

@@ -19,7 +19,8 @@ from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES, COLOR_RGB, Obje
 from mmpipe.world.captions import SYNONYMS, choose_mentions, mentioned_values, pin_caption
 from mmpipe.world.config import world_config
 from mmpipe.world.generate import generate_world
-from mmpipe.world.pins import DEFECTS, PinWorld, generate_boards, roc_auc
+from mmpipe.eval.classification import roc_auc
+from mmpipe.world.pins import DEFECTS, PinWorld, generate_boards
 
 
 # --------------------------------------------------------------------------------------
