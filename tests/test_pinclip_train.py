@@ -1,0 +1,86 @@
+"""PinCLIP training loop on the tiny world: it learns, and resume reproduces a straight run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig
+
+from mmpipe.eval.retrieval import retrieval_metrics
+from mmpipe.graph.pairs import PairConfig, build_neighbor_pairs
+from mmpipe.models.pinclip import PinCLIPConfig
+from mmpipe.models.text_encoder import encode_texts, load_text_encoder
+from mmpipe.schemas.validate import validate_world
+from mmpipe.train.checkpoint import read_trainer_state
+from mmpipe.train.pin_data import PinDataset, neighbor_pairs_for_training
+from mmpipe.train.pinclip_train import PinCLIPTrainConfig, embed_pins, lr_at, train_pinclip
+
+MODEL = PinCLIPConfig.tiny(text_hidden_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_world):
+    results = validate_world(tiny_world)
+    pins = results["pins"].valid.reset_index(drop=True)
+    dataset = PinDataset(pins, tiny_world, MODEL.image_size).predecode()
+    torch.manual_seed(0)
+    tokenizer, text_model = load_text_encoder(config=BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    text = encode_texts(dataset.captions, tokenizer, text_model, max_length=24)
+    pairs, _ = build_neighbor_pairs(pins, results["board_pins"].valid,
+                                    results["interactions"].valid, PairConfig())
+    neighbor_pairs = neighbor_pairs_for_training(pairs, dataset.pin_ids, results["board_pins"].valid)
+    return dataset, text, neighbor_pairs
+
+
+def _cfg(**overrides) -> PinCLIPTrainConfig:
+    values = dict(steps=12, batch_size=32, pair_batch_size=16, lr=3e-3, warmup_steps=3,
+                  checkpoint_every=4, log_every=2)
+    return PinCLIPTrainConfig(**{**values, **overrides})
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tiny_data, tmp_path):
+    dataset, text, pairs = tiny_data
+    rows = np.arange(len(dataset))
+    straight = train_pinclip(MODEL, _cfg(), dataset, text, rows, pairs, out_dir=tmp_path / "a")
+    interrupted = train_pinclip(MODEL, _cfg(), dataset, text, rows, pairs, out_dir=tmp_path / "b",
+                                stop_after=5)
+    assert interrupted.steps == 5 and read_trainer_state(tmp_path / "b" / "checkpoint")["step"] == 5
+    resumed = train_pinclip(MODEL, _cfg(), dataset, text, rows, pairs, out_dir=tmp_path / "b")
+    assert [h["step"] for h in resumed.history] == list(range(6, 13))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_aligns_images_with_their_captions(tiny_data):
+    dataset, text, pairs = tiny_data
+    rows = np.arange(len(dataset))
+    logged = []
+    result = train_pinclip(MODEL, _cfg(steps=300, warmup_steps=10, checkpoint_every=10**6),
+                           dataset, text, rows, pairs,
+                           log=lambda step, metrics: logged.append(step))
+    first, last = result.history[0], result.history[-1]
+    assert last["loss_clip"] < first["loss_clip"] - 0.5
+    assert "loss_neighbor" in last and logged[-1] == 300
+    emb = embed_pins(result.model, dataset, text)
+    for key in ("image", "text", "fused"):
+        np.testing.assert_allclose(np.linalg.norm(emb[key], axis=1), 1.0, atol=1e-5)
+    chance = 10 / len(dataset)
+    r10 = retrieval_metrics(emb["text"], emb["image"])["R@10"]
+    assert r10 > 3 * chance
+
+
+def test_ablation_trains_without_pairs(tiny_data):
+    dataset, text, _ = tiny_data
+    result = train_pinclip(MODEL, _cfg(steps=3, neighbor_weight=0.0), dataset, text,
+                           np.arange(len(dataset)), None)
+    assert "loss_neighbor" not in result.history[-1]
+
+
+def test_learning_rate_warms_up_then_decays_to_a_floor():
+    cfg = PinCLIPTrainConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
