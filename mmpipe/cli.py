@@ -59,7 +59,55 @@ def run_world_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_GROUPS = [add_world_commands]
+def add_search_commands(subparsers) -> None:
+    search = subparsers.add_parser(
+        "search",
+        help="nearest pins to a text query or to a pin",
+        description="Print the nearest pins (pin_id, score, caption) from the pin index. "
+                    "Text queries search image embeddings; pin queries search fused embeddings. "
+                    "Default paths are under the project root.",
+    )
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query, e.g. \"crimson striped disc\"")
+    query.add_argument("--pin", help="a pin id: find its neighbors (itself excluded)")
+    search.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
+    search.add_argument("--model", default=None,
+                        help="MLflow model URI or checkpoint directory "
+                             "(default: models:/pinclip@champion, else @challenger)")
+    search.add_argument("--text-model", type=Path, default=None,
+                        help="text tower directory for a checkpoint --model (default: packaged MiniLM)")
+    search.add_argument("--index", type=Path, default=None,
+                        help="PinIndex root holding image/ and fused/ (default: storage/index/pins)")
+    search.add_argument("--pins", type=Path, default=None,
+                        help="validated pins table (default: storage/validated/pins.parquet)")
+    search.add_argument("--embeddings", type=Path, default=None,
+                        help="pin_embeddings parquet file or directory (default: storage/embeddings/pins)")
+    search.set_defaults(func=run_search)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from mmpipe.search import PinSearcher, SearchSetupError
+
+    if args.k < 1:
+        raise SystemExit(f"--k must be >= 1, got {args.k}")
+    paths = {"index_dir": args.index, "pins_table_path": args.pins, "embeddings": args.embeddings}
+    searcher = PinSearcher.from_project(args.model, text_model_dir=args.text_model,
+                                        **{name: path for name, path in paths.items() if path is not None})
+    try:
+        if args.text is not None:
+            hits = searcher.search_text(args.text, args.k)
+        else:
+            hits = searcher.search_pin(args.pin, args.k)
+    except SearchSetupError as error:
+        raise SystemExit(f"mmpipe search: {error}") from None
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"mmpipe search: {error.args[0] if error.args else error}") from None
+    for pin_id, score, caption in zip(hits["pin_id"], hits["score"], hits["caption"]):
+        print(f"{pin_id}  {score:.4f}  {caption}")
+    return 0
+
+
+COMMAND_GROUPS = [add_world_commands, add_search_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,10 +50,18 @@ def tiny_batch(batch=4, seed=0, config=None):
     return pixels, hidden, mask
 
 
+def switch_on_fusion(model):
+    """The fusion residual's projection starts at zero (fused = late fusion at init);
+    give it weights so that tests see the fusion transformer's effect."""
+    with torch.no_grad():
+        model.fusion_proj.weight.normal_(std=0.5)
+    return model
+
+
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return PinCLIP(PinCLIPConfig.tiny()).eval()
+    return switch_on_fusion(PinCLIP(PinCLIPConfig.tiny())).eval()
 
 
 # --- model -------------------------------------------------------------------------------
@@ -85,7 +93,8 @@ def test_padded_text_positions_do_not_matter(text_trainable_layers):
         from transformers import BertModel
 
         text_model = BertModel(tiny_bert_config())
-    model = PinCLIP(PinCLIPConfig.tiny(text_trainable_layers=text_trainable_layers), text_model).eval()
+    config = PinCLIPConfig.tiny(text_trainable_layers=text_trainable_layers)
+    model = switch_on_fusion(PinCLIP(config, text_model)).eval()
     pixels, hidden, mask = tiny_batch(batch=4)
     mask[0, 3:] = False
     mask[1] = False  # a pin without text
@@ -103,11 +112,21 @@ def test_pin_without_text_gets_image_only_fusion(model):
     pixels, hidden, mask = tiny_batch(batch=3)
     mask[:] = False
     out = model(pixels, hidden, mask)
-    assert torch.isfinite(out.fused_emb).all() and torch.isfinite(out.text_emb).all()
-    image_tokens, _ = model.encode_image(pixels)
+    assert torch.isfinite(out.fused_emb).all()
+    assert out.text_emb.abs().max() == 0  # "no text", not the embedding of padding
+    torch.testing.assert_close(out.fused_emb.norm(dim=-1), torch.ones(3))
+    image_tokens, image_emb = model.encode_image(pixels)
     no_text = hidden[:, :0], mask[:, :0]
-    image_only = model.fuse(image_tokens, model.encode_text(*no_text)[0], no_text[1])
+    text_tokens, text_emb = model.encode_text(*no_text)
+    image_only = model.fuse(image_tokens, text_tokens, no_text[1], image_emb, text_emb)
     torch.testing.assert_close(out.fused_emb, image_only)
+    assert (out.fused_emb - image_emb).abs().max() > 1e-3  # the fusion transformer adds to it
+
+
+def test_fused_embedding_starts_as_late_fusion():
+    torch.manual_seed(0)
+    out = PinCLIP(PinCLIPConfig.tiny()).eval()(*tiny_batch(batch=3))
+    torch.testing.assert_close(out.fused_emb, F.normalize(out.image_emb + out.text_emb, dim=-1))
 
 
 def test_config_round_trips_through_dict():

@@ -21,10 +21,12 @@ from orchestration.resources import PipelinePaths, ValidationPolicy
 # The tiny world plants at least one record of every defect kind in tables of a few rows,
 # so its quarantine shares are far above what the default policy tolerates.
 TINY_MAX_QUARANTINE_RATE = 0.7
+TINY_PINCLIP = {"model_size": "tiny", "steps": 20, "batch_size": 32, "pair_batch_size": 16}
 from tests.conftest import PROJECT_ROOT
 
 
 def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance):
+    pinclip = {"config": TINY_PINCLIP}
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         resources={
@@ -32,6 +34,7 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
             "policy": ValidationPolicy(max_quarantine_rate=TINY_MAX_QUARANTINE_RATE),
         },
         instance=instance,
+        run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip}},
     )
 
 
@@ -39,7 +42,10 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
 def materialized(tiny_world, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
     instance = dg.DagsterInstance.ephemeral()
-    result = _materialize_all(tiny_world, storage, instance)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
+        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        result = _materialize_all(tiny_world, storage, instance)
     return result, storage, instance
 
 
@@ -96,11 +102,13 @@ def test_cli_materializes_everything(tiny_world, tmp_path):
     shutil.copytree(tiny_world, root / "data" / "raw")
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["validation"]["max_quarantine_rate"] = TINY_MAX_QUARANTINE_RATE
+    params["pinclip"].update(TINY_PINCLIP)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "MMPIPE_ROOT": str(root), "DAGSTER_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default: a SQLite store under the project root
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
         [str(dagster), "asset", "materialize", "--select", "*", "-m", "orchestration.definitions"],
@@ -111,3 +119,25 @@ def test_cli_materializes_everything(tiny_world, tmp_path):
     for key in defs.resolve_asset_graph().get_all_asset_keys():
         assert instance.get_latest_materialization_event(key) is not None, key
     assert (root / "storage" / "graph" / "neighbor_pairs.parquet").exists()
+    assert (root / "mlflow.db").exists() and (root / "storage" / "reports" / "pinclip" / "pinclip_eval.md").exists()
+
+
+def test_pinclip_slice_registers_indexes_and_reports(materialized):
+    from mlflow import MlflowClient
+
+    _, storage, instance = materialized
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("pinclip", "challenger")
+    assert version.tags["dagster_run_id"] != "none" and version.tags["git_commit"]
+    model_meta = instance.get_latest_materialization_event(dg.AssetKey("pinclip_model")).asset_materialization.metadata
+    run = client.get_run(model_meta["mlflow_run_id"].value)
+    assert "loss_clip" in run.data.metrics and "loss_neighbor" in run.data.metrics
+
+    index_meta = instance.get_latest_materialization_event(dg.AssetKey("faiss_pin_index")).asset_materialization.metadata
+    assert index_meta["fused_recall@10_vs_exact"].value >= 0.95
+    assert index_meta["vectors"].value == len(pd.read_parquet(storage / "validated" / "pins.parquet"))
+
+    report = (storage / "reports" / "pinclip" / "pinclip_eval.md").read_text()
+    for row in ("pinclip_fused", "minilm_captions", "no_neighbor_loss_fused", "untrained_image_tower",
+                "attribute_oracle"):
+        assert row in report, row

@@ -462,3 +462,55 @@ def pinclip_report(
     if split is not None:
         summary["cutoff_date"] = split.cutoff_date
     return markdown, plots, summary
+
+
+# -----------------------------------------------------------------------------
+# the whole PinCLIP evaluation: trained model, ablation, baselines, oracle
+
+MODEL_NAME = "pinclip_fused"
+
+
+def evaluate_pinclip(
+    trained: dict[str, np.ndarray],
+    ablation: dict[str, np.ndarray],
+    untrained: dict[str, np.ndarray],
+    ids: list[str],
+    pins: pd.DataFrame,
+    text_features,
+    split: HoldoutSplit,
+    neighbors: dict[str, set[str]],
+    truth_pin_objects: pd.DataFrame,
+    board_themes: pd.DataFrame | None = None,
+    k: int = 10,
+) -> tuple[dict[str, dict[str, float]], str, dict[str, bytes], dict]:
+    """Score the trained model's fused embedding against every baseline and the oracle.
+
+    ``trained``, ``ablation`` (no neighbor loss) and ``untrained`` (random init) hold the
+    ``image``/``text``/``fused`` arrays of ``embed_pins`` for the pins ``ids``.
+    Returns (metrics, report markdown, plots, summary).
+    """
+    sets = [
+        EmbeddingSet(MODEL_NAME, ids, trained["fused"], trained["image"], trained["text"]),
+        EmbeddingSet("pinclip_image_tower", ids, trained["image"]),
+        EmbeddingSet("pinclip_text_tower", ids, trained["text"]),
+        EmbeddingSet("no_neighbor_loss_fused", ids, ablation["fused"], ablation["image"], ablation["text"]),
+        EmbeddingSet("no_neighbor_loss_image", ids, ablation["image"]),
+        EmbeddingSet("untrained_image_tower", ids, untrained["image"]),
+        minilm_caption_baseline(pins, text_features),
+        random_baseline(ids, trained["fused"].shape[1], seed=0),
+        attribute_oracle(ids, truth_pin_objects, board_themes),
+    ]
+    metrics = evaluate_embeddings(sets, split, neighbors, k=k)
+    baselines = [s.name for s in sets[1:-1]]
+    markdown, plots, summary = pinclip_report(
+        metrics, MODEL_NAME, baselines, sets[-1].name, split=split, k=k,
+        descriptions={
+            MODEL_NAME: "PinCLIP fused pin embedding (image↔text + neighbor alignment)",
+            "pinclip_image_tower": "image tower of the trained model alone",
+            "pinclip_text_tower": "text tower of the trained model alone",
+            "no_neighbor_loss_fused": "ablation: same training without the neighbor loss (fused)",
+            "no_neighbor_loss_image": "ablation: its image tower",
+            "untrained_image_tower": "randomly initialised image tower",
+        },
+    )
+    return metrics, markdown, plots, summary

@@ -8,9 +8,12 @@ any of them:
   adapter (the tower cannot move, so the adapter is what aligns text to images), pooled
   over real tokens and projected;
 * ``fused_emb``: learned fusion queries cross-attend over [image tokens ; text tokens]
-  (Q-Former / Perceiver style) and are pooled. Padding tokens are masked out of the keys;
-  a pin with no text still has its image tokens, so cold pins without captions get a
-  fused embedding from the image alone.
+  (Q-Former / Perceiver style) and are pooled, as a residual on top of late fusion
+  ``image_emb + text_emb``. The residual's output projection starts at zero, so the
+  fused embedding starts as good as the two towers combined and the weak neighbor
+  signal only has to teach what late fusion misses. Padding tokens are masked out of the
+  keys; a pin with no text has a zero ``text_emb`` and still has its image tokens, so
+  cold pins without captions get a fused embedding from the image alone.
 
 Image-text alignment (``ClipLoss``) trains the towers; neighbor alignment between fused
 embeddings of pins that share a board trains the fusion (see ``losses.py``).
@@ -118,7 +121,7 @@ class PinCLIPConfig:
 
 class PinCLIPOutput(NamedTuple):
     image_emb: torch.Tensor  # [B, E], unit norm
-    text_emb: torch.Tensor  # [B, E], unit norm
+    text_emb: torch.Tensor  # [B, E], unit norm (zero for a pin without text)
     fused_emb: torch.Tensor  # [B, E], unit norm
     logit_scale: torch.Tensor  # scalar multiplier (exp of the learned log-scale) for ClipLoss
     neighbor_logit_scale: torch.Tensor  # same, for NeighborAlignmentLoss
@@ -230,6 +233,7 @@ class PinCLIP(nn.Module):
         )
         self.fusion_ln = nn.LayerNorm(c.fusion_width)
         self.fusion_proj = nn.Linear(c.fusion_width, c.embed_dim, bias=False)
+        nn.init.zeros_(self.fusion_proj.weight)  # fused starts as late fusion; see the module doc
 
         # Separate temperatures: board neighbors are a looser notion of "same" than a pin
         # and its own caption, so the neighbor loss may settle on a softer one.
@@ -265,7 +269,9 @@ class PinCLIP(nn.Module):
         return tokens, emb
 
     def encode_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached tower states [B, L, H], mask bool [B, L] -> (fusion tokens [B, L, W_f], emb [B, E])."""
+        """Cached tower states [B, L, H], mask bool [B, L] -> (fusion tokens [B, L, W_f], emb [B, E]).
+
+        A pin without text (all-False mask row) gets a zero ``emb``: cosine 0 with everything."""
         mask = mask.bool()
         keys = _attendable(mask)
         x = self.text_in(self.text_tower_top(hidden, keys))
@@ -289,22 +295,25 @@ class PinCLIP(nn.Module):
             hidden = layer(hidden, tower_mask)
         return hidden
 
-    def fuse(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor,
-             text_mask: torch.Tensor) -> torch.Tensor:
-        """Fused embedding [B, E]. Text is optional per pin: an all-False ``text_mask`` row
-        leaves only the image tokens as keys, and the result is exactly image-only fusion."""
+    def fuse(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+             image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Fused embedding [B, E] from the outputs of ``encode_image`` and ``encode_text``.
+
+        Text is optional per pin: an all-False ``text_mask`` row leaves only the image
+        tokens as keys and a zero ``text_emb``, and the result is exactly image-only fusion."""
         context = torch.cat([image_tokens, text_tokens], dim=1)
         image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)
         context_mask = torch.cat([image_mask, text_mask.bool()], dim=1)
         queries = self.fusion_queries.expand(image_tokens.shape[0], -1, -1)
         for block in self.fusion:
             queries = block(queries, None, context, context_mask)
-        return F.normalize(self.fusion_proj(self.fusion_ln(queries).mean(1)), dim=-1)
+        residual = self.fusion_proj(self.fusion_ln(queries).mean(1))
+        return F.normalize(image_emb + text_emb + residual, dim=-1)
 
     def forward(self, pixels: torch.Tensor, text_hidden: torch.Tensor,
                 text_mask: torch.Tensor) -> PinCLIPOutput:
         image_tokens, image_emb = self.encode_image(pixels)
         text_tokens, text_emb = self.encode_text(text_hidden, text_mask)
-        fused_emb = self.fuse(image_tokens, text_tokens, text_mask)
+        fused_emb = self.fuse(image_tokens, text_tokens, text_mask, image_emb, text_emb)
         return PinCLIPOutput(image_emb, text_emb, fused_emb,
                              self.logit_scale.exp(), self.neighbor_logit_scale.exp())

