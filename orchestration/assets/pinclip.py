@@ -19,6 +19,7 @@ from mmpipe.models.text_encoder import TextFeatures
 from mmpipe.params import load_params
 from mmpipe.registry.mlflow_registry import RunContext, start_run
 from mmpipe.registry.pinclip_pyfunc import log_pinclip
+from mmpipe.search import read_pin_embeddings
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 from mmpipe.train.pinclip_inputs import PinCLIPInputs, encode_pin_captions, pinclip_inputs
 from mmpipe.train.pinclip_train import PinCLIPTrainConfig, embed_pins, train_pinclip
@@ -155,10 +156,11 @@ def _embeddings_path(paths: PipelinePaths):
     return paths.storage("embeddings", "pins") / "pins.parquet"
 
 
-def read_pin_embeddings(paths: PipelinePaths) -> tuple[list[str], dict[str, np.ndarray]]:
-    frame = pd.read_parquet(_embeddings_path(paths))
-    return frame["pin_id"].tolist(), {k: np.stack(frame[k].to_numpy()).astype(np.float32)
-                                      for k in ("image", "text", "fused")}
+def _read_embeddings(paths: PipelinePaths) -> tuple[list[str], dict[str, np.ndarray]]:
+    vectors = {}
+    for kind in ("image", "text", "fused"):
+        ids, vectors[kind] = read_pin_embeddings(_embeddings_path(paths), kind)
+    return ids, vectors
 
 
 @dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, deps=["pinclip_model"],
@@ -181,7 +183,7 @@ def pin_embeddings(paths: PipelinePaths) -> dg.MaterializeResult:
 @dg.asset(group_name="index", kinds={"faiss"}, deps=["pin_embeddings"], code_version="1",
           description="FAISS indexes of the fused and image pin embeddings (index type chosen by size).")
 def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
-    ids, emb = read_pin_embeddings(paths)
+    ids, emb = _read_embeddings(paths)
     cfg = IndexConfig(exact_below=_INDEX["exact_below"], nprobe=_INDEX["nprobe"],
                       ef_search=_INDEX["ef_search"])
     metadata = {}
@@ -202,7 +204,7 @@ def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
           code_version="1",
           description="Held-out (by date) neighbor and text↔image retrieval of PinCLIP vs baselines vs oracle.")
 def eval_pinclip(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
-    ids, trained = read_pin_embeddings(paths)
+    ids, trained = _read_embeddings(paths)
     ablation_model = _load_trained(paths, "pinclip_no_neighbor")
     inputs = _inputs(paths, ablation_model.config.image_size)
     if inputs.dataset.pin_ids != ids:
