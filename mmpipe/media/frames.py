@@ -22,7 +22,6 @@ run goes on with the other videos.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from mmpipe.io import write_npy_atomic, write_parquet_atomic
 from mmpipe.layout import QUARANTINE_COLUMNS, resolve_inside
 from mmpipe.media.decode import DecodedVideo, VideoDecodeError, decode_video_with_signal
 from mmpipe.media.shots import assign_shot_ids, blank_frame_mask, detect_shot_boundaries
@@ -111,7 +111,7 @@ def extract_frames(
             continue
 
         segmented = segment_video(video_id, decoded, cfg)
-        _save_npy_atomically(out_dir / f"{video_id}.npy", decoded.frames)
+        write_npy_atomic(np.ascontiguousarray(decoded.frames, dtype=np.uint8), out_dir / f"{video_id}.npy")
         index_parts.append(segmented.index)
         shot_parts.append(segmented.shots)
         summary_rows.append(segmented.summary)
@@ -122,8 +122,8 @@ def extract_frames(
         quarantine=pd.DataFrame(quarantine_rows, columns=QUARANTINE_COLUMNS),
         shots=_concat(shot_parts, SHOT_COLUMNS),
     )
-    _write_parquet_atomically(result.index, out_dir / INDEX_FILE)
-    _write_parquet_atomically(result.shots, out_dir / SHOTS_FILE)
+    write_parquet_atomic(result.index, out_dir / INDEX_FILE)
+    write_parquet_atomic(result.shots, out_dir / SHOTS_FILE)
     return result
 
 
@@ -209,27 +209,3 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 
 _EMPTY_DTYPES = {"video_id": "str", "frame_index": "int64", "shot_id": "int64", "is_blank": "bool"}
-
-
-def _temporary_sibling(path: Path) -> Path:
-    # Same directory, so os.replace is an atomic rename; the pid keeps parallel runs apart.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = _temporary_sibling(path)
-    try:
-        with open(tmp, "wb") as handle:  # a file object: np.save would append .npy to a name
-            np.save(handle, np.ascontiguousarray(array, dtype=np.uint8))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_parquet_atomically(table: pd.DataFrame, path: Path) -> None:
-    tmp = _temporary_sibling(path)
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
