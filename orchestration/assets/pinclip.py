@@ -125,9 +125,12 @@ def _train(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster, path
     return dg.MaterializeResult(metadata=metadata)
 
 
+_TRAINING_INPUTS = ["pin_text_features", "graph_neighbor_pairs", "validated_board_pins",
+                    "validated_interactions"]
+
+
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"},
-          deps=["pin_text_features", "graph_neighbor_pairs", "validated_board_pins",
-                "validated_interactions"],
+          deps=_TRAINING_INPUTS,
           code_version="1",
           description="PinCLIP trained on pins before the cut-off; registered in MLflow as `pinclip`.")
 def pinclip_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster,
@@ -136,8 +139,7 @@ def pinclip_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagste
 
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"},
-          deps=["pin_text_features", "graph_neighbor_pairs", "validated_board_pins",
-                "validated_interactions"],
+          deps=_TRAINING_INPUTS,
           code_version="1",
           description="Ablation: the same PinCLIP training without the neighbor alignment loss.")
 def pinclip_no_neighbor_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster,
