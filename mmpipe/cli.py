@@ -29,6 +29,17 @@ def add_world_commands(subparsers) -> None:
     generate.add_argument("--quiet", action="store_true", help="no progress bars")
     generate.set_defaults(func=run_world_generate)
 
+    advance = world_commands.add_parser(
+        "advance",
+        help="append the next day(s) of pins, saves, interactions and videos to a generated world",
+        description="Deliver the day after the landing zone's end_date (and the next, ...) as a real "
+                    "upstream would: new rows appended, old rows untouched, manifest updated last.",
+    )
+    advance.add_argument("--days", type=int, default=1, help="days to append (default: 1)")
+    advance.add_argument("--root", type=Path, default=Path("data/raw"), help="raw root to advance (default: data/raw)")
+    advance.add_argument("--quiet", action="store_true", help="no progress bars")
+    advance.set_defaults(func=run_world_advance)
+
 
 def run_world_generate(args: argparse.Namespace) -> int:
     from mmpipe.world.config import world_config
@@ -56,6 +67,27 @@ def run_world_generate(args: argparse.Namespace) -> int:
         print(f"{table:<16}{rows:>10}{summary['bad_records'][table]:>8}")
     print(f"oracle AUC {summary['oracle_auc']:.4f}, mean p(click) {summary['mean_p_click']:.4f}, "
           f"cold pins from {summary['cutoff_date']}")
+    return 0
+
+
+def run_world_advance(args: argparse.Namespace) -> int:
+    from mmpipe.world.advance import advance
+
+    if args.days < 1:
+        raise SystemExit(f"--days must be >= 1, got {args.days}")
+    started = time.perf_counter()
+    try:
+        summary = advance(args.root, args.days, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"mmpipe world advance: {error}") from None
+    elapsed = time.perf_counter() - started
+
+    print(f"world advanced by {len(summary['dates'])} day(s): {', '.join(summary['dates'])} "
+          f"-> {summary['root']} ({elapsed:.1f}s)")
+    print(f"{'table':<16}{'appended':>10}{'good':>8}{'bad':>8}")
+    for table, counts in summary["appended"].items():
+        print(f"{table:<16}{counts['rows']:>10}{counts['rows'] - counts['bad']:>8}{counts['bad']:>8}")
+    print(f"date window now {summary['start_date']} .. {summary['end_date']}")
     return 0
 
 

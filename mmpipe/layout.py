@@ -14,6 +14,8 @@ Raw landing zone (``data/raw``, tracked by DVC through ``data.dvc``)::
     videos.parquet         video_id, video_path, title, duration_s, fps, created_at
     moment_queries.parquet query_id, video_id, query, start_s, end_s
     manifest.json          what the delivery declares: producer, start_date, end_date, row counts
+                           (``mmpipe world advance`` adds n_days and truth_rows; it writes the
+                           manifest last, and its counts are the committed rows of each file)
     images/<pin_id>.jpg
     videos/<video_id>.mp4
     _truth/                ground truth, read only by eval code and tests

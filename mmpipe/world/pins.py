@@ -212,9 +212,131 @@ class PinWorld:
     n_bad_ids: int  # ids p(n+1)..p(n+n_bad_ids) are taken by bad pins
 
 
+PIN_COLUMNS = ["pin_id", "image_path", "title", "description", "created_at"]
+PIN_OBJECT_COLUMNS = ["pin_id", "object_index", *ATTRIBUTE_NAMES, "x", "y", "scale", "rotation"]
+
+
 def _overlong(description: str, rng: np.random.Generator) -> str:
     target = 2000 + int(rng.integers(100, 1500))
     return " ".join([description] * (target // (len(description) + 1) + 1))[:target]
+
+
+def describe_pins(
+    pin_ids: list[str], scenes: list[list[PlacedObject]], created_at: list[str], images_dir: Path,
+    render_seed: int, rng: np.random.Generator, typo_rate: float,
+) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+    """Captions, raw rows, truth rows and render jobs of good pins whose scenes are drawn.
+
+    Returns (rows, objects, mentions, jobs); pin i's image is rendered with seed
+    ``render_seed + i``. Shared by the generator and by ``world advance``, so a day's new
+    pins are described exactly as the first days' were.
+    """
+    rows, objects, mentions, jobs = [], [], [], []
+    for i, (pin_id, scene) in enumerate(zip(pin_ids, scenes)):
+        mentioned = choose_mentions(rng)
+        title, description = pin_caption(scene[0].spec, mentioned, rng, typo_rate)
+        rows.append((pin_id, f"images/{pin_id}.jpg", title, description, created_at[i]))
+        jobs.append((str(images_dir / f"{pin_id}.jpg"), scene, render_seed + i))
+        main_attributes = scene[0].spec.as_dict()
+        mentions.extend((pin_id, name, main_attributes[name]) for name in mentioned)
+        for k, obj in enumerate(scene):
+            objects.append(
+                (pin_id, k, *obj.spec.as_dict().values(), obj.x, obj.y, obj.diameter, obj.rotation)
+            )
+    return rows, objects, mentions, jobs
+
+
+@dataclass
+class BadPins:
+    rows: list[tuple]  # raw rows, one defect each
+    record_ids: list[str | None]
+    after: list[int]  # good row each must follow (-1: anywhere), see ``interleave``
+    jobs: list[tuple]  # images to render
+    file_defects: list[tuple[Path, str]]  # images to damage once rendered
+
+
+def bad_pins(
+    defects: list[str], first_number: int, width: int, good_ids: list[str], dates: list[str],
+    window: tuple[str, str], images_dir: Path, render_seed: int, bad_rng: np.random.Generator,
+    cfg: WorldConfig,
+) -> BadPins:
+    """Pin rows with exactly one defect each, ids p<first_number>, p<first_number + 1>, ...
+
+    Their dates are drawn from ``dates``; an out-of-range date falls outside ``window``
+    (the delivery's first and last date); a duplicate repeats one of ``good_ids``. Bad
+    pin j's image (where it has one) is rendered with seed ``render_seed + j``.
+    """
+    bad = BadPins([], [], [], [], [])
+    for j, defect in enumerate(defects):
+        pin_id = format_id("p", first_number + j, width)
+        scene = sample_scene(bad_rng, cfg.max_objects_per_pin)
+        title, description = pin_caption(scene[0].spec, choose_mentions(bad_rng), bad_rng, cfg.typo_rate)
+        image_path, created_at = f"images/{pin_id}.jpg", dates[int(bad_rng.integers(len(dates)))]
+        record_id, original = pin_id, -1
+        needs_image = defect not in ("missing_image", "path_traversal", "absolute_path", "duplicate_id")
+        if defect == "path_traversal":
+            image_path = ("../../etc/passwd", "../outside.jpg")[j % 2]
+        elif defect == "absolute_path":
+            image_path = ("/etc/passwd", f"/data/raw/images/{pin_id}.jpg")[j % 2]
+        elif defect == "duplicate_id":
+            original = int(bad_rng.integers(len(good_ids)))
+            record_id = good_ids[original]
+            image_path = f"images/{record_id}.jpg"
+        elif defect == "null_id":
+            record_id = None
+        elif defect == "empty_text":
+            title, description = ("", "") if j % 2 == 0 else ("  ", " ")
+        elif defect == "overlong_description":
+            description = _overlong(description, bad_rng)
+        elif defect == "garbled_caption":
+            title, description = garbled_text(bad_rng, 12), garbled_text(bad_rng, 80)
+        elif defect == "invalid_date":
+            created_at = ("2026-02-30", "not-a-date", "2026-13-01", "yesterday")[j % 4]
+        elif defect == "date_out_of_range":
+            shift = int(bad_rng.integers(30, 400))
+            created_at = day_to_date(window[0], -shift) if j % 2 == 0 else day_to_date(window[1], shift)
+        if needs_image:
+            bad.jobs.append((str(images_dir / f"{pin_id}.jpg"), scene, render_seed + j))
+        if defect in ("corrupt_jpeg", "not_an_image"):
+            bad.file_defects.append((images_dir / f"{pin_id}.jpg", defect))
+        bad.rows.append((record_id, image_path, title, description, created_at))
+        bad.record_ids.append(record_id)
+        bad.after.append(original)
+    return bad
+
+
+def damage_images(file_defects: list[tuple[Path, str]], bad_rng: np.random.Generator) -> None:
+    """Turn rendered images into the files their defect promises."""
+    for path, defect in file_defects:
+        data = path.read_bytes()
+        if defect == "corrupt_jpeg":  # cut off mid-scan: the header parses, the pixels do not
+            path.write_bytes(data[: int(len(data) * bad_rng.uniform(0.2, 0.6))])
+        else:
+            noise = bad_rng.integers(0, 256, size=int(bad_rng.integers(200, 2000)), dtype=np.uint8).tobytes()
+            path.write_bytes(b"<html><body>404 Not Found</body></html>\n" + noise)
+
+
+def main_value_index(scenes: list[list[PlacedObject]]) -> np.ndarray:
+    """[n_pins, n_attributes] value index of each scene's main object."""
+    return np.array(
+        [[ATTRIBUTES[name].index(getattr(scene[0].spec, name)) for name in ATTRIBUTE_NAMES] for scene in scenes],
+        dtype=np.int64,
+    ).reshape(len(scenes), len(ATTRIBUTE_NAMES))
+
+
+def assemble_pins(
+    rows: list[tuple], objects: list[tuple], mentions: list[tuple], bad: BadPins, defects: list[str],
+    bad_rng: np.random.Generator,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The raw pins (bad rows interleaved), pin_objects, caption_attributes and bad records."""
+    good = pd.DataFrame(rows, columns=PIN_COLUMNS, dtype=object)
+    pins, positions = interleave(good, pd.DataFrame(bad.rows, columns=PIN_COLUMNS, dtype=object), bad_rng, bad.after)
+    return (
+        pins,
+        pd.DataFrame(objects, columns=PIN_OBJECT_COLUMNS),
+        pd.DataFrame(mentions, columns=["pin_id", "attribute", "value"]),
+        bad_records_frame("pins", positions, bad.record_ids, defects),
+    )
 
 
 def generate_pins(out_root: Path, cfg: WorldConfig, rng: np.random.Generator, progress: bool = True) -> PinWorld:
@@ -231,86 +353,23 @@ def generate_pins(out_root: Path, cfg: WorldConfig, rng: np.random.Generator, pr
     days = np.sort(rng.integers(0, cfg.n_days, size=n))
     pin_ids = [format_id("p", i + 1, width) for i in range(n)]
     scenes = [sample_scene(rng, cfg.max_objects_per_pin) for _ in range(n)]
-    rows, objects, mentions, jobs = [], [], [], []
-    for i, (pin_id, scene) in enumerate(zip(pin_ids, scenes)):
-        mentioned = choose_mentions(rng)
-        title, description = pin_caption(scene[0].spec, mentioned, rng, cfg.typo_rate)
-        rows.append((pin_id, f"images/{pin_id}.jpg", title, description, dates[days[i]]))
-        jobs.append((str(images_dir / f"{pin_id}.jpg"), scene, render_seed + i))
-        main_attributes = scene[0].spec.as_dict()
-        mentions.extend((pin_id, name, main_attributes[name]) for name in mentioned)
-        for k, obj in enumerate(scene):
-            objects.append(
-                (pin_id, k, *obj.spec.as_dict().values(), obj.x, obj.y, obj.diameter, obj.rotation)
-            )
-
-    # Bad pins: extra rows with ids after the good ones, each with exactly one defect.
-    bad_rows, bad_ids, after, file_defects = [], [], [], []
-    for j, defect in enumerate(defects):
-        pin_id = format_id("p", n + j + 1, width)
-        scene = sample_scene(bad_rng, cfg.max_objects_per_pin)
-        title, description = pin_caption(scene[0].spec, choose_mentions(bad_rng), bad_rng, cfg.typo_rate)
-        image_path, created_at = f"images/{pin_id}.jpg", dates[int(bad_rng.integers(cfg.n_days))]
-        record_id, original = pin_id, -1
-        needs_image = defect not in ("missing_image", "path_traversal", "absolute_path", "duplicate_id")
-        if defect == "path_traversal":
-            image_path = ("../../etc/passwd", "../outside.jpg")[j % 2]
-        elif defect == "absolute_path":
-            image_path = ("/etc/passwd", f"/data/raw/images/{pin_id}.jpg")[j % 2]
-        elif defect == "duplicate_id":
-            original = int(bad_rng.integers(n))
-            record_id = pin_ids[original]
-            image_path = f"images/{record_id}.jpg"
-        elif defect == "null_id":
-            record_id = None
-        elif defect == "empty_text":
-            title, description = ("", "") if j % 2 == 0 else ("  ", " ")
-        elif defect == "overlong_description":
-            description = _overlong(description, bad_rng)
-        elif defect == "garbled_caption":
-            title, description = garbled_text(bad_rng, 12), garbled_text(bad_rng, 80)
-        elif defect == "invalid_date":
-            created_at = ("2026-02-30", "not-a-date", "2026-13-01", "yesterday")[j % 4]
-        elif defect == "date_out_of_range":
-            shift = int(bad_rng.integers(30, 400))
-            created_at = day_to_date(cfg.start_date, -shift if j % 2 == 0 else cfg.n_days - 1 + shift)
-        if needs_image:
-            jobs.append((str(images_dir / f"{pin_id}.jpg"), scene, render_seed + n + j))
-        if defect in ("corrupt_jpeg", "not_an_image"):
-            file_defects.append((images_dir / f"{pin_id}.jpg", defect))
-        bad_rows.append((record_id, image_path, title, description, created_at))
-        bad_ids.append(record_id)
-        after.append(original)
-
-    render_images(jobs, cfg.image_size, progress)
-    for path, defect in file_defects:
-        data = path.read_bytes()
-        if defect == "corrupt_jpeg":  # cut off mid-scan: the header parses, the pixels do not
-            path.write_bytes(data[: int(len(data) * bad_rng.uniform(0.2, 0.6))])
-        else:
-            noise = bad_rng.integers(0, 256, size=int(bad_rng.integers(200, 2000)), dtype=np.uint8).tobytes()
-            path.write_bytes(b"<html><body>404 Not Found</body></html>\n" + noise)
-
-    columns = ["pin_id", "image_path", "title", "description", "created_at"]
-    good = pd.DataFrame(rows, columns=columns, dtype=object)
-    bad = pd.DataFrame(bad_rows, columns=columns, dtype=object)
-    pins, positions = interleave(good, bad, bad_rng, after)
-    pin_objects = pd.DataFrame(
-        objects, columns=["pin_id", "object_index", *ATTRIBUTE_NAMES, "x", "y", "scale", "rotation"]
+    rows, objects, mentions, jobs = describe_pins(
+        pin_ids, scenes, [dates[d] for d in days], images_dir, render_seed, rng, cfg.typo_rate
     )
-    caption_attributes = pd.DataFrame(mentions, columns=["pin_id", "attribute", "value"])
-    main_value_index = np.array(
-        [[ATTRIBUTES[name].index(getattr(scene[0].spec, name)) for name in ATTRIBUTE_NAMES] for scene in scenes],
-        dtype=np.int64,
-    ).reshape(n, len(ATTRIBUTE_NAMES))
+    # Bad pins: extra rows with ids after the good ones, each with exactly one defect.
+    bad = bad_pins(defects, n + 1, width, pin_ids, dates, (dates[0], dates[-1]), images_dir,
+                   render_seed + n, bad_rng, cfg)
+    render_images(jobs + bad.jobs, cfg.image_size, progress)
+    damage_images(bad.file_defects, bad_rng)
+    pins, pin_objects, caption_attributes, bad_records = assemble_pins(rows, objects, mentions, bad, defects, bad_rng)
     return PinWorld(
         pins=pins,
         pin_objects=pin_objects,
         caption_attributes=caption_attributes,
-        bad_records=bad_records_frame("pins", positions, bad_ids, defects),
+        bad_records=bad_records,
         pin_ids=pin_ids,
         days=days,
-        main_values=main_value_index,
+        main_values=main_value_index(scenes),
         n_bad_ids=len(defects),
     )
 
@@ -357,6 +416,60 @@ def _theme_names(theme: np.ndarray) -> dict[str, str]:
     return {name: ATTRIBUTES[name][v] for name, v in zip(ATTRIBUTE_NAMES, theme) if v >= 0}
 
 
+def zipf_popularity(rank: np.ndarray) -> np.ndarray:
+    """How strongly a board draws saves, from its popularity rank (0: the most popular)."""
+    return 1.0 / (1.0 + rank) ** 1.1
+
+
+def pick_boards(
+    main_values: np.ndarray, themes: np.ndarray, popularity: np.ndarray, rng: np.random.Generator,
+    progress: bool = False,
+) -> list[set[int]]:
+    """On-theme saves: each pin (a row of main_values) is saved, with probability
+    SAVED_PIN_FRACTION, to 1 + Poisson(EXTRA_BOARDS_PER_PIN) boards among those whose
+    theme its main object fits, chosen by popularity. Returns each board's set of rows."""
+    matching_boards: dict[tuple, np.ndarray] = {}  # pins with equal main objects share the list
+    members: list[set[int]] = [set() for _ in range(len(themes))]
+    for p in tqdm(range(len(main_values)), desc="board saves", unit="pin", disable=not progress):
+        key = tuple(main_values[p])
+        if key not in matching_boards:
+            matching_boards[key] = np.flatnonzero(theme_matches(themes, main_values[p]))
+        candidates = matching_boards[key]
+        if len(candidates) == 0 or rng.random() >= SAVED_PIN_FRACTION:
+            continue
+        k = min(len(candidates), 1 + int(rng.poisson(EXTRA_BOARDS_PER_PIN)))
+        w = popularity[candidates]
+        for b in rng.choice(candidates, size=k, replace=False, p=w / w.sum()):
+            members[int(b)].add(p)
+    return members
+
+
+def draw_off_theme(n_on_theme: int, non_matching: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Off-theme saves for a board with ``n_on_theme`` on-theme ones, drawn among the
+    ``non_matching`` pins, so that they make up ``rate`` of the board's saves on average."""
+    n_off = int(rng.binomial(n_on_theme, rate / (1.0 - rate))) if rate > 0 else 0
+    return rng.choice(non_matching, size=min(n_off, len(non_matching)), replace=False)
+
+
+def bad_save_rows(
+    good_saves: pd.DataFrame, defects: list[str], bad_rng: np.random.Generator,
+    unknown_board_start: int, board_width: int, unknown_pin_start: int, pin_width: int,
+) -> tuple[list[tuple], list[str]]:
+    """Copies of random good saves that point at a board or pin that exists nowhere: ids
+    numbered from ``unknown_*_start``, which the caller keeps clear of every id in use."""
+    bad_saves, bad_save_ids = [], []
+    for j, defect in enumerate(defects):
+        template = good_saves.iloc[int(bad_rng.integers(len(good_saves)))]
+        board_id, pin_id = template["board_id"], template["pin_id"]
+        if defect == "unknown_board":
+            board_id = format_id("b", unknown_board_start + j, board_width)
+        else:
+            pin_id = format_id("p", unknown_pin_start + j, pin_width)
+        bad_saves.append((board_id, pin_id, template["saved_at"]))
+        bad_save_ids.append(f"{board_id}:{pin_id}")
+    return bad_saves, bad_save_ids
+
+
 def generate_boards(cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, progress: bool = True) -> BoardWorld:
     n_boards, n_pins = cfg.n_boards, len(pins.pin_ids)
     bad_rng = split_rng(rng)  # bad rows draw apart, so the good ones do not depend on them
@@ -369,24 +482,12 @@ def generate_boards(cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, 
     breadth = np.array([theme_matches(theme, pins.main_values).sum() for theme in themes])
     rank = np.empty(n_boards, dtype=np.int64)
     rank[np.argsort(-breadth * rng.lognormal(0.0, 1.0, size=n_boards), kind="stable")] = np.arange(n_boards)
-    popularity = 1.0 / (1.0 + rank) ** 1.1
+    popularity = zipf_popularity(rank)
     # Boards are mostly created early; every save comes after both the pin and the board.
     board_days = np.floor(rng.random(n_boards) ** 2 * cfg.n_days).astype(np.int64)
 
     # Each pin picks boards among those whose theme its main object fits, by popularity.
-    matching_boards: dict[tuple, np.ndarray] = {}  # pins with equal main objects share the list
-    members: list[set[int]] = [set() for _ in range(n_boards)]
-    for p in tqdm(range(n_pins), desc="board saves", unit="pin", disable=not progress):
-        key = tuple(pins.main_values[p])
-        if key not in matching_boards:
-            matching_boards[key] = np.flatnonzero(theme_matches(themes, pins.main_values[p]))
-        candidates = matching_boards[key]
-        if len(candidates) == 0 or rng.random() >= SAVED_PIN_FRACTION:
-            continue
-        k = min(len(candidates), 1 + int(rng.poisson(EXTRA_BOARDS_PER_PIN)))
-        w = popularity[candidates]
-        for b in rng.choice(candidates, size=k, replace=False, p=w / w.sum()):
-            members[int(b)].add(p)
+    members = pick_boards(pins.main_values, themes, popularity, rng, progress)
 
     saves = []  # (board, pin, on_theme)
     for b in range(n_boards):
@@ -398,10 +499,7 @@ def generate_boards(cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, 
             members[b].update(int(p) for p in rng.choice(free, size=missing, replace=False))
         on_theme = sorted(members[b])
         # Off-theme saves at the configured share of the board's saves.
-        rate = cfg.off_theme_rate
-        n_off = int(rng.binomial(len(on_theme), rate / (1.0 - rate))) if rate > 0 else 0
-        non_matching = np.flatnonzero(~is_match)
-        off_theme = rng.choice(non_matching, size=min(n_off, len(non_matching)), replace=False)
+        off_theme = draw_off_theme(len(on_theme), np.flatnonzero(~is_match), cfg.off_theme_rate, rng)
         saves += [(b, p, True) for p in on_theme] + [(b, int(p), False) for p in sorted(off_theme)]
 
     save_board = np.array([s[0] for s in saves], dtype=np.int64)
@@ -451,16 +549,9 @@ def generate_boards(cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, 
     unknown_board_start = n_boards + len(board_defects) + 1
     unknown_pin_start = n_pins + pins.n_bad_ids + 1
     pin_width = len(pins.pin_ids[0]) - 1
-    bad_saves, bad_save_ids = [], []
-    for j, defect in enumerate(save_defects):
-        template = good_saves.iloc[int(bad_rng.integers(len(good_saves)))]
-        board_id, pin_id = template["board_id"], template["pin_id"]
-        if defect == "unknown_board":
-            board_id = format_id("b", unknown_board_start + j, width)
-        else:
-            pin_id = format_id("p", unknown_pin_start + j, pin_width)
-        bad_saves.append((board_id, pin_id, template["saved_at"]))
-        bad_save_ids.append(f"{board_id}:{pin_id}")
+    bad_saves, bad_save_ids = bad_save_rows(
+        good_saves, save_defects, bad_rng, unknown_board_start, width, unknown_pin_start, pin_width
+    )
     board_pins, save_positions = interleave(
         good_saves, pd.DataFrame(bad_saves, columns=good_saves.columns, dtype=object), bad_rng
     )
@@ -569,6 +660,14 @@ def generate_users(cfg: WorldConfig, rng: np.random.Generator) -> UserWorld:
 # impressions and clicks
 
 
+# A cold pin is shown 0, 1 or 2 times in all, with these probabilities.
+COLD_IMPRESSION_PROBABILITIES = (0.5, 0.3, 0.2)
+# Spread of the lognormal popularity of warm pins and activity of users.
+EXPOSURE_SIGMA = 0.8
+ACTIVITY_SIGMA = 0.8
+INTERACTION_COLUMNS = ["impression_id", "user_id", "pin_id", "date", "position", "clicked"]
+
+
 @dataclass
 class InteractionWorld:
     interactions: pd.DataFrame
@@ -576,6 +675,55 @@ class InteractionWorld:
     bad_records: pd.DataFrame
     oracle_auc: float
     mean_p_click: float
+    # Latent state that no file records, kept for ``world advance`` (which replays this stage):
+    quality: np.ndarray  # [n_pins] item quality of each good pin
+    activity: np.ndarray  # [n_users] how often each user is shown things, relative to others
+
+
+def cold_impression_counts(n_cold: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n_cold`` cold pins is shown: most never, some once or twice."""
+    return rng.choice(len(COLD_IMPRESSION_PROBABILITIES), size=n_cold, p=COLD_IMPRESSION_PROBABILITIES)
+
+
+def draw_clicks(
+    rng: np.random.Generator, users: UserWorld, user: np.ndarray, position: np.ndarray,
+    quality: np.ndarray, main_values: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The click model: p = σ(user bias + position bias + item quality + Σ user–attribute
+    affinities + noise), for impressions of items with ``quality`` and ``main_values``
+    (row-aligned with ``user``). Returns (p_click, clicked)."""
+    logit = users.bias[user] + np.asarray(POSITION_BIAS)[position] + quality
+    logit += users.affinity[user[:, None], VALUE_OFFSETS[None, :] + main_values].sum(axis=1)
+    logit += rng.normal(0.0, CLICK_NOISE_STD, size=len(user))
+    p_click = 1.0 / (1.0 + np.exp(-logit))
+    clicked = (rng.random(len(user)) < p_click).astype(np.int64)
+    return p_click, clicked
+
+
+def bad_interaction_rows(
+    good: pd.DataFrame, defects: list[str], bad_rng: np.random.Generator, first_number: int, width: int,
+    unknown_user_start: int, user_width: int, unknown_pin_start: int, pin_width: int,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Copies of random good impressions, each with one defect and a new id numbered from
+    ``first_number``; unknown users and pins are numbered from ``unknown_*_start``."""
+    bad_rows, bad_ids = [], []
+    for j, defect in enumerate(defects):
+        row = good.iloc[int(bad_rng.integers(len(good)))].to_dict()
+        row["impression_id"] = format_id("i", first_number + j, width)
+        if defect == "unknown_user":
+            row["user_id"] = format_id("u", unknown_user_start + j, user_width)
+        elif defect == "unknown_pin":
+            row["pin_id"] = format_id("p", unknown_pin_start + j, pin_width)
+        elif defect == "negative_position":
+            row["position"] = -int(bad_rng.integers(1, 5))
+        elif defect == "invalid_clicked":
+            row["clicked"] = (2, -1, 7)[j % 3]
+        elif defect == "invalid_date":
+            row["date"] = ("2026-02-30", "not-a-date", "2026-13-01", "")[j % 4]
+        bad_rows.append(row)
+        bad_ids.append(row["impression_id"])
+    bad = pd.DataFrame(bad_rows, columns=good.columns).astype({"position": np.int64, "clicked": np.int64})
+    return bad, bad_ids
 
 
 def generate_interactions(
@@ -588,27 +736,23 @@ def generate_interactions(
 
     # Cold pins are barely shown: most never, some once or twice.
     cold_pins = np.flatnonzero(is_cold)
-    cold_counts = rng.choice(3, size=len(cold_pins), p=[0.5, 0.3, 0.2])
+    cold_counts = cold_impression_counts(len(cold_pins), rng)
     cold_shown = np.repeat(cold_pins, cold_counts)[: cfg.n_impressions]
     # Warm pins are shown by popularity, and in proportion to the days they have existed.
     warm_pins = np.flatnonzero(~is_cold)
-    exposure = rng.lognormal(0.0, 0.8, size=len(warm_pins)) * (cfg.n_days - pins.days[warm_pins])
+    exposure = rng.lognormal(0.0, EXPOSURE_SIGMA, size=len(warm_pins)) * (cfg.n_days - pins.days[warm_pins])
     warm_shown = rng.choice(warm_pins, size=cfg.n_impressions - len(cold_shown), p=exposure / exposure.sum())
     pin = np.concatenate([warm_shown, cold_shown])
     n = len(pin)
 
-    activity = rng.lognormal(0.0, 0.8, size=n_users)
+    activity = rng.lognormal(0.0, ACTIVITY_SIGMA, size=n_users)
     user = rng.choice(n_users, size=n, p=activity / activity.sum())
     earliest = np.maximum(pins.days[pin], np.maximum(users.signup_days[user], 0))
     day = rng.integers(earliest, cfg.n_days)
     position = rng.integers(0, N_POSITIONS, size=n)
 
     quality = rng.normal(0.0, ITEM_QUALITY_STD, size=n_pins)
-    logit = users.bias[user] + np.asarray(POSITION_BIAS)[position] + quality[pin]
-    logit += users.affinity[user[:, None], VALUE_OFFSETS[None, :] + pins.main_values[pin]].sum(axis=1)
-    logit += rng.normal(0.0, CLICK_NOISE_STD, size=n)
-    p_click = 1.0 / (1.0 + np.exp(-logit))
-    clicked = (rng.random(n) < p_click).astype(np.int64)
+    p_click, clicked = draw_clicks(rng, users, user, position, quality[pin], pins.main_values[pin])
 
     order = np.argsort(day, kind="stable")  # a daily log
     defects = assign_defects("interactions", n, cfg.bad_rate, bad_rng)
@@ -629,24 +773,11 @@ def generate_interactions(
         {"impression_id": impression_ids, "p_click": p_click[order], "is_cold_item": is_cold[pin[order]]}
     )
 
-    bad_rows, bad_ids = [], []
     user_width, pin_width = len(users.user_ids[0]) - 1, len(pins.pin_ids[0]) - 1
-    for j, defect in enumerate(defects):
-        row = good.iloc[int(bad_rng.integers(n))].to_dict()
-        row["impression_id"] = format_id("i", n + j + 1, width)
-        if defect == "unknown_user":
-            row["user_id"] = format_id("u", n_users + users.n_bad_ids + 1 + j, user_width)
-        elif defect == "unknown_pin":
-            row["pin_id"] = format_id("p", n_pins + pins.n_bad_ids + 1 + j, pin_width)
-        elif defect == "negative_position":
-            row["position"] = -int(bad_rng.integers(1, 5))
-        elif defect == "invalid_clicked":
-            row["clicked"] = (2, -1, 7)[j % 3]
-        elif defect == "invalid_date":
-            row["date"] = ("2026-02-30", "not-a-date", "2026-13-01", "")[j % 4]
-        bad_rows.append(row)
-        bad_ids.append(row["impression_id"])
-    bad = pd.DataFrame(bad_rows, columns=good.columns).astype({"position": np.int64, "clicked": np.int64})
+    bad, bad_ids = bad_interaction_rows(
+        good, defects, bad_rng, n + 1, width,
+        n_users + users.n_bad_ids + 1, user_width, n_pins + pins.n_bad_ids + 1, pin_width,
+    )
     interactions, positions = interleave(good, bad, bad_rng)
     return InteractionWorld(
         interactions=interactions,
@@ -654,4 +785,6 @@ def generate_interactions(
         bad_records=bad_records_frame("interactions", positions, bad_ids, defects),
         oracle_auc=roc_auc(p_click, clicked),
         mean_p_click=float(p_click.mean()),
+        quality=quality,
+        activity=activity,
     )

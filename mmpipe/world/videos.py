@@ -9,7 +9,7 @@ renderer and encoded to H.264 with settings that make the bytes reproducible fro
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -373,52 +373,69 @@ def _insert_randomly(rng: np.random.Generator, rows: list[dict], row: dict, afte
     rows.insert(int(rng.integers(after + 1, len(rows) + 1)), row)
 
 
-def generate_videos(
-    out_root: Path, cfg: WorldConfig, rng: np.random.Generator, dates: list[str], progress: bool = True
-) -> VideoWorld:
-    """Write ``out_root/videos/<video_id>.mp4`` and return the raw and truth tables."""
-    video_dir = Path(out_root) / "videos"
-    video_dir.mkdir(parents=True, exist_ok=True)
-    video_defects = _defect_kinds(rng, VIDEO_DEFECTS, cfg.n_videos, cfg)
-    # Bad videos get their own ids (except duplicates, which re-use one), after the good ones.
-    n_ids = cfg.n_videos + sum(d != "duplicate_id" for d in video_defects)
-    video_ids = [f"v{i:04d}" for i in range(1, n_ids + 1)]
-    video_rows, query_rows, object_rows, shot_rows, moment_rows = [], [], [], [], []
+def video_id_for(number: int) -> str:
+    return f"v{number:04d}"
 
-    for video_id in tqdm(video_ids[: cfg.n_videos], desc="videos", disable=not progress):
-        plan = plan_video(rng, video_id, cfg)
-        write_mp4(video_dir / f"{video_id}.mp4", render_frames(plan, rng), plan.fps, plan.side)
-        video_rows.append({
-            "video_id": video_id, "video_path": f"videos/{video_id}.mp4",
-            "title": video_title(rng, plan.objects), "duration_s": plan.n_frames / plan.fps,
-            "fps": plan.fps, "created_at": str(rng.choice(dates)),
-        })
-        object_rows += [obj.truth_row(video_id, plan.fps) for obj in plan.objects]
-        for shot_index, (start, end) in enumerate(plan.shots):
-            shot_rows.append({"video_id": video_id, "shot_index": shot_index, "start_s": start / plan.fps,
-                              "end_s": end / plan.fps, "labels": shot_labels(plan, start, end)})
-        # distinct targets while they last, so one video's queries ask about different objects
-        n_targets = cfg.queries_per_video
-        targets = list(rng.permutation(len(plan.objects)))
-        targets = (targets * (n_targets // len(targets) + 1))[:n_targets]
-        for target_index in targets:
-            target = plan.objects[int(target_index)]
-            query_id = f"q{len(query_rows) + 1:05d}"
-            span = {"start_s": target.start_frame / plan.fps, "end_s": target.end_frame / plan.fps}
-            query_rows.append({"query_id": query_id, "video_id": video_id,
-                               "query": moment_query(rng, target, plan.objects), **span})
-            moment_rows.append({"query_id": query_id, "video_id": video_id,
-                                "object_id": target.object_id, **span})
 
-    good_video_rows = list(video_rows)
-    bad_ids = iter(video_ids[cfg.n_videos:])
-    for defect in video_defects:
+def query_id_for(number: int) -> str:
+    return f"q{number:05d}"
+
+
+@dataclass
+class VideoRows:
+    """Rows of the raw and truth tables, as dicts; bad raw rows carry a ``_defect`` key."""
+
+    videos: list[dict] = field(default_factory=list)
+    queries: list[dict] = field(default_factory=list)
+    objects: list[dict] = field(default_factory=list)
+    shots: list[dict] = field(default_factory=list)
+    moments: list[dict] = field(default_factory=list)
+
+
+def add_good_video(
+    rows: VideoRows, rng: np.random.Generator, video_id: str, cfg: WorldConfig, video_dir: Path,
+    dates: list[str], next_query_number: int,
+) -> None:
+    """Plan, render and write one video, and add its rows, truth and moment queries (ids
+    numbered from ``next_query_number``) to ``rows``. Its date is drawn from ``dates``."""
+    plan = plan_video(rng, video_id, cfg)
+    write_mp4(video_dir / f"{video_id}.mp4", render_frames(plan, rng), plan.fps, plan.side)
+    rows.videos.append({
+        "video_id": video_id, "video_path": f"videos/{video_id}.mp4",
+        "title": video_title(rng, plan.objects), "duration_s": plan.n_frames / plan.fps,
+        "fps": plan.fps, "created_at": str(rng.choice(dates)),
+    })
+    rows.objects += [obj.truth_row(video_id, plan.fps) for obj in plan.objects]
+    for shot_index, (start, end) in enumerate(plan.shots):
+        rows.shots.append({"video_id": video_id, "shot_index": shot_index, "start_s": start / plan.fps,
+                           "end_s": end / plan.fps, "labels": shot_labels(plan, start, end)})
+    # distinct targets while they last, so one video's queries ask about different objects
+    n_targets = cfg.queries_per_video
+    targets = list(rng.permutation(len(plan.objects)))
+    targets = (targets * (n_targets // len(targets) + 1))[:n_targets]
+    for k, target_index in enumerate(targets):
+        target = plan.objects[int(target_index)]
+        query_id = query_id_for(next_query_number + k)
+        span = {"start_s": target.start_frame / plan.fps, "end_s": target.end_frame / plan.fps}
+        rows.queries.append({"query_id": query_id, "video_id": video_id,
+                             "query": moment_query(rng, target, plan.objects), **span})
+        rows.moments.append({"query_id": query_id, "video_id": video_id,
+                             "object_id": target.object_id, **span})
+
+
+def add_bad_videos(
+    rows: list[dict], good_rows: list[dict], defects: list[str], bad_ids, rng: np.random.Generator,
+    cfg: WorldConfig, video_dir: Path, dates: list[str],
+) -> None:
+    """Insert one bad video row per defect into ``rows`` (which starts as ``good_rows``):
+    duplicates copy a good row's id after it; the others take the next of ``bad_ids``."""
+    for defect in defects:
         if defect == "duplicate_id":
-            original = good_video_rows[int(rng.integers(len(good_video_rows)))]
+            original = good_rows[int(rng.integers(len(good_rows)))]
             # a conflicting copy: same id and file, another video's title and date
-            other = good_video_rows[int(rng.integers(len(good_video_rows)))]
+            other = good_rows[int(rng.integers(len(good_rows)))]
             row = {**original, "title": other["title"], "created_at": str(rng.choice(dates)), "_defect": defect}
-            _insert_randomly(rng, video_rows, row, after=video_rows.index(original))
+            _insert_randomly(rng, rows, row, after=rows.index(original))
             continue
         video_id = next(bad_ids)
         path = video_dir / f"{video_id}.mp4"
@@ -438,30 +455,66 @@ def generate_videos(
             path.unlink(missing_ok=True)
         elif defect == "path_traversal":
             row["video_path"] = "../../etc/passwd"
-        _insert_randomly(rng, video_rows, row)
+        _insert_randomly(rng, rows, row)
 
-    good_query_rows = list(query_rows)
-    for defect in _defect_kinds(rng, QUERY_DEFECTS, len(good_query_rows), cfg):
-        donor = good_query_rows[int(rng.integers(len(good_query_rows)))]
-        row = {**donor, "query_id": f"q{len(query_rows) + 1:05d}", "_defect": defect}
+
+def add_bad_queries(
+    rows: list[dict], good_rows: list[dict], defects: list[str], rng: np.random.Generator,
+    next_query_number: int, unknown_video_start: int, unknown_video_range: int = 1000,
+) -> None:
+    """Insert one bad moment query per defect into ``rows``, copied from a good one, with ids
+    from ``next_query_number``; an unknown video is numbered at random within
+    ``unknown_video_range`` from ``unknown_video_start``, past every video id in use."""
+    for j, defect in enumerate(defects):
+        donor = good_rows[int(rng.integers(len(good_rows)))]
+        row = {**donor, "query_id": query_id_for(next_query_number + j), "_defect": defect}
         if defect == "end_before_start":
             row["start_s"], row["end_s"] = donor["end_s"], donor["start_s"]
         elif defect == "unknown_video":
-            row["video_id"] = f"v{n_ids + 1 + int(rng.integers(1000)):04d}"
+            row["video_id"] = video_id_for(unknown_video_start + int(rng.integers(unknown_video_range)))
         elif defect == "empty_query":
             row["query"] = str(rng.choice(["", " ", "   "]))
-        _insert_randomly(rng, query_rows, row)
+        _insert_randomly(rng, rows, row)
 
+
+def video_world(rows: VideoRows, row_offset: dict[str, int] | None = None) -> VideoWorld:
+    """The tables from ``rows``; bad records index rows from ``row_offset[table]`` (default 0),
+    for batches appended to an existing table."""
+    row_offset = row_offset or {}
     bad_records = [
-        {"table": table, "row_index": index, "record_id": row[id_column], "defect": row["_defect"]}
-        for table, rows, id_column in (("videos", video_rows, "video_id"), ("moment_queries", query_rows, "query_id"))
-        for index, row in enumerate(rows) if "_defect" in row
+        {"table": table, "row_index": row_offset.get(table, 0) + index, "record_id": row[id_column],
+         "defect": row["_defect"]}
+        for table, table_rows, id_column in (("videos", rows.videos, "video_id"),
+                                             ("moment_queries", rows.queries, "query_id"))
+        for index, row in enumerate(table_rows) if "_defect" in row
     ]
     return VideoWorld(
-        videos=pd.DataFrame(video_rows, columns=RAW_COLUMNS["videos"]),
-        moment_queries=pd.DataFrame(query_rows, columns=RAW_COLUMNS["moment_queries"]),
-        video_objects=pd.DataFrame(object_rows, columns=VIDEO_OBJECT_COLUMNS),
-        shots=pd.DataFrame(shot_rows, columns=SHOT_COLUMNS),
-        moments=pd.DataFrame(moment_rows, columns=MOMENT_COLUMNS),
+        videos=pd.DataFrame(rows.videos, columns=RAW_COLUMNS["videos"]),
+        moment_queries=pd.DataFrame(rows.queries, columns=RAW_COLUMNS["moment_queries"]),
+        video_objects=pd.DataFrame(rows.objects, columns=VIDEO_OBJECT_COLUMNS),
+        shots=pd.DataFrame(rows.shots, columns=SHOT_COLUMNS),
+        moments=pd.DataFrame(rows.moments, columns=MOMENT_COLUMNS),
         bad_records=pd.DataFrame(bad_records, columns=BAD_RECORD_COLUMNS),
     )
+
+
+def generate_videos(
+    out_root: Path, cfg: WorldConfig, rng: np.random.Generator, dates: list[str], progress: bool = True
+) -> VideoWorld:
+    """Write ``out_root/videos/<video_id>.mp4`` and return the raw and truth tables."""
+    video_dir = Path(out_root) / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    video_defects = _defect_kinds(rng, VIDEO_DEFECTS, cfg.n_videos, cfg)
+    # Bad videos get their own ids (except duplicates, which re-use one), after the good ones.
+    n_ids = cfg.n_videos + sum(d != "duplicate_id" for d in video_defects)
+    video_ids = [video_id_for(i) for i in range(1, n_ids + 1)]
+    rows = VideoRows()
+    for video_id in tqdm(video_ids[: cfg.n_videos], desc="videos", disable=not progress):
+        add_good_video(rows, rng, video_id, cfg, video_dir, dates, len(rows.queries) + 1)
+
+    add_bad_videos(rows.videos, list(rows.videos), video_defects, iter(video_ids[cfg.n_videos:]), rng,
+                   cfg, video_dir, dates)
+    good_query_rows = list(rows.queries)
+    query_defects = _defect_kinds(rng, QUERY_DEFECTS, len(good_query_rows), cfg)
+    add_bad_queries(rows.queries, good_query_rows, query_defects, rng, len(good_query_rows) + 1, n_ids + 1)
+    return video_world(rows)
