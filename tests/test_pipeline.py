@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -141,3 +142,128 @@ def test_pinclip_slice_registers_indexes_and_reports(materialized):
     for row in ("pinclip_fused", "minilm_captions", "no_neighbor_loss_fused", "untrained_image_tower",
                 "attribute_oracle"):
         assert row in report, row
+    assert "## Promotion gate" in report
+
+
+def _metadata(instance, asset: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def test_first_pinclip_version_is_evaluated_promoted_and_serves_the_embeddings(materialized):
+    """The gate's path on a fresh registry: eval tags the challenger, the gate promotes it
+    (no champion yet), and pin_embeddings embeds with exactly that version."""
+    from mlflow import MlflowClient
+
+    _, storage, instance = materialized
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    challenger = client.get_model_version_by_alias("pinclip", "challenger")
+    champion = client.get_model_version_by_alias("pinclip", "champion")
+    assert str(champion.version) == str(challenger.version)
+
+    evaluated = _metadata(instance, "eval_pinclip")
+    assert evaluated["challenger_version"] == str(challenger.version)
+    assert evaluated["primary_metric"] == "neighbor_R@10/heldout"
+    recall = evaluated["challenger_value"]
+    assert 0.0 <= recall <= 1.0
+    assert float(champion.tags["eval.neighbor_R_at_10/heldout"]) == pytest.approx(recall, abs=1e-12)
+    assert champion.tags["eval.dagster_run_id"] != "none"
+
+    gate = _metadata(instance, "pinclip_champion")
+    assert gate["decision"] == "first" and gate["promoted"] is True
+    assert gate["champion_version"] == str(champion.version)
+    assert gate["previous_champion_version"] == "none"
+    assert champion.tags["promotion.outcome"] == "first"
+    decision = json.loads((storage / "reports" / "pinclip" / "pinclip_promotion.json").read_text())
+    assert decision["champion"] == str(champion.version) and decision["promote"] is True
+
+    embedded = _metadata(instance, "pin_embeddings")
+    assert embedded["model_version"] == str(champion.version)
+    assert embedded["model_uri"] == f"models:/pinclip/{champion.version}"
+
+
+def test_gate_asset_refuses_a_worse_challenger_and_promotes_a_better_one(materialized, tmp_path, monkeypatch):
+    """pinclip_champion on a second version, both ways, from the eval report it reads.
+
+    Works on a copy of the pipeline's registry so the module's other tests see the first
+    run's state; the second version re-registers the first one's artifacts (a retrain
+    would do the same with new weights), and its numbers are set around the champion's
+    recorded one.
+    """
+    from mlflow import MlflowClient
+
+    from mmpipe.registry.promotion import GateEvidence
+    from orchestration.assets.pinclip import pinclip_champion
+
+    _, storage, _ = materialized
+    shutil.copy(storage / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    first = client.get_model_version_by_alias("pinclip", "champion")
+    recorded = float(first.tags["eval.neighbor_R_at_10/heldout"])
+    second = str(client.create_model_version("pinclip", first.source, run_id=first.run_id).version)
+    paths = PipelinePaths(raw_dir=str(tmp_path / "raw"), storage_dir=str(tmp_path / "storage"))
+
+    def gate(challenger_value: float) -> dict:
+        evidence = GateEvidence("pinclip", "neighbor_R@10/heldout", True, second, challenger_value,
+                                champion_version=str(first.version))
+        report = paths.storage("reports", "pinclip") / "pinclip_eval.json"
+        report.write_text(json.dumps({"metrics": {}, "promotion": evidence.to_dict()}))
+        result = pinclip_champion(paths=paths)
+        return {key: getattr(value, "value", value) for key, value in result.metadata.items()}
+
+    refused = gate(recorded - 0.01)
+    assert refused["promoted"] is False and refused["decision"] == "worse"
+    assert refused["champion_version"] == str(first.version)
+    assert refused["champion_value"] == pytest.approx(recorded)
+    assert f"champion {recorded:.6g}" in refused["reason"]
+    assert str(client.get_model_version_by_alias("pinclip", "champion").version) == str(first.version)
+    assert client.get_model_version("pinclip", second).tags["promotion.outcome"] == "worse"
+
+    promoted = gate(recorded + 0.01)
+    assert promoted["promoted"] is True and promoted["decision"] == "better"
+    assert str(client.get_model_version_by_alias("pinclip", "champion").version) == second
+
+
+def test_eval_rescores_the_champion_and_a_retrained_equal_challenger_ties(materialized, tiny_world, tmp_path,
+                                                                         monkeypatch):
+    """A second version with the champion's weights: eval_pinclip scores the champion again on
+    the same pins, so the two numbers are equal exactly and the gate records a tie and promotes.
+
+    Runs on copies of the storage and registry, leaving the module's first run as it was.
+    """
+    from mlflow import MlflowClient
+
+    from orchestration.assets.pinclip import eval_pinclip, pinclip_champion
+
+    _, storage, _ = materialized
+    copy = tmp_path / "storage"
+    shutil.copytree(storage, copy)
+    uri = f"sqlite:///{copy / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(copy / "mlruns"))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    first = client.get_model_version_by_alias("pinclip", "champion")
+    second = str(client.create_model_version("pinclip", first.source, run_id=first.run_id).version)
+    client.set_registered_model_alias("pinclip", "challenger", second)
+
+    result = dg.materialize(
+        [eval_pinclip, pinclip_champion],
+        resources={"paths": PipelinePaths(raw_dir=str(tiny_world), storage_dir=str(copy))},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    summary = json.loads((copy / "reports" / "pinclip" / "pinclip_eval.json").read_text())
+    evidence = summary["promotion"]
+    assert evidence["challenger_version"] == second
+    assert evidence["champion_version"] == str(first.version)
+    assert evidence["champion_value"] == evidence["challenger_value"]
+    assert "champion, re-scored on this data" in (copy / "reports" / "pinclip" / "pinclip_eval.md").read_text()
+
+    gate = {key: value.value for key, value in
+            result.asset_materializations_for_node("pinclip_champion")[0].metadata.items()}
+    assert gate["decision"] == "tie" and gate["promoted"] is True
+    assert gate["previous_champion_version"] == str(first.version) and gate["champion_version"] == second
+    assert "re-scored on the same data" in gate["reason"]
+    assert str(client.get_model_version_by_alias("pinclip", "champion").version) == second

@@ -1,4 +1,9 @@
-"""PinCLIP slice: caption features → model (+ ablation) → embeddings → FAISS index → eval."""
+"""PinCLIP slice: caption features → model (+ ablation) → eval → promotion → embeddings → index.
+
+The eval judges the registered challenger before anything serves it: ``pinclip_champion``
+moves ``pinclip@champion`` only when the challenger's primary metric is at least the
+champion's, and ``pin_embeddings`` embeds with the champion alone.
+"""
 
 import json
 import time
@@ -9,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmpipe.eval.pinclip_eval import board_neighbors, evaluate_pinclip
+from mmpipe.eval.pinclip_eval import MODEL_NAME, board_neighbors, evaluate_pinclip
 from mmpipe.eval.report import write_report
 from mmpipe.index.faiss_index import IndexConfig, PinIndex, measure_qps, recall_at_k_vs_exact
 from mmpipe.io import write_parquet_atomic
@@ -17,8 +22,22 @@ from mmpipe.layout import truth_path
 from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
 from mmpipe.models.text_encoder import TextFeatures
 from mmpipe.params import load_params
-from mmpipe.registry.mlflow_registry import RunContext, start_run
-from mmpipe.registry.pinclip_pyfunc import log_pinclip
+from mmpipe.registry.mlflow_registry import (
+    CHALLENGER,
+    CHAMPION,
+    RunContext,
+    configure,
+    start_run,
+    tracking_uri,
+)
+from mmpipe.registry.pinclip_gate import PRIMARY_METRIC, gate_evidence, load_version_model, version_uri
+from mmpipe.registry.pinclip_pyfunc import REGISTERED_NAME, log_pinclip
+from mmpipe.registry.promotion import (
+    GateEvidence,
+    alias_version,
+    promote_from_evidence,
+    record_eval_metric,
+)
 from mmpipe.search import read_pin_embeddings
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 from mmpipe.train.pinclip_inputs import PinCLIPInputs, encode_pin_captions, pinclip_inputs
@@ -64,12 +83,12 @@ def _text_path(paths: PipelinePaths):
     return paths.storage("features") / "pin_text.safetensors"
 
 
-def _inputs(paths: PipelinePaths, image_size: int) -> PinCLIPInputs:
+def _inputs(paths: PipelinePaths, image_size: int, text: TextFeatures | None = None) -> PinCLIPInputs:
     return pinclip_inputs(
         read_validated(paths, "pins"), read_validated(paths, "board_pins"),
         read_validated(paths, "interactions"),
         pd.read_parquet(paths.storage("graph") / "neighbor_pairs.parquet"),
-        paths.raw_root, TextFeatures.load(_text_path(paths)), image_size,
+        paths.raw_root, TextFeatures.load(_text_path(paths)) if text is None else text, image_size,
     )
 
 
@@ -122,6 +141,7 @@ def _train(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster, path
     }
     if version is not None:
         metadata["registered_model"] = f"pinclip version {version} (alias challenger)"
+        metadata["registered_version"] = version
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -154,6 +174,20 @@ def _load_trained(paths: PipelinePaths, name: str) -> PinCLIP:
     return model.eval()
 
 
+def _registered_version(alias: str) -> str:
+    """The ``pinclip`` version holding ``alias``; a clear failure when none does."""
+    version = alias_version(configure(), REGISTERED_NAME, alias)
+    if version is None:
+        producer = "pinclip_model" if alias == CHALLENGER else "pinclip_champion"
+        raise dg.Failure(description=f"no {REGISTERED_NAME}@{alias} in the MLflow registry at "
+                                     f"{tracking_uri()}: materialize {producer} first")
+    return version
+
+
+def _report_dir(paths: PipelinePaths):
+    return paths.storage("reports", "pinclip")
+
+
 def _embeddings_path(paths: PipelinePaths):
     return paths.storage("embeddings", "pins") / "pins.parquet"
 
@@ -165,20 +199,117 @@ def _read_embeddings(paths: PipelinePaths) -> tuple[list[str], dict[str, np.ndar
     return ids, vectors
 
 
-@dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"}, deps=["pinclip_model"],
-          code_version="1",
-          description="Image, text and fused PinCLIP embeddings of every validated pin.")
-def pin_embeddings(paths: PipelinePaths) -> dg.MaterializeResult:
-    model = _load_trained(paths, "pinclip")
-    inputs = _inputs(paths, model.config.image_size)
+def _finite_or_none(value):
+    # Dagster float metadata and strict JSON both choke on NaN; "no number" reads as None.
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+@dg.asset(group_name="eval", kinds={"mlflow", "markdown"},
+          deps=["pinclip_model", "pinclip_no_neighbor_model", *_TRAINING_INPUTS],
+          code_version="2",
+          description="The registered challenger (pinclip@challenger) on held-out pins vs baselines, "
+                      "ablation, oracle and the current champion; its primary metric is tagged on "
+                      "its version.")
+def eval_pinclip(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+    challenger = _registered_version(CHALLENGER)
+    text = TextFeatures.load(_text_path(paths))
+    model = load_version_model(challenger, text, _PINCLIP["text_max_length"])
+    ablation_model = _load_trained(paths, "pinclip_no_neighbor")
+    if ablation_model.config.image_size != model.config.image_size:
+        raise dg.Failure(description="the ablation checkpoint reads other image sizes than the challenger: "
+                                     "rematerialize pinclip_no_neighbor_model with the same config")
+    inputs = _inputs(paths, model.config.image_size, text)
+    ids = inputs.dataset.pin_ids
+    trained = embed_pins(model, inputs.dataset, inputs.text)
+    ablation = embed_pins(ablation_model, inputs.dataset, inputs.text)
+    torch.manual_seed(0)
+    untrained = embed_pins(PinCLIP(ablation_model.config), inputs.dataset, inputs.text)
+    neighbors = board_neighbors(read_validated(paths, "board_pins"))
+    metrics, markdown, plots, summary = evaluate_pinclip(
+        trained, ablation, untrained, ids, read_validated(paths, "pins"), inputs.text, inputs.split,
+        neighbors, pd.read_parquet(truth_path(paths.raw_root, "pin_objects")),
+        pd.read_parquet(truth_path(paths.raw_root, "board_themes")),
+    )
+    evidence = gate_evidence(configure(), challenger, metrics[MODEL_NAME][PRIMARY_METRIC], inputs, neighbors,
+                             _PINCLIP["text_max_length"])
+    markdown = f"{markdown}\n{evidence.markdown()}"
+    summary["promotion"] = evidence.to_dict()
+    files = write_report(_report_dir(paths), "pinclip_eval", markdown, plots, summary)
+
+    data_version = dvc_tracked_hash(paths.dvc_path) or "untracked"
+    run_context = RunContext(data_version=data_version, orchestrator_run_id=context.run_id,
+                             asset_key="eval_pinclip")
+    with start_run("pinclip", "eval_pinclip", run_context) as run:
+        mlflow.set_tag("registered_version", challenger)
+        mlflow.log_metrics({f"{method}/{key}".replace("@", "_at_"): value
+                            for method, row in metrics.items() for key, value in row.items()
+                            if np.isfinite(value)})
+        mlflow.log_artifacts(str(files["markdown"].parent), artifact_path="eval")
+    record_eval_metric(configure(), REGISTERED_NAME, challenger, PRIMARY_METRIC, evidence.challenger_value,
+                       extra={"data_version": data_version, "mlflow_run_id": run.info.run_id,
+                              "dagster_run_id": context.run_id})
+    gains = summary.get("gains", {})
+    return dg.MaterializeResult(metadata={
+        "report": dg.MetadataValue.md(markdown),
+        "gains_over_best_baseline": dg.MetadataValue.json(json.loads(json.dumps(gains, default=float))),
+        **{f"plot_{name}": png_metadata(png, name) for name, png in plots.items()},
+        "report_path": dg.MetadataValue.path(str(files["markdown"])),
+        "mlflow_run_id": run.info.run_id,
+        "challenger_version": challenger,
+        "primary_metric": PRIMARY_METRIC,
+        "challenger_value": _finite_or_none(evidence.challenger_value),
+        "champion_version": evidence.champion_version or "none",
+        "champion_value_rescored": _finite_or_none(evidence.champion_value),
+    })
+
+
+@dg.asset(group_name="models", kinds={"mlflow"}, deps=["eval_pinclip"], code_version="1",
+          description="The promotion gate: moves pinclip@champion to the evaluated challenger only when its "
+                      "held-out fused neighbor R@10 is at least the champion's; every decision is tagged "
+                      "on the version (promotion.*).")
+def pinclip_champion(paths: PipelinePaths) -> dg.MaterializeResult:
+    report = _report_dir(paths) / "pinclip_eval.json"
+    summary = json.loads(report.read_text())
+    if "promotion" not in summary:
+        raise dg.Failure(description=f"{report} has no promotion section: rematerialize eval_pinclip")
+    decision = promote_from_evidence(configure(), GateEvidence.from_dict(summary["promotion"]))
+    files = write_report(_report_dir(paths), "pinclip_promotion", decision.markdown(), {}, decision.to_dict())
+    return dg.MaterializeResult(metadata={
+        "decision": decision.outcome,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "metric": decision.metric,
+        "challenger_version": decision.version,
+        "challenger_value": _finite_or_none(decision.challenger_value),
+        "champion_value": _finite_or_none(decision.champion_value),
+        "previous_champion_version": decision.previous_champion or "none",
+        "champion_version": decision.champion or "none",
+        "decision_path": dg.MetadataValue.path(str(files["metrics"])),
+    })
+
+
+def pin_embedding_table(model: PinCLIP, inputs: PinCLIPInputs, pins: pd.DataFrame) -> pd.DataFrame:
+    """One row per validated pin: pin_id, created_at and its image, text and fused embeddings."""
     emb = embed_pins(model, inputs.dataset, inputs.text)
-    pins = read_validated(paths, "pins")
-    frame = pd.DataFrame({"pin_id": inputs.dataset.pin_ids, "created_at": pins["created_at"].tolist(),
-                          **{k: list(v) for k, v in emb.items()}})
+    return pd.DataFrame({"pin_id": inputs.dataset.pin_ids, "created_at": pins["created_at"].tolist(),
+                         **{kind: list(vectors) for kind, vectors in emb.items()}})
+
+
+@dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"},
+          deps=["pinclip_champion", "pin_text_features", "validated_pins"], code_version="2",
+          description="Image, text and fused embeddings of every validated pin by the promoted PinCLIP "
+                      "(pinclip@champion).")
+def pin_embeddings(paths: PipelinePaths) -> dg.MaterializeResult:
+    version = _registered_version(CHAMPION)  # resolved once: the alias may move while we embed
+    text = TextFeatures.load(_text_path(paths))
+    model = load_version_model(version, text, _PINCLIP["text_max_length"])
+    inputs = _inputs(paths, model.config.image_size, text)
+    frame = pin_embedding_table(model, inputs, read_validated(paths, "pins"))
     write_parquet_atomic(frame, _embeddings_path(paths))
     return dg.MaterializeResult(metadata={
-        "pins": len(frame), "dim": int(emb["fused"].shape[1]),
+        "pins": len(frame), "dim": int(model.config.embed_dim),
         "days": frame["created_at"].nunique(), "dagster/row_count": len(frame),
+        "model_version": version, "model_uri": version_uri(version),
     })
 
 
@@ -201,42 +332,5 @@ def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name="eval", kinds={"mlflow", "markdown"},
-          deps=["pin_embeddings", "pinclip_no_neighbor_model", "validated_board_pins"],
-          code_version="1",
-          description="Held-out (by date) neighbor and text↔image retrieval of PinCLIP vs baselines vs oracle.")
-def eval_pinclip(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
-    ids, trained = _read_embeddings(paths)
-    ablation_model = _load_trained(paths, "pinclip_no_neighbor")
-    inputs = _inputs(paths, ablation_model.config.image_size)
-    if inputs.dataset.pin_ids != ids:
-        raise ValueError("pin_embeddings is stale: its pins differ from validated_pins; rematerialize it")
-    ablation = embed_pins(ablation_model, inputs.dataset, inputs.text)
-    torch.manual_seed(0)
-    untrained = embed_pins(PinCLIP(ablation_model.config), inputs.dataset, inputs.text)
-    metrics, markdown, plots, summary = evaluate_pinclip(
-        trained, ablation, untrained, ids, read_validated(paths, "pins"), inputs.text, inputs.split,
-        board_neighbors(read_validated(paths, "board_pins")),
-        pd.read_parquet(truth_path(paths.raw_root, "pin_objects")),
-        pd.read_parquet(truth_path(paths.raw_root, "board_themes")),
-    )
-    files = write_report(paths.storage("reports", "pinclip"), "pinclip_eval", markdown, plots, summary)
-    run_context = RunContext(data_version=dvc_tracked_hash(paths.dvc_path) or "untracked",
-                             orchestrator_run_id=context.run_id, asset_key="eval_pinclip")
-    with start_run("pinclip", "eval_pinclip", run_context) as run:
-        mlflow.log_metrics({f"{method}/{key}".replace("@", "_at_"): value
-                            for method, row in metrics.items() for key, value in row.items()
-                            if np.isfinite(value)})
-        mlflow.log_artifacts(str(files["markdown"].parent), artifact_path="eval")
-    gains = summary.get("gains", {})
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.md(markdown),
-        "gains_over_best_baseline": dg.MetadataValue.json(json.loads(json.dumps(gains, default=float))),
-        **{f"plot_{name}": png_metadata(png, name) for name, png in plots.items()},
-        "report_path": dg.MetadataValue.path(str(files["markdown"])),
-        "mlflow_run_id": run.info.run_id,
-    })
-
-
-pinclip_assets = [pin_text_features, pinclip_model, pinclip_no_neighbor_model, pin_embeddings,
-                  faiss_pin_index, eval_pinclip]
+pinclip_assets = [pin_text_features, pinclip_model, pinclip_no_neighbor_model, eval_pinclip,
+                  pinclip_champion, pin_embeddings, faiss_pin_index]
