@@ -5,6 +5,7 @@ import dagster as dg
 
 from orchestration.assets.graph import graph_neighbor_pairs
 from orchestration.assets.media import validated_frames
+from orchestration.assets.overview import overview_assets
 from orchestration.assets.pinclip import pinclip_assets
 from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
@@ -15,7 +16,8 @@ all_assets_job = dg.define_asset_job(
     "all_assets", selection=dg.AssetSelection.all(), description="Materialize the whole asset graph."
 )
 
-assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs, *pinclip_assets]
+assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs, *pinclip_assets,
+          *overview_assets]
 asset_checks = [*validation_checks]
 
 defs = dg.Definitions(
