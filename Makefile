@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run world version materialize test ui clean
+.PHONY: setup run world version materialize day test ui clean
 
 setup: $(VENV)/.installed
 
@@ -39,8 +39,17 @@ version: setup
 	$(BIN)/dvc add -q data
 	$(BIN)/dvc push -q
 
+# Register the landing zone's days as partitions, then the whole graph over all of them in one run.
 materialize: setup $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize --select '*' -m orchestration.definitions
+	days=$$($(BIN)/python -m orchestration.ingest sync) && \
+	$(BIN)/dagster asset materialize --select '*' -m orchestration.definitions --partition-range $$days
+
+# A new day: advance the generated world by one day and ingest only that day (no training).
+day: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/mmpipe world advance --days 1 --root data/raw
+	days=$$($(BIN)/python -m orchestration.ingest sync) && \
+	$(BIN)/dagster asset materialize -m orchestration.definitions --partition $${days#*...} \
+	  --select "$$($(BIN)/python -m orchestration.ingest assets)"
 
 test: setup
 	$(BIN)/python -m pytest -q

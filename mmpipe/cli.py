@@ -111,7 +111,7 @@ def add_search_commands(subparsers) -> None:
     search.add_argument("--index", type=Path, default=None,
                         help="PinIndex root holding image/ and fused/ (default: storage/index/pins)")
     search.add_argument("--pins", type=Path, default=None,
-                        help="validated pins table (default: storage/validated/pins.parquet)")
+                        help="validated pins table or folder of day partitions (default: storage/validated/pins)")
     search.add_argument("--embeddings", type=Path, default=None,
                         help="pin_embeddings parquet file or directory (default: storage/embeddings/pins)")
     search.set_defaults(func=run_search)

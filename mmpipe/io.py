@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -44,3 +45,17 @@ def write_npy_atomic(array: np.ndarray, target: Path) -> Path:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
     return Path(target)
+
+
+def append_jsonl(record: dict, target: Path) -> Path:
+    """Append ``record`` as one JSON line in a single ``write`` on an ``O_APPEND`` file, so
+    concurrent writers never interleave within a line (local filesystems)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return target

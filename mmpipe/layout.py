@@ -14,21 +14,28 @@ Raw landing zone (``data/raw``, tracked by DVC through ``data.dvc``)::
     videos.parquet         video_id, video_path, title, duration_s, fps, created_at
     moment_queries.parquet query_id, video_id, query, start_s, end_s
     manifest.json          what the delivery declares: producer, start_date, end_date, row counts
-                           (``mmpipe world advance`` adds n_days and truth_rows; it writes the
-                           manifest last, and its counts are the committed rows of each file)
+                           (``mmpipe world advance`` adds n_days, truth_rows and deliveries:
+                           [{date, rows}] with cumulative row counts after each delivery; it
+                           writes the manifest last, and its counts are the committed rows)
     images/<pin_id>.jpg
     videos/<video_id>.mp4
     _truth/                ground truth, read only by eval code and tests
 
 Dates are ISO strings ``YYYY-MM-DD`` (daily partitions key on them).
 
-Derived data (``storage/``, outside the DVC-tracked ``data/``)::
+Derived data (``storage/``, outside the DVC-tracked ``data/``). Tables partitioned by day
+(``mmpipe.partitions.PARTITIONED_TABLES``: pins, interactions, videos) are folders with one
+file per day; the others one file::
 
-    validated/<table>.parquet
-    quarantine/<table>.parquet   one row per rejected input row (see QUARANTINE_COLUMNS)
-    frames/<video_id>.npy        uint8 [T, H, W, 3] sampled frames of one video
-    frames/index.parquet         video_id, frame_index, t_s, shot_id, is_blank
-    frames/shots.parquet         detected shots with frame-exact boundaries
+    validated/<table>.parquet              boards, users, board_pins, moment_queries
+    validated/<table>/<YYYY-MM-DD>.parquet pins, interactions, videos (one day each)
+    quarantine/<table>[/<YYYY-MM-DD>].parquet  one row per rejected input row (QUARANTINE_COLUMNS)
+    frames/<YYYY-MM-DD>/<video_id>.npy     uint8 [T, H, W, 3] sampled frames of one video
+    frames/<YYYY-MM-DD>/index.parquet      video_id, frame_index, t_s, shot_id, is_blank
+    frames/<YYYY-MM-DD>/shots.parquet      detected shots with frame-exact boundaries
+    features/pin_text.safetensors          text tower cache of every validated pin, in table order
+    embeddings/pins/created_at=<YYYY-MM-DD>.parquet  pin_id, created_at, image, text, fused, model_version
+    index/pins/{fused,image}/              PinIndex; index/pins/partitions.json: the days indexed
     graph/neighbor_pairs.parquet pin_a, pin_b, board_id, source, split
 """
 

@@ -17,7 +17,7 @@ Files (written by the pipeline; paths are the defaults under ``project_root()``)
     storage/index/pins/image/        PinIndex of image embeddings
     storage/index/pins/fused/        PinIndex of fused embeddings
     storage/embeddings/pins/*.parquet  pin_embeddings partitions: pin_id, image, text, fused
-    storage/validated/pins.parquet   captions (title + description)
+    storage/validated/pins/          captions (title + description), one parquet file per day
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ IMAGE_INDEX, FUSED_INDEX = "image", "fused"
 EMBEDDING_KINDS = ("image", "text", "fused")
 
 DEFAULT_INDEX_DIR = Path("storage/index/pins")
-DEFAULT_PINS_TABLE = Path("storage/validated/pins.parquet")
+DEFAULT_PINS_TABLE = Path("storage/validated/pins")  # day partitions <YYYY-MM-DD>.parquet
 DEFAULT_EMBEDDINGS_DIR = Path("storage/embeddings/pins")
 
 RUN_PIPELINE_FIRST = "run `make run` first"
@@ -151,7 +151,10 @@ class PinSearcher:
     def from_project(cls, model: str | Path | PinEmbedder | None = None, **overrides) -> PinSearcher:
         """A searcher over the default files of the project at ``project_root()``."""
         root = project_root()
-        paths = {"index_dir": root / DEFAULT_INDEX_DIR, "pins_table_path": root / DEFAULT_PINS_TABLE,
+        pins = root / DEFAULT_PINS_TABLE
+        if not pins.exists() and pins.with_suffix(".parquet").is_file():
+            pins = pins.with_suffix(".parquet")  # a whole-table pins.parquet (before day partitions)
+        paths = {"index_dir": root / DEFAULT_INDEX_DIR, "pins_table_path": pins,
                  "embeddings": root / DEFAULT_EMBEDDINGS_DIR}
         return cls(model, **{**paths, **overrides})
 
@@ -181,8 +184,9 @@ class PinSearcher:
     def captions(self) -> pd.Series:
         """Caption (title + description) by pin id."""
         if self._captions is None:
-            if not self.pins_table_path.is_file():
+            if not self.pins_table_path.exists():
                 raise SearchSetupError(f"no pins table at {self.pins_table_path}; {RUN_PIPELINE_FIRST}")
+            # the validated pins: one file, or a folder of day partitions
             pins = pd.read_parquet(self.pins_table_path, columns=["pin_id", "title", "description"])
             pins = pins.drop_duplicates("pin_id")
             captions = [caption_text(t, d) for t, d in zip(pins["title"], pins["description"])]

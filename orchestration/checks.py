@@ -1,22 +1,44 @@
 """Asset checks: data quality gates on every validated table.
 
 Blocking checks stop downstream assets when a table is invalid beyond the configured
-threshold, or when rows were lost between raw and validated + quarantine.
+threshold, or when rows were lost between raw and validated + quarantine. On a table
+partitioned by day, a check runs once per run: rows are conserved for the run's days (the
+raw rows filed under them), while the quarantine rate and the expectations judge the
+table as a whole (a single day is too small a sample for a distribution).
 """
 
 
 import dagster as dg
 import pandas as pd
 
-from mmpipe.layout import ID_COLUMN, RAW_TABLES, raw_table_path
+from mmpipe.layout import RAW_TABLES, raw_table_path
+from mmpipe.partitions import DAY_COLUMN, raw_rows_by_day
 from mmpipe.schemas.expectations import run_expectations
 from mmpipe.schemas.validate import VALIDATION_PARENTS
+from orchestration.assets.validated import read_quarantine as _read_quarantine
 from orchestration.assets.validated import read_validated
+from orchestration.partitions import context_days
 from orchestration.resources import PipelinePaths, ValidationPolicy
 
 
-def _read_quarantine(paths: PipelinePaths, table: str) -> pd.DataFrame:
-    return pd.read_parquet(paths.storage("quarantine") / f"{table}.parquet")
+def _conservation(paths: PipelinePaths, table: str, days: list[str] | None) -> dg.AssetCheckResult:
+    if days is None:
+        expected = set(range(len(pd.read_parquet(raw_table_path(paths.raw_root, table), columns=[]))))
+    else:
+        _, row_days = raw_rows_by_day(paths.raw_root, table)
+        expected = set(row_days.index[row_days.isin(days)])
+    valid, quarantine = read_validated(paths, table, days), _read_quarantine(paths, table, days)
+    valid_rows, rejected_rows = list(valid["row_index"]), list(quarantine["row_index"])
+    overlap = set(valid_rows) & set(rejected_rows)
+    found = set(valid_rows) | set(rejected_rows)
+    metadata = {"raw": len(expected), "valid": len(valid), "quarantined": len(quarantine),
+                "in_both": len(overlap), "lost": len(expected - found), "foreign": len(found - expected)}
+    if days is not None:
+        metadata["days"] = ", ".join(days)
+    return dg.AssetCheckResult(
+        passed=len(expected) == len(valid_rows) + len(rejected_rows) and not overlap and found == expected,
+        metadata=metadata,
+    )
 
 
 def _checks_for(table: str) -> list[dg.AssetChecksDefinition]:
@@ -24,15 +46,8 @@ def _checks_for(table: str) -> list[dg.AssetChecksDefinition]:
 
     @dg.asset_check(asset=asset, name="rows_conserved", blocking=True,
                     description="raw rows = validated rows + quarantined rows, no row in both")
-    def rows_conserved(paths: PipelinePaths) -> dg.AssetCheckResult:
-        n_raw = len(pd.read_parquet(raw_table_path(paths.raw_root, table), columns=[]))
-        valid, quarantine = read_validated(paths, table), _read_quarantine(paths, table)
-        overlap = set(valid["row_index"]) & set(quarantine["row_index"])
-        return dg.AssetCheckResult(
-            passed=n_raw == len(valid) + len(quarantine) and not overlap,
-            metadata={"raw": n_raw, "valid": len(valid), "quarantined": len(quarantine),
-                      "in_both": len(overlap)},
-        )
+    def rows_conserved(context: dg.AssetCheckExecutionContext, paths: PipelinePaths) -> dg.AssetCheckResult:
+        return _conservation(paths, table, context_days(context) if table in DAY_COLUMN else None)
 
     @dg.asset_check(asset=asset, name="quarantine_rate", blocking=True,
                     description="quarantined share of rows at most the policy's max_quarantine_rate")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mmpipe.layout import RAW_TABLES, truth_path
+from mmpipe.partitions import DAY_COLUMN, manifest_days, read_days
 from orchestration import definitions
 from orchestration.definitions import defs
 from orchestration.resources import PipelinePaths, ValidationPolicy
@@ -26,16 +27,26 @@ TINY_PINCLIP = {"model_size": "tiny", "steps": 20, "batch_size": 32, "pair_batch
 from tests.conftest import PROJECT_ROOT
 
 
+def _resources(raw_root: Path, storage: Path) -> dict:
+    return {
+        "paths": PipelinePaths(raw_dir=str(raw_root), storage_dir=str(storage)),
+        "policy": ValidationPolicy(max_quarantine_rate=TINY_MAX_QUARANTINE_RATE),
+    }
+
+
 def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance):
+    """The whole graph over every day of the landing zone, in one run (as `make run` does)."""
+    from orchestration.ingest import register_days
+
+    days = manifest_days(raw_root)
+    register_days(instance, days)
     pinclip = {"config": TINY_PINCLIP}
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
-        resources={
-            "paths": PipelinePaths(raw_dir=str(raw_root), storage_dir=str(storage)),
-            "policy": ValidationPolicy(max_quarantine_rate=TINY_MAX_QUARANTINE_RATE),
-        },
+        resources=_resources(raw_root, storage),
         instance=instance,
         run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip}},
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
 
 
@@ -53,9 +64,14 @@ def materialized(tiny_world, tmp_path_factory):
 def test_every_asset_and_check_succeeds(materialized):
     result, _, instance = materialized
     assert result.success
-    expected = {key for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    graph = defs.resolve_asset_graph()
+    expected = {key for key in graph.get_all_asset_keys()}
     materialized_keys = {event.asset_key for event in result.get_asset_materialization_events()}
     assert materialized_keys == expected
+    days = set(instance.get_dynamic_partitions("day"))
+    for key in expected:
+        if graph.get(key).is_partitioned:
+            assert instance.get_materialized_partitions(key) == days, key
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 3 * len(RAW_TABLES)
     failed = [(e.asset_key.to_user_string(), e.check_name) for e in evaluations if not e.passed]
@@ -67,8 +83,12 @@ def test_quarantine_holds_every_planted_bad_record_and_loses_no_row(materialized
     bad = pd.read_parquet(truth_path(tiny_world, "bad_records"))
     for table in RAW_TABLES:
         raw = pd.read_parquet(tiny_world / f"{table}.parquet")
-        valid = pd.read_parquet(storage / "validated" / f"{table}.parquet")
-        quarantine = pd.read_parquet(storage / "quarantine" / f"{table}.parquet")
+        if table in DAY_COLUMN:
+            valid = read_days(storage / "validated" / table)
+            quarantine = read_days(storage / "quarantine" / table)
+        else:
+            valid = pd.read_parquet(storage / "validated" / f"{table}.parquet")
+            quarantine = pd.read_parquet(storage / "quarantine" / f"{table}.parquet")
         assert len(raw) == len(valid) + len(quarantine), table
         assert sorted([*valid["row_index"], *quarantine["row_index"]]) == list(range(len(raw))), table
         planted = set(bad.loc[bad["table"] == table, "row_index"])
@@ -89,7 +109,7 @@ def test_materialization_metadata_is_useful(materialized):
 
 def test_frames_and_pairs_outputs(materialized):
     _, storage, _ = materialized
-    index = pd.read_parquet(storage / "frames" / "index.parquet")
+    index = pd.concat([pd.read_parquet(path) for path in (storage / "frames").glob("*/index.parquet")])
     assert len(index) > 0
     pairs = pd.read_parquet(storage / "graph" / "neighbor_pairs.parquet")
     assert len(pairs) > 0 and set(pairs["split"]) <= {"train", "val"}
@@ -111,8 +131,16 @@ def test_cli_materializes_everything(tiny_world, tmp_path):
     env = {**os.environ, "MMPIPE_ROOT": str(root), "DAGSTER_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)  # the default: a SQLite store under the project root
     dagster = Path(sys.executable).parent / "dagster"
+    sync = subprocess.run(
+        [sys.executable, "-m", "orchestration.ingest", "sync"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert sync.returncode == 0, sync.stderr[-4000:]
+    days = sync.stdout.strip()
+    assert days == "2026-01-01...2026-01-10"
     proc = subprocess.run(
-        [str(dagster), "asset", "materialize", "--select", "*", "-m", "orchestration.definitions"],
+        [str(dagster), "asset", "materialize", "--select", "*", "-m", "orchestration.definitions",
+         "--partition-range", days],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -136,7 +164,7 @@ def test_pinclip_slice_registers_indexes_and_reports(materialized):
 
     index_meta = instance.get_latest_materialization_event(dg.AssetKey("faiss_pin_index")).asset_materialization.metadata
     assert index_meta["fused_recall@10_vs_exact"].value >= 0.95
-    assert index_meta["vectors"].value == len(pd.read_parquet(storage / "validated" / "pins.parquet"))
+    assert index_meta["vectors"].value == len(read_days(storage / "validated" / "pins"))
 
     report = (storage / "reports" / "pinclip" / "pinclip_eval.md").read_text()
     for row in ("pinclip_fused", "minilm_captions", "no_neighbor_loss_fused", "untrained_image_tower",

@@ -223,20 +223,21 @@ def _wait_for_run(server: Server, run_id: str) -> dict:
 
 
 def test_launch_a_materialization_through_graphql(server):
+    """An unpartitioned slice (boards are a dimension table; pins are partitioned by day)."""
     running, location, repository, root, home = server
-    run_id = _launch(running, location, repository, ["raw_pins", "validated_pins"])
+    run_id = _launch(running, location, repository, ["raw_boards", "validated_boards"])
     run = _wait_for_run(running, run_id)
     assert run["status"] == "SUCCESS", running.log_tail()
-    assert sorted("/".join(key["path"]) for key in run["assetSelection"]) == ["raw_pins", "validated_pins"]
+    assert sorted("/".join(key["path"]) for key in run["assetSelection"]) == ["raw_boards", "validated_boards"]
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        for key in ("raw_pins", "validated_pins"):
+        for key in ("raw_boards", "validated_boards"):
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
             assert event is not None and event.run_id == run_id, key
-        assert instance.get_latest_materialization_event(dg.AssetKey("validated_boards")) is None
+        assert instance.get_latest_materialization_event(dg.AssetKey("validated_users")) is None
         metadata = instance.get_latest_materialization_event(
-            dg.AssetKey("validated_pins")).asset_materialization.metadata
-    raw = pd.read_parquet(root / "data" / "raw" / "pins.parquet")
-    valid = pd.read_parquet(root / "storage" / "validated" / "pins.parquet")  # under MMPIPE_ROOT
+            dg.AssetKey("validated_boards")).asset_materialization.metadata
+    raw = pd.read_parquet(root / "data" / "raw" / "boards.parquet")
+    valid = pd.read_parquet(root / "storage" / "validated" / "boards.parquet")  # under MMPIPE_ROOT
     assert metadata["rows_in"].value == len(raw)
     assert metadata["rows_valid"].value == len(valid) > 0

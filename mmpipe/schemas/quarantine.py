@@ -32,6 +32,9 @@ class ValidationResult:
     valid: pd.DataFrame  # validated rows, original columns typed, plus row_index
     quarantine: pd.DataFrame  # QUARANTINE_COLUMNS, one record per rejected row
     n_in: int
+    # The raw row positions this result covers (one day's rows of a partitioned table);
+    # None: the whole table, rows 0 .. n_in - 1.
+    row_indices: list[int] | None = None
 
     def check_invariant(self) -> None:
         """Raise unless every input row is in exactly one of valid and quarantine."""
@@ -45,7 +48,11 @@ class ValidationResult:
         in_both = set(valid_rows) & set(rejected_rows)
         if in_both:
             problems.append(f"rows both valid and quarantined: {sorted(in_both)[:10]}")
-        missing = set(range(self.n_in)) - set(valid_rows) - set(rejected_rows)
+        expected = set(range(self.n_in)) if self.row_indices is None else set(self.row_indices)
+        unknown = (set(valid_rows) | set(rejected_rows)) - expected
+        if unknown:
+            problems.append(f"rows not in the input: {sorted(unknown)[:10]}")
+        missing = expected - set(valid_rows) - set(rejected_rows)
         if missing:
             problems.append(f"rows neither valid nor quarantined: {sorted(missing)[:10]}")
         if problems:

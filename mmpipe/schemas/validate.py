@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from mmpipe.schemas.text_checks import garbled_reason
 __all__ = [
     "VALIDATION_PARENTS", "ValidationResult", "validate_board_pins", "validate_boards",
     "validate_interactions", "validate_moment_queries", "validate_pins", "validate_table",
-    "validate_users", "validate_videos", "validate_world", "write_result",
+    "validate_users", "validate_videos", "validate_world", "write_result", "validate_day",
 ]
 
 # The validated tables each table's references are checked against (dependency order).
@@ -170,13 +170,18 @@ def _video_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
 # one table
 
 
-def _numbered(table: str, raw: pd.DataFrame) -> pd.DataFrame:
-    """The raw rows with their position in the raw file as ``row_index``."""
+def _numbered(table: str, raw: pd.DataFrame, positions: Sequence[int] | None = None) -> pd.DataFrame:
+    """The raw rows with their position in the raw file as ``row_index`` (and as the index):
+    ``positions`` when the rows are a part (one day) of the file, else 0, 1, 2, ..."""
     missing = [column for column in RAW_COLUMNS[table] if column not in raw.columns]
     if missing:
         raise ValueError(f"{table}: the raw table lacks columns {missing}; expected {RAW_COLUMNS[table]}")
     frame = raw.reset_index(drop=True)
-    frame[ROW_INDEX] = pd.RangeIndex(len(frame), dtype="int64")
+    if positions is None:
+        frame[ROW_INDEX] = pd.RangeIndex(len(frame), dtype="int64")
+    else:
+        frame[ROW_INDEX] = np.asarray(positions, dtype=np.int64)
+        frame.index = pd.Index(frame[ROW_INDEX].to_numpy())
     return frame
 
 
@@ -185,11 +190,15 @@ def _validate(
     raw: pd.DataFrame,
     schema: pa.DataFrameSchema,
     media_issues: Callable[[pd.DataFrame], list[Issue]] | None = None,
+    positions: Sequence[int] | None = None,
+    extra_issues: Callable[[pd.DataFrame], list[Issue]] | None = None,
 ) -> ValidationResult:
-    frame = _numbered(table, raw)
+    frame = _numbered(table, raw, positions)
     issues = schema_issues(schema, frame)
     if media_issues is not None:
         issues += media_issues(frame)
+    if extra_issues is not None:
+        issues += extra_issues(frame)
     quarantine = quarantine_records(table, frame, issues, RAW_COLUMNS[table])
     kept = frame[~frame[ROW_INDEX].isin(quarantine[ROW_INDEX])]
     try:
@@ -197,7 +206,8 @@ def _validate(
         valid = schema.validate(kept, lazy=True).reset_index(drop=True)
     except pa.errors.SchemaErrors as errors:
         raise RuntimeError(f"{table}: rows judged valid fail the schema:\n{errors.failure_cases}") from errors
-    result = ValidationResult(table=table, valid=valid, quarantine=quarantine, n_in=len(frame))
+    result = ValidationResult(table=table, valid=valid, quarantine=quarantine, n_in=len(frame),
+                              row_indices=None if positions is None else frame[ROW_INDEX].tolist())
     result.check_invariant()
     return result
 
@@ -311,3 +321,68 @@ def validate_world(
         parents = {parent: results[parent].valid for parent in VALIDATION_PARENTS[table]}
         results[table] = validate_table(table, raw_root, parents, min_date, max_date)
     return results
+
+
+# -----------------------------------------------------------------------------
+# one day of a partitioned table
+
+
+def _earlier_duplicates(table: str, raw: pd.DataFrame) -> pd.Series:
+    """Rows whose id an earlier row of the *whole* raw table already has (the first row keeps
+    an id, whatever day either row is filed under), with that earlier row's position."""
+    first_row: dict = {}
+    duplicates: dict[int, int] = {}
+    for position, value in enumerate(raw[ID_COLUMN[table]].tolist()):
+        if _missing(value):
+            continue
+        if value in first_row:
+            duplicates[position] = first_row[value]
+        else:
+            first_row[value] = position
+    return pd.Series(duplicates, dtype=np.int64)
+
+
+def validate_day(
+    table: str,
+    raw: pd.DataFrame,
+    days: pd.Series,
+    day: str,
+    raw_root: Path,
+    parents: dict[str, pd.DataFrame],
+    min_date: str | None = None,
+    max_date: str | None = None,
+) -> ValidationResult:
+    """Validate the rows of the partitioned raw ``table`` filed under ``day`` (``days``: the
+    day of every row, see ``mmpipe.partitions.row_days``); ``row_index`` stays the row's
+    position in the whole raw file. The same rules as ``validate_table``, plus: an id that an
+    earlier row of the whole table holds is a duplicate, even when that row is another day's.
+    ``parents`` holds the validated parents as of this day (pins of this and earlier days)."""
+    raw = raw.reset_index(drop=True)
+    positions = np.flatnonzero((days == day).to_numpy())
+    part = raw.iloc[positions]
+    duplicates = _earlier_duplicates(table, raw)
+    id_column = ID_COLUMN[table]
+
+    def global_duplicates(frame: pd.DataFrame) -> list[Issue]:
+        local = frame[id_column].duplicated(keep="first") & frame[id_column].notna()
+        return [Issue(int(row), id_column, f"{id_column}.unique_id",
+                      f"{id_column}={frame.at[row, id_column]!r} was already delivered in row {duplicates[row]}")
+                for row in frame.index if row in duplicates.index and not local[row]]
+
+    raw_root = Path(raw_root)
+    if table == "pins":
+        schema = with_runtime_checks(PinsModel, {"created_at": [date_window(min_date, _latest_date(max_date))]})
+        media = lambda frame: _image_issues(frame, raw_root)  # noqa: E731
+    elif table == "interactions":
+        schema = with_runtime_checks(InteractionsModel, {
+            "user_id": [known_ids(parents["users"]["user_id"], "users")],
+            "pin_id": [known_ids(parents["pins"]["pin_id"], "pins")],
+            "date": [date_window(min_date, _latest_date(max_date))],
+        })
+        media = None
+    elif table == "videos":
+        schema = with_runtime_checks(VideosModel)
+        media = lambda frame: _video_issues(frame, raw_root)  # noqa: E731
+    else:
+        raise KeyError(f"{table} is not validated by day")
+    return _validate(table, part, schema, media, positions=positions, extra_issues=global_duplicates)

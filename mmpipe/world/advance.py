@@ -31,7 +31,10 @@ Randomness: day ``d`` (days since ``start_date``) draws from its own streams, se
 committed world before it: advancing two days at once equals advancing one day twice.
 
 Commit protocol. ``manifest.json`` is the commit record: its ``rows`` (raw tables) and
-``truth_rows`` (truth tables) say how much of each file belongs to the committed world.
+``truth_rows`` (truth tables) say how much of each file belongs to the committed world,
+and ``deliveries`` lists every delivery (the generated world, then each day) with its date
+and the cumulative row counts after it, so every raw row has a delivery day
+(``mmpipe.partitions`` files rows with an unusable date under it).
 A day writes its media files first (new names), then every truth and raw table whole via
 a temporary file and ``os.replace``, then ``_truth/world.json``, and the manifest last.
 A crash before the manifest leaves the older world committed; the next run reads only the
@@ -568,6 +571,8 @@ def commit_day(w: World, day: int, block: DayBlock) -> dict[str, dict[str, int]]
         "n_days": len(summary["dates"]),
         "rows": summary["counts"],
         "truth_rows": {name: len(df) for name, df in truth.items()},
+        "deliveries": [*w.manifest.get("deliveries", []),
+                       {"date": summary["end_date"], "rows": summary["counts"]}],
     })
     return {
         table: {"rows": len(block.raw[table]), "bad": int((new_bad["table"] == table).sum())}
@@ -577,13 +582,16 @@ def commit_day(w: World, day: int, block: DayBlock) -> dict[str, dict[str, int]]
 
 def stamp_truth_rows(raw_root: Path) -> None:
     """Record the truth tables' lengths in a manifest that lacks them (a freshly generated
-    world), so that a crashed first advance can tell its own rows from the world's."""
+    world), so that a crashed first advance can tell its own rows from the world's; and
+    the first delivery (the generated world, dated its end_date) in ``deliveries``."""
     manifest = read_manifest(raw_root)
-    if "truth_rows" in manifest:
+    if "truth_rows" in manifest and "deliveries" in manifest:
         return
-    truth_rows = {name: pq.ParquetFile(layout.truth_path(raw_root, name)).metadata.num_rows
-                  for name in TRUTH_TABLES}
-    write_manifest_atomic(raw_root, {**manifest, "truth_rows": truth_rows})
+    truth_rows = manifest.get("truth_rows") or {
+        name: pq.ParquetFile(layout.truth_path(raw_root, name)).metadata.num_rows for name in TRUTH_TABLES
+    }
+    deliveries = manifest.get("deliveries") or [{"date": manifest["end_date"], "rows": manifest["rows"]}]
+    write_manifest_atomic(raw_root, {**manifest, "truth_rows": truth_rows, "deliveries": deliveries})
 
 
 def advance(raw_root: Path, days: int = 1, progress: bool = True) -> dict:

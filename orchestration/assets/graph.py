@@ -7,6 +7,8 @@ from mmpipe.graph.pairs import PairConfig, build_neighbor_pairs
 from mmpipe.io import write_parquet_atomic
 from mmpipe.params import load_params
 from orchestration.assets.validated import read_validated
+from orchestration.automation import EAGER
+from orchestration.partitions import SINGLE_RUN
 from orchestration.metadata import preview_table
 from orchestration.resources import PipelinePaths
 
@@ -24,8 +26,11 @@ class NeighborPairsConfig(dg.Config):
     group_name="graph",
     kinds={"parquet"},
     deps=["validated_pins", "validated_board_pins", "validated_interactions"],
-    description="Capped pin–pin pairs sharing a board (plus co-engagement), split by pin date.",
+    description="Capped pin–pin pairs sharing a board (plus co-engagement), split by pin date; "
+                "reads every day partition.",
     code_version="1",
+    automation_condition=EAGER,
+    backfill_policy=SINGLE_RUN,
 )
 def graph_neighbor_pairs(config: NeighborPairsConfig, paths: PipelinePaths) -> dg.MaterializeResult:
     pairs, stats = build_neighbor_pairs(

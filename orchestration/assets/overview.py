@@ -9,7 +9,9 @@ import mlflow
 from mmpipe.eval.overview import discover_reports, mlflow_metric_name, write_overview
 from mmpipe.registry.mlflow_registry import RunContext, git_commit, start_run
 from mmpipe.versioning import dvc_tracked_hash
+from orchestration.automation import EAGER
 from orchestration.metadata import png_metadata
+from orchestration.partitions import SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
 # The assets that write a summary under storage/reports/<family>/ with write_report.
@@ -18,7 +20,7 @@ EVAL_REPORT_ASSETS = ["eval_pinclip"]
 
 
 @dg.asset(group_name="eval", kinds={"mlflow", "markdown", "dvc"}, deps=EVAL_REPORT_ASSETS,
-          code_version="1",
+          code_version="1", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
           description="Every model vs its best baseline vs oracle, with the trend since the previous "
                       "run; DVC metrics in storage/metrics/, plots data in storage/plots/.")
 def eval_overview(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:

@@ -17,7 +17,6 @@ import torch
 from mmpipe.eval.pinclip_eval import MODEL_NAME, board_neighbors, evaluate_pinclip
 from mmpipe.eval.report import write_report
 from mmpipe.index.faiss_index import IndexConfig, PinIndex, measure_qps, recall_at_k_vs_exact
-from mmpipe.io import write_parquet_atomic
 from mmpipe.layout import truth_path
 from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
 from mmpipe.models.text_encoder import TextFeatures
@@ -43,8 +42,12 @@ from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 from mmpipe.train.pinclip_inputs import PinCLIPInputs, encode_pin_captions, pinclip_inputs
 from mmpipe.train.pinclip_train import PinCLIPTrainConfig, embed_pins, train_pinclip
 from mmpipe.versioning import dvc_tracked_hash
+from mmpipe.embeddings import embed_day, write_day_embeddings
+from mmpipe.index.incremental import sync_pin_index
 from orchestration.assets.validated import read_validated
+from orchestration.automation import AFTER_MODEL, EAGER
 from orchestration.metadata import png_metadata
+from orchestration.partitions import DAY, SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
 _PARAMS = load_params()
@@ -61,6 +64,7 @@ class PinCLIPConfigDagster(dg.Config):
     pair_batch_size: int = _PINCLIP["pair_batch_size"]
     lr: float = _PINCLIP["lr"]
     neighbor_weight: float = _PINCLIP["neighbor_weight"]
+    neighbor_warmup_steps: int = _PINCLIP["neighbor_warmup_steps"]
     seed: int = _PINCLIP["seed"]
     resume: bool = True
 
@@ -74,7 +78,7 @@ class PinCLIPConfigDagster(dg.Config):
     def trainer_config(self, neighbor_weight: float | None = None) -> PinCLIPTrainConfig:
         return PinCLIPTrainConfig(
             steps=self.steps, batch_size=self.batch_size, pair_batch_size=self.pair_batch_size,
-            lr=self.lr, seed=self.seed,
+            lr=self.lr, seed=self.seed, neighbor_warmup_steps=self.neighbor_warmup_steps,
             neighbor_weight=self.neighbor_weight if neighbor_weight is None else neighbor_weight,
         )
 
@@ -93,7 +97,7 @@ def _inputs(paths: PipelinePaths, image_size: int, text: TextFeatures | None = N
 
 
 @dg.asset(group_name="features", kinds={"transformers", "safetensors"}, deps=["validated_pins"],
-          code_version="1",
+          code_version="1", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
           description="Frozen MiniLM-L6 token states of every validated pin caption (the text tower cache).")
 def pin_text_features(paths: PipelinePaths) -> dg.MaterializeResult:
     pins = read_validated(paths, "pins")
@@ -151,7 +155,7 @@ _TRAINING_INPUTS = ["pin_text_features", "graph_neighbor_pairs", "validated_boar
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"},
           deps=_TRAINING_INPUTS,
-          code_version="1",
+          code_version="1", backfill_policy=SINGLE_RUN,
           description="PinCLIP trained on pins before the cut-off; registered in MLflow as `pinclip`.")
 def pinclip_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster,
                   paths: PipelinePaths) -> dg.MaterializeResult:
@@ -160,7 +164,7 @@ def pinclip_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagste
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"},
           deps=_TRAINING_INPUTS,
-          code_version="1",
+          code_version="1", backfill_policy=SINGLE_RUN,
           description="Ablation: the same PinCLIP training without the neighbor alignment loss.")
 def pinclip_no_neighbor_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster,
                               paths: PipelinePaths) -> dg.MaterializeResult:
@@ -189,7 +193,8 @@ def _report_dir(paths: PipelinePaths):
 
 
 def _embeddings_path(paths: PipelinePaths):
-    return paths.storage("embeddings", "pins") / "pins.parquet"
+    """The pin_embeddings partitions: one ``created_at=<day>.parquet`` per day."""
+    return paths.storage("embeddings", "pins")
 
 
 def _read_embeddings(paths: PipelinePaths) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -206,7 +211,7 @@ def _finite_or_none(value):
 
 @dg.asset(group_name="eval", kinds={"mlflow", "markdown"},
           deps=["pinclip_model", "pinclip_no_neighbor_model", *_TRAINING_INPUTS],
-          code_version="2",
+          code_version="2", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN,
           description="The registered challenger (pinclip@challenger) on held-out pins vs baselines, "
                       "ablation, oracle and the current champion; its primary metric is tagged on "
                       "its version.")
@@ -264,6 +269,7 @@ def eval_pinclip(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.
 
 
 @dg.asset(group_name="models", kinds={"mlflow"}, deps=["eval_pinclip"], code_version="1",
+          automation_condition=EAGER, backfill_policy=SINGLE_RUN,
           description="The promotion gate: moves pinclip@champion to the evaluated challenger only when its "
                       "held-out fused neighbor R@10 is at least the champion's; every decision is tagged "
                       "on the version (promotion.*).")
@@ -288,47 +294,67 @@ def pinclip_champion(paths: PipelinePaths) -> dg.MaterializeResult:
     })
 
 
-def pin_embedding_table(model: PinCLIP, inputs: PinCLIPInputs, pins: pd.DataFrame) -> pd.DataFrame:
-    """One row per validated pin: pin_id, created_at and its image, text and fused embeddings."""
-    emb = embed_pins(model, inputs.dataset, inputs.text)
-    return pd.DataFrame({"pin_id": inputs.dataset.pin_ids, "created_at": pins["created_at"].tolist(),
-                         **{kind: list(vectors) for kind, vectors in emb.items()}})
+def _day_text(text: TextFeatures, all_pins: pd.DataFrame, day_pins: pd.DataFrame) -> TextFeatures:
+    """The caption-cache rows of one day's pins (the cache has one row per validated pin)."""
+    rows = pd.Index(all_pins["pin_id"]).get_indexer(day_pins["pin_id"])
+    if (rows < 0).any():
+        raise dg.Failure(description="the caption cache lacks pins of this day: rematerialize pin_text_features")
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    return TextFeatures(hidden=text.hidden[rows], mask=text.mask[rows], pooled=text.pooled[rows])
 
 
 @dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"},
-          deps=["pinclip_champion", "pin_text_features", "validated_pins"], code_version="2",
-          description="Image, text and fused embeddings of every validated pin by the promoted PinCLIP "
-                      "(pinclip@champion).")
-def pin_embeddings(paths: PipelinePaths) -> dg.MaterializeResult:
+          deps=["pinclip_champion", "pin_text_features", "validated_pins"], code_version="3",
+          partitions_def=DAY, backfill_policy=SINGLE_RUN, automation_condition=EAGER,
+          description="Image, text and fused embeddings of the day's validated pins by the promoted PinCLIP "
+                      "(pinclip@champion): storage/embeddings/pins/created_at=<day>.parquet; a day never "
+                      "recomputes another.")
+def pin_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
     version = _registered_version(CHAMPION)  # resolved once: the alias may move while we embed
     text = TextFeatures.load(_text_path(paths))
     model = load_version_model(version, text, _PINCLIP["text_max_length"])
-    inputs = _inputs(paths, model.config.image_size, text)
-    frame = pin_embedding_table(model, inputs, read_validated(paths, "pins"))
-    write_parquet_atomic(frame, _embeddings_path(paths))
+    all_pins = read_validated(paths, "pins")
+    if len(text) != len(all_pins):
+        raise dg.Failure(description=f"the caption cache has {len(text)} rows for {len(all_pins)} validated pins: "
+                                     "rematerialize pin_text_features")
+    counts = {}
+    for day in sorted(context.partition_keys):
+        day_pins = read_validated(paths, "pins", [day])
+        frame = embed_day(model, day_pins, _day_text(text, all_pins, day_pins), paths.raw_root, version)
+        write_day_embeddings(frame, _embeddings_path(paths), day)
+        counts[day] = len(frame)
     return dg.MaterializeResult(metadata={
-        "pins": len(frame), "dim": int(model.config.embed_dim),
-        "days": frame["created_at"].nunique(), "dagster/row_count": len(frame),
+        "pins": sum(counts.values()), "dim": int(model.config.embed_dim),
+        "pins_per_day": dg.MetadataValue.json(counts), "dagster/row_count": sum(counts.values()),
         "model_version": version, "model_uri": version_uri(version),
     })
 
 
-@dg.asset(group_name="index", kinds={"faiss"}, deps=["pin_embeddings"], code_version="1",
-          description="FAISS indexes of the fused and image pin embeddings (index type chosen by size).")
+@dg.asset(group_name="index", kinds={"faiss"}, deps=["pin_embeddings"], code_version="2",
+          automation_condition=EAGER, backfill_policy=SINGLE_RUN,
+          description="FAISS indexes of the fused and image pin embeddings (index type chosen by size): new "
+                      "days are added without a rebuild; a new model or a changed day rebuilds. The days "
+                      "indexed are recorded in storage/index/pins/partitions.json.")
 def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
-    ids, emb = _read_embeddings(paths)
     cfg = IndexConfig(exact_below=_INDEX["exact_below"], nprobe=_INDEX["nprobe"],
                       ef_search=_INDEX["ef_search"])
-    metadata = {}
+    try:
+        report = sync_pin_index(paths.storage("index", "pins"), _embeddings_path(paths), cfg)
+    except ValueError as error:
+        raise dg.Failure(description=str(error)) from error
+    ids, emb = _read_embeddings(paths)
+    metadata = {"sync": report.mode, "sync_reason": report.reason,
+                "days_added": ", ".join(report.days_added) or "none", "vectors_added": report.vectors_added,
+                "model_version": report.model_version or "none"}
     rng = np.random.default_rng(0)
+    queries_rows = rng.choice(len(ids), size=min(500, len(ids)), replace=False)
     for kind in ("fused", "image"):
-        index = PinIndex.build(emb[kind], ids, cfg)
-        index.save(paths.storage("index", "pins", kind))
-        queries = emb[kind][rng.choice(len(ids), size=min(500, len(ids)), replace=False)]
+        index = PinIndex.load(paths.storage("index", "pins", kind))
+        queries = emb[kind][queries_rows]
         metadata[f"{kind}_factory"] = index.factory
         metadata[f"{kind}_recall@10_vs_exact"] = recall_at_k_vs_exact(index, emb[kind], ids, queries, k=10)
         metadata[f"{kind}_qps"] = round(measure_qps(index, queries, k=10), 1)
-    metadata["vectors"] = len(ids)
+    metadata["vectors"] = report.ntotal
     return dg.MaterializeResult(metadata=metadata)
 
 

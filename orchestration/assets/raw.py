@@ -7,6 +7,7 @@ import pandas as pd
 from mmpipe.layout import RAW_TABLES, raw_table_path
 from mmpipe.versioning import dvc_tracked_hash, raw_table_version
 from orchestration.metadata import preview_table
+from orchestration.partitions import SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
 
@@ -15,8 +16,10 @@ def _raw_asset(table: str) -> dg.AssetsDefinition:
         name=f"raw_{table}",
         group_name="raw",
         kinds={"parquet", "dvc"},
-        description=f"The `{table}` table of the raw landing zone (data/raw, versioned by DVC).",
+        description=f"The `{table}` table of the raw landing zone (data/raw, versioned by DVC): observed "
+                    "with the content hash of the table and its media as its data version.",
         code_version="1",
+        backfill_policy=SINGLE_RUN,
     )
     def raw_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
         path = raw_table_path(paths.raw_root, table)

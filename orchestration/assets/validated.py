@@ -1,18 +1,57 @@
-"""Validated tables: every raw row ends in `storage/validated` or `storage/quarantine`."""
+"""Validated tables: every raw row ends in `storage/validated` or `storage/quarantine`.
+
+Pins, interactions and videos are partitioned by day (``mmpipe.partitions``): a day's
+partition validates the raw rows filed under that day and writes
+``validated/<table>/<day>.parquet`` and ``quarantine/<table>/<day>.parquet``; references
+are checked against the valid pins of that day and earlier. Boards, users, board_pins and
+moment_queries are dimension tables, validated whole against every validated partition.
+"""
 
 
 import dagster as dg
 import pandas as pd
 
-from mmpipe.layout import RAW_TABLES, resolve_inside
+from mmpipe.io import write_parquet_atomic
+from mmpipe.layout import RAW_TABLES, declared_date_window, resolve_inside
 from mmpipe.media.preview import image_files_grid_png
-from mmpipe.schemas.validate import VALIDATION_PARENTS, validate_table, write_result
+from mmpipe.partitions import DAY_COLUMN, day_file, days_up_to, raw_rows_by_day, read_days, stored_days
+from mmpipe.schemas.validate import VALIDATION_PARENTS, validate_day, validate_table, write_result
+from orchestration.automation import EAGER
 from orchestration.metadata import png_metadata, preview_table
+from orchestration.partitions import DAY, SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
 
-def read_validated(paths: PipelinePaths, table: str) -> pd.DataFrame:
+def read_validated(paths: PipelinePaths, table: str, days: list[str] | None = None) -> pd.DataFrame:
+    """The validated table: every day partition (or ``days``) of a partitioned table."""
+    if table in DAY_COLUMN:
+        return read_days(paths.storage("validated", table), days)
     return pd.read_parquet(paths.storage("validated") / f"{table}.parquet")
+
+
+def read_quarantine(paths: PipelinePaths, table: str, days: list[str] | None = None) -> pd.DataFrame:
+    if table in DAY_COLUMN:
+        return read_days(paths.storage("quarantine", table), days)
+    return pd.read_parquet(paths.storage("quarantine") / f"{table}.parquet")
+
+
+def _metadata(table: str, paths: PipelinePaths, valid: pd.DataFrame, quarantine: pd.DataFrame, n_in: int,
+              rule_counts: dict) -> dict:
+    metadata = {
+        "rows_in": n_in,
+        "rows_valid": len(valid),
+        "rows_quarantined": len(quarantine),
+        "quarantine_by_rule": dg.MetadataValue.json(rule_counts),
+        "preview": preview_table(valid.drop(columns=["row_index"], errors="ignore")),
+        "dagster/row_count": len(valid),
+    }
+    if len(quarantine):
+        metadata["quarantine_preview"] = preview_table(quarantine)
+    if table == "pins" and len(valid):
+        sample = valid.head(32)["image_path"]
+        grid = image_files_grid_png([resolve_inside(paths.raw_root, p) for p in sample])
+        metadata["sample_images"] = png_metadata(grid, "sample of validated pin images")
+    return metadata
 
 
 def _validated_asset(table: str) -> dg.AssetsDefinition:
@@ -27,7 +66,9 @@ def _validated_asset(table: str) -> dg.AssetsDefinition:
             f"`{table}` rows that pass the pandera schema, media and referential checks; "
             "the rest go to `storage/quarantine` with row index, rule and message."
         ),
-        code_version="1",
+        code_version="2",
+        automation_condition=EAGER,
+        backfill_policy=SINGLE_RUN,
     )
     def validated_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
         result = validate_table(
@@ -35,23 +76,58 @@ def _validated_asset(table: str) -> dg.AssetsDefinition:
         )
         result.check_invariant()
         write_result(result, paths.storage())
-        metadata = {
-            "rows_in": result.n_in,
-            "rows_valid": len(result.valid),
-            "rows_quarantined": len(result.quarantine),
-            "quarantine_by_rule": dg.MetadataValue.json(result.rule_counts()),
-            "preview": preview_table(result.valid.drop(columns=["row_index"], errors="ignore")),
-            "dagster/row_count": len(result.valid),
-        }
-        if len(result.quarantine):
-            metadata["quarantine_preview"] = preview_table(result.quarantine)
-        if table == "pins" and len(result.valid):
-            sample = result.valid.head(32)["image_path"]
-            grid = image_files_grid_png([resolve_inside(paths.raw_root, p) for p in sample])
-            metadata["sample_images"] = png_metadata(grid, "sample of validated pin images")
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=_metadata(table, paths, result.valid, result.quarantine,
+                                                       result.n_in, result.rule_counts()))
 
     return validated_table
 
 
-validated_assets = [_validated_asset(table) for table in RAW_TABLES]
+def _validated_day_asset(table: str) -> dg.AssetsDefinition:
+    parents = VALIDATION_PARENTS[table]
+
+    @dg.asset(
+        name=f"validated_{table}",
+        group_name="validation",
+        kinds={"pandera", "great_expectations", "parquet"},
+        deps=[f"raw_{table}", *(f"validated_{parent}" for parent in parents)],
+        description=(
+            f"One day of `{table}` (by `{DAY_COLUMN[table]}`; rows with an unusable date under the day "
+            "they were delivered): rows that pass the pandera schema, media and referential checks; "
+            "the rest go to `storage/quarantine` with row index, rule and message."
+        ),
+        code_version="2",
+        partitions_def=DAY,
+        backfill_policy=SINGLE_RUN,
+        automation_condition=EAGER,
+    )
+    def validated_day_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+        raw, days = raw_rows_by_day(paths.raw_root, table)
+        min_date, max_date = declared_date_window(paths.raw_root)
+        users = read_validated(paths, "users") if "users" in parents else None
+        valid_parts, quarantine_parts, rules, n_in = [], [], {}, 0
+        for day in sorted(context.partition_keys):
+            day_parents = {}
+            if "pins" in parents:
+                pins_dir = paths.storage("validated", "pins")
+                day_parents["pins"] = read_days(pins_dir, days_up_to(stored_days(pins_dir), day))
+            if users is not None:
+                day_parents["users"] = users
+            result = validate_day(table, raw, days, day, paths.raw_root, day_parents, min_date, max_date)
+            write_parquet_atomic(result.valid, day_file(paths.storage("validated", table), day))
+            write_parquet_atomic(result.quarantine, day_file(paths.storage("quarantine", table), day))
+            valid_parts.append(result.valid)
+            quarantine_parts.append(result.quarantine)
+            n_in += result.n_in
+            for rule, count in result.rule_counts().items():
+                rules[rule] = rules.get(rule, 0) + count
+        valid = pd.concat(valid_parts, ignore_index=True)
+        quarantine = pd.concat(quarantine_parts, ignore_index=True)
+        metadata = _metadata(table, paths, valid, quarantine, n_in, rules)
+        metadata["days"] = ", ".join(sorted(context.partition_keys))
+        return dg.MaterializeResult(metadata=metadata)
+
+    return validated_day_table
+
+
+validated_assets = [_validated_day_asset(table) if table in DAY_COLUMN else _validated_asset(table)
+                    for table in RAW_TABLES]
