@@ -469,3 +469,55 @@ def test_sampler_is_deterministic_by_seed_and_epoch():
     sampler.set_epoch(1)
     assert [batch.pair_rows.tolist() for batch in sampler] == plan(0, 1)
     assert np.array_equal(all_rows(sampler, 1), np.arange(40))
+
+
+def test_hybrid_config_puts_a_conv_stem_before_the_vit():
+    config = PinCLIPConfig.tiny(stem_channels=16, stem_stride=4, patch_size=2)
+    assert config.tower_input_size == 8 and config.vit_config().num_channels == 16
+    model = PinCLIP(config).eval()
+    out = model(*tiny_batch(batch=2))
+    assert out.image_emb.shape == (2, config.embed_dim)
+    # 32 px -> 8x8 stem map -> 4x4 patches of 2, plus CLS.
+    tokens, _ = model.encode_image(tiny_batch(batch=2)[0])
+    assert tokens.shape[1] == 1 + 16
+    with pytest.raises(ValueError, match="stem_stride"):
+        PinCLIPConfig.tiny(stem_channels=16, stem_stride=3)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        PinCLIPConfig.tiny(stem_channels=16, stem_stride=4, patch_size=3)
+    with pytest.raises(ValueError, match="stem_channels=0"):
+        PinCLIPConfig.tiny(stem_channels=16, image_tower_path="/somewhere")
+
+
+def test_late_fusion_weights_are_learned_per_modality():
+    torch.manual_seed(0)
+    model = PinCLIP(PinCLIPConfig.tiny()).eval()
+    with torch.no_grad():
+        model.modality_weights.copy_(torch.tensor([1.0, 0.0]))
+    out = model(*tiny_batch(batch=3))
+    torch.testing.assert_close(out.fused_emb, out.image_emb)  # text weighted out entirely
+
+
+def test_multi_positive_neighbor_loss_matches_naive_reference():
+    from mmpipe.models.losses import MultiPositiveNeighborLoss
+
+    torch.manual_seed(0)
+    emb = F.normalize(torch.randn(6, 4), dim=-1)
+    positives = torch.zeros(6, 6, dtype=torch.bool)
+    for i, j in [(0, 1), (0, 2), (3, 4)]:
+        positives[i, j] = positives[j, i] = True
+    scale = torch.tensor(4.0)
+    terms = []
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        denominator = torch.logsumexp(torch.stack([scale * emb[i] @ emb[j] for j in others]), 0)
+        mine = [j for j in others if positives[i, j]]
+        if mine:  # pin 5 has no neighbor in the batch: not an anchor
+            terms.append(torch.stack([denominator - scale * emb[i] @ emb[j] for j in mine]).mean())
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(MultiPositiveNeighborLoss()(emb, positives, scale), expected)
+    # Neighbors closer together -> lower loss; no neighbors at all -> zero, not NaN.
+    together = emb.clone()
+    together[1] = together[2] = together[0]
+    assert MultiPositiveNeighborLoss()(together, positives, scale) < expected
+    none = MultiPositiveNeighborLoss()(emb, torch.zeros(6, 6, dtype=torch.bool), scale)
+    assert none.item() == 0.0

@@ -84,3 +84,46 @@ def test_learning_rate_warms_up_then_decays_to_a_floor():
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_a_step_serves_both_losses_from_one_batch_of_distinct_pins(tiny_data):
+    from mmpipe.train.pinclip_train import _Batches
+
+    dataset, _, pairs = tiny_data
+    train_rows = np.arange(0, len(dataset), 2)  # only even rows may appear as top-up
+    train_pairs = [i for i in range(len(pairs)) if pairs.a[i] % 2 == 0 and pairs.b[i] % 2 == 0]
+    assert len(train_pairs) >= 8
+    from mmpipe.train.pin_data import NeighborPairs
+    subset = NeighborPairs(pairs.a[train_pairs], pairs.b[train_pairs],
+                           tuple(pairs.keys[i] for i in train_pairs), pairs.group[train_pairs])
+    batches = _Batches(train_rows, subset, _cfg(batch_size=24, pair_batch_size=4))
+    for step in range(5):
+        batch, _ = batches.step_batch(step)
+        assert len(batch.rows) == 24 and len(set(batch.rows.tolist())) == 24
+        assert set(batch.rows.tolist()) <= set(train_rows.tolist())
+        # The pair positions point at the pair's own pins within the step's rows.
+        np.testing.assert_array_equal(batch.rows[batch.pair_a], batch.pairs.a.numpy())
+        np.testing.assert_array_equal(batch.rows[batch.pair_b], batch.pairs.b.numpy())
+        again, _ = batches.step_batch(step)
+        np.testing.assert_array_equal(again.rows, batch.rows)
+
+
+def test_neighbor_weight_ramps_in_linearly():
+    from mmpipe.train.pinclip_train import neighbor_weight_at
+
+    cfg = PinCLIPTrainConfig(neighbor_weight=2.0, neighbor_warmup_steps=10)
+    assert [neighbor_weight_at(s, cfg) for s in (0, 5, 10, 50)] == [0.0, 1.0, 2.0, 2.0]
+    assert neighbor_weight_at(0, PinCLIPTrainConfig(neighbor_weight=2.0)) == 2.0
+
+
+def test_hybrid_image_tower_trains_and_resumes(tiny_data, tmp_path):
+    dataset, text, pairs = tiny_data
+    hybrid = PinCLIPConfig.tiny(text_hidden_size=32, stem_channels=16, stem_stride=4, patch_size=2)
+    rows = np.arange(len(dataset))
+    cfg = _cfg(steps=6, neighbor_warmup_steps=3)
+    straight = train_pinclip(hybrid, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "a")
+    train_pinclip(hybrid, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b", stop_after=2)
+    resumed = train_pinclip(hybrid, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b")
+    assert [h["neighbor_weight"] for h in straight.history][:4] == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

@@ -74,6 +74,32 @@ class NeighborAlignmentLoss(nn.Module):
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+class MultiPositiveNeighborLoss(nn.Module):
+    """Neighbor alignment over every pin of a batch at once (SupCon's "out" form).
+
+    ``positives[i, j]`` (bool [N, N]) says pins i and j are neighbors (they share a
+    board, or form a neighbor pair). Each pin with at least one neighbor in the batch is
+    an anchor: its loss is the mean over its neighbors p of -log softmax_j(s_ij)[p], the
+    softmax over every other pin of the batch. Pair InfoNCE scores B pairs against B
+    negatives; this scores all N(N-1) pin pairs of the same forward pass, which matters
+    when each comparison carries as little signal as "shares one of five attributes".
+    """
+
+    def forward(self, emb: torch.Tensor, positives: torch.Tensor,
+                logit_scale: torch.Tensor) -> torch.Tensor:
+        n = emb.shape[0]
+        self_mask = torch.eye(n, dtype=torch.bool, device=emb.device)
+        positives = positives.to(emb.device).bool() & ~self_mask
+        anchors = positives.any(dim=1)
+        if not anchors.any():
+            return emb.sum() * 0.0  # no neighbors in this batch: no signal, no NaN
+        logits = (logit_scale * emb @ emb.T).masked_fill(self_mask, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        log_prob = log_prob.masked_fill(~positives, 0.0)  # also drops the -inf diagonal
+        per_anchor = -log_prob.sum(1)[anchors] / positives.sum(1)[anchors]
+        return per_anchor.mean()
+
+
 @torch.no_grad()
 def clamp_logit_scale_(model: nn.Module, max_logit_scale: float | None = None) -> None:
     """Clamp every ``*logit_scale`` parameter of ``model`` to [0, max] in place.

@@ -9,9 +9,10 @@ any of them:
   over real tokens and projected;
 * ``fused_emb``: learned fusion queries cross-attend over [image tokens ; text tokens]
   (Q-Former / Perceiver style) and are pooled, as a residual on top of late fusion
-  ``image_emb + text_emb``. The residual's output projection starts at zero, so the
-  fused embedding starts as good as the two towers combined and the weak neighbor
-  signal only has to teach what late fusion misses. Padding tokens are masked out of the
+  ``a * image_emb + b * text_emb``. The residual's output projection starts at zero and
+  the learned modality weights ``a, b`` at one, so the fused embedding starts as good
+  as the two towers combined and the weak neighbor signal only has to teach what late
+  fusion misses, including how much to trust a caption that omits what a board is about. Padding tokens are masked out of the
   keys; a pin with no text has a zero ``text_emb`` and still has its image tokens, so
   cold pins without captions get a fused embedding from the image alone.
 
@@ -46,6 +47,11 @@ class PinCLIPConfig:
     vit_depth: int = 4
     vit_heads: int = 4
     vit_mlp: int = 512
+    # Hybrid ViT (as in the ViT paper's hybrids): a small conv stem turns the image into a
+    # feature map with ``stem_stride`` times fewer pixels per side, and the ViT cuts that
+    # map into ``patch_size`` patches. 0 channels = a plain ViT on raw pixel patches.
+    stem_channels: int = 0
+    stem_stride: int = 4
     # A local ViTModel directory whose weights replace the random init; its config must
     # match the numbers above (see ``with_pretrained_image_tower``).
     image_tower_path: str | None = None
@@ -62,11 +68,22 @@ class PinCLIPConfig:
     embed_dim: int = 128
     dropout: float = 0.0
     init_logit_scale: float = math.log(1 / 0.07)
+    # Board neighbors share one or two attributes of five, so even the world's true
+    # attributes score a neighbor only a little above a stranger. At CLIP's temperature
+    # (0.07) the neighbor loss of those true attributes is *above* chance, and the
+    # model's best move is to learn nothing; at 0.25 it is well below (measured on the
+    # small world's pair batches: 3.31 vs 3.62 chance, against 4.97 at 0.07).
+    init_neighbor_logit_scale: float = math.log(1 / 0.25)
     max_logit_scale: float = math.log(100)
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of "
+        if self.stem_channels and self.image_tower_path is not None:
+            raise ValueError("a pretrained ViT reads pixels: set stem_channels=0 with image_tower_path")
+        if self.stem_channels and self.stem_stride not in (2, 4, 8):
+            raise ValueError(f"stem_stride must be 2, 4 or 8, got {self.stem_stride}")
+        if self.tower_input_size % self.patch_size:
+            raise ValueError(f"the image tower's input ({self.tower_input_size} px: image_size "
+                             f"{self.image_size} after the stem) is not a multiple of "
                              f"patch_size {self.patch_size}")
         for width, heads, name in [(self.vit_width, self.vit_heads, "vit"),
                                    (self.fusion_width, self.fusion_heads, "fusion")]:
@@ -83,11 +100,21 @@ class PinCLIPConfig:
                      fusion_mlp=64, n_fusion_queries=4, embed_dim=16)
         return cls(**{**sizes, **overrides})
 
+    @property
+    def tower_input_size(self) -> int:
+        """Side of what the ViT sees: the image, or the conv stem's feature map."""
+        if not self.stem_channels:
+            return self.image_size
+        if self.image_size % self.stem_stride:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of "
+                             f"stem_stride {self.stem_stride}")
+        return self.image_size // self.stem_stride
+
     def vit_config(self) -> ViTConfig:
         return ViTConfig(
-            image_size=self.image_size,
+            image_size=self.tower_input_size,
             patch_size=self.patch_size,
-            num_channels=3,
+            num_channels=self.stem_channels or 3,
             hidden_size=self.vit_width,
             num_hidden_layers=self.vit_depth,
             num_attention_heads=self.vit_heads,
@@ -102,7 +129,7 @@ class PinCLIPConfig:
         return replace(self, image_size=vit.image_size, patch_size=vit.patch_size,
                        vit_width=vit.hidden_size, vit_depth=vit.num_hidden_layers,
                        vit_heads=vit.num_attention_heads, vit_mlp=vit.intermediate_size,
-                       image_tower_path=str(path))
+                       stem_channels=0, image_tower_path=str(path))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +144,21 @@ class PinCLIPConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+class ConvStem(nn.Sequential):
+    """Stride-2 3x3 convolutions, channels doubling up to ``channels``: local edges and
+    colours come from convolutions, which learn them in far fewer steps than a ViT's
+    patch projection does from scratch; the transformer then relates the parts."""
+
+    def __init__(self, channels: int, stride: int):
+        n_layers = int(math.log2(stride))
+        widths = [3] + [max(channels >> (n_layers - 1 - i), 16) for i in range(n_layers)]
+        widths[-1] = channels
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(1, c_out), nn.GELU()]
+        super().__init__(*layers)
 
 
 class PinCLIPOutput(NamedTuple):
@@ -193,6 +235,7 @@ class PinCLIP(nn.Module):
         self.config = config
         c = config
 
+        self.image_stem = ConvStem(c.stem_channels, c.stem_stride) if c.stem_channels else nn.Identity()
         self.image_tower = ViTModel(c.vit_config(), add_pooling_layer=False)
         if c.image_tower_path is not None:
             self._load_pretrained_image_tower(Path(c.image_tower_path))
@@ -234,11 +277,12 @@ class PinCLIP(nn.Module):
         self.fusion_ln = nn.LayerNorm(c.fusion_width)
         self.fusion_proj = nn.Linear(c.fusion_width, c.embed_dim, bias=False)
         nn.init.zeros_(self.fusion_proj.weight)  # fused starts as late fusion; see the module doc
+        self.modality_weights = nn.Parameter(torch.ones(2))  # late fusion's image and text weights
 
         # Separate temperatures: board neighbors are a looser notion of "same" than a pin
         # and its own caption, so the neighbor loss may settle on a softer one.
         self.logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
-        self.neighbor_logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
+        self.neighbor_logit_scale = nn.Parameter(torch.tensor(c.init_neighbor_logit_scale))
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: weight decay on matrices only, never on biases, norms or the
@@ -261,7 +305,7 @@ class PinCLIP(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels float [B, 3, S, S] (normalised) -> (fusion tokens [B, 1+P, W_f], emb [B, E])."""
         # [CLS ; patches], the ViT's final LayerNorm applied.
-        states = self.image_tower(pixel_values=pixels).last_hidden_state
+        states = self.image_tower(pixel_values=self.image_stem(pixels)).last_hidden_state
         # Mean of patch tokens rather than CLS: a ViT trained from scratch on a few thousand
         # images learns a usable average long before a usable CLS token.
         emb = F.normalize(self.image_proj(states[:, 1:].mean(1)), dim=-1)
@@ -308,7 +352,8 @@ class PinCLIP(nn.Module):
         for block in self.fusion:
             queries = block(queries, None, context, context_mask)
         residual = self.fusion_proj(self.fusion_ln(queries).mean(1))
-        return F.normalize(image_emb + text_emb + residual, dim=-1)
+        image_weight, text_weight = self.modality_weights
+        return F.normalize(image_weight * image_emb + text_weight * text_emb + residual, dim=-1)
 
     def forward(self, pixels: torch.Tensor, text_hidden: torch.Tensor,
                 text_mask: torch.Tensor) -> PinCLIPOutput:

@@ -15,7 +15,7 @@ apart where it can, and returns the [B, B] mask of the conflicts it could not av
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -140,9 +140,25 @@ class NeighborPairs:
     b: np.ndarray  # int64 [P] dataset row of pin_b
     keys: tuple[frozenset[int], ...]  # per pair: its two pins' rows and ids of its boards
     group: np.ndarray  # int64 [P] the pair's own board (-1 for co-engagement), to spread it
+    # Board key ids of each pin row that is on a board (same ids as in ``keys``).
+    boards_of_row: dict[int, frozenset[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.a)
+
+    def neighbor_matrix(self, rows: np.ndarray) -> torch.Tensor:
+        """bool [n, n]: pins ``rows[i]`` and ``rows[j]`` share a board (i != j)."""
+        boards = [self.boards_of_row.get(int(row), frozenset()) for row in rows]
+        index: dict[int, list[int]] = {}
+        for i, pin_boards in enumerate(boards):
+            for board in pin_boards:
+                index.setdefault(board, []).append(i)
+        shared = np.zeros((len(rows), len(rows)), dtype=bool)
+        for members in index.values():
+            if len(members) > 1:
+                shared[np.ix_(members, members)] = True
+        np.fill_diagonal(shared, False)
+        return torch.from_numpy(shared)
 
 
 def neighbor_pairs_for_training(
@@ -187,13 +203,18 @@ def neighbor_pairs_for_training(
     empty: frozenset[int] = frozenset()
     group = np.full(len(a), -1, dtype=np.int64)
     keys = []
+    pair_boards_of_row: dict[int, set[int]] = {}
     for i, (row_a, row_b, board) in enumerate(zip(a.tolist(), b.tolist(), pair_boards.tolist())):
         own = empty if pd.isna(board) else frozenset((board_key[board],))
         if own:
             group[i] = next(iter(own))
+            for row in (row_a, row_b):
+                pair_boards_of_row.setdefault(row, set()).update(own)
         member_of = boards_of_row.get(row_a, empty) | boards_of_row.get(row_b, empty)
         keys.append(frozenset((row_a, row_b)) | own | member_of)
-    return NeighborPairs(a=a, b=b, keys=tuple(keys), group=group)
+    for row, boards in pair_boards_of_row.items():
+        boards_of_row[row] = boards_of_row.get(row, empty) | frozenset(boards)
+    return NeighborPairs(a=a, b=b, keys=tuple(keys), group=group, boards_of_row=boards_of_row)
 
 
 def false_negative_mask(keys: Sequence[frozenset[int]]) -> torch.Tensor:

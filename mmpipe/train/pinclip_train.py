@@ -1,9 +1,15 @@
 """Training PinCLIP: image↔text contrastive loss plus neighbor alignment over board pairs.
 
-Every batch is a pure function of (seed, step): the pin batch is drawn with
-``default_rng([seed, step])`` and the pair batch is batch ``step % n`` of the sampler's epoch
-``step // n``. With the optimizer and RNG state in the checkpoint, a run stopped at step k
-and resumed ends with the same weights as one that never stopped.
+One forward pass per step serves both losses: the step's pins are the pins of a batch of
+neighbor pairs, topped up with random training pins to ``batch_size``. Image↔text
+InfoNCE runs over all of them, neighbor alignment over the pairs' fused embeddings. The
+image tower is most of the cost, so sharing the pass makes a step with pairs cost what a
+step without them does.
+
+Every batch is a pure function of (seed, step): the pair batch is batch ``step % n`` of
+the sampler's epoch ``step // n`` and the top-up is drawn with ``default_rng([seed,
+step])``. With the optimizer and RNG state in the checkpoint, a run stopped at step k and
+resumed ends with the same weights as one that never stopped.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmpipe.models.losses import ClipLoss, NeighborAlignmentLoss, clamp_logit_scale_
+from mmpipe.models.losses import (
+    ClipLoss,
+    MultiPositiveNeighborLoss,
+    NeighborAlignmentLoss,
+    clamp_logit_scale_,
+)
 from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
 from mmpipe.models.text_encoder import TextFeatures
 from mmpipe.train.checkpoint import load_checkpoint, save_checkpoint
-from mmpipe.train.pin_data import NeighborPairBatchSampler, NeighborPairs, PinDataset
+from mmpipe.train.pin_data import NeighborPairBatchSampler, NeighborPairs, PairBatch, PinDataset
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -30,12 +41,22 @@ CHECKPOINT_DIR = "checkpoint"
 @dataclass(frozen=True)
 class PinCLIPTrainConfig:
     steps: int = 300
-    batch_size: int = 128
-    pair_batch_size: int = 64
+    batch_size: int = 128  # pins per step: the pair batch's pins, topped up with random ones
+    pair_batch_size: int = 48
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 30
     neighbor_weight: float = 1.0  # λ; 0 trains the image↔text ablation
+    # λ ramps up linearly over these first steps: pulling neighbors together before the
+    # towers see anything only teaches them to agree on noise.
+    neighbor_warmup_steps: int = 0
+    # "boards": every two pins of the step that share a board are neighbors
+    # (MultiPositiveNeighborLoss over all N pins); "pairs": InfoNCE over the sampled pairs only.
+    neighbor_loss: str = "boards"
+
+    def __post_init__(self) -> None:
+        if self.neighbor_loss not in ("boards", "pairs"):
+            raise ValueError(f"neighbor_loss must be 'boards' or 'pairs', got {self.neighbor_loss!r}")
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -59,6 +80,12 @@ def lr_at(step: int, cfg: PinCLIPTrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def neighbor_weight_at(step: int, cfg: PinCLIPTrainConfig) -> float:
+    if step >= cfg.neighbor_warmup_steps:
+        return cfg.neighbor_weight
+    return cfg.neighbor_weight * step / cfg.neighbor_warmup_steps
+
+
 def _maybe_flip(pixels: torch.Tensor, rng: np.random.Generator, enabled: bool) -> torch.Tensor:
     if not enabled:
         return pixels
@@ -67,8 +94,16 @@ def _maybe_flip(pixels: torch.Tensor, rng: np.random.Generator, enabled: bool) -
     return pixels
 
 
+@dataclass
+class StepBatch:
+    rows: np.ndarray  # dataset rows of the step's pins, each once
+    pairs: PairBatch | None  # the neighbor pairs among them
+    pair_a: np.ndarray | None = None  # position in ``rows`` of each pair's first pin
+    pair_b: np.ndarray | None = None
+
+
 class _Batches:
-    """The (pin rows, pair batch) of any step, deterministically."""
+    """The pins and neighbor pairs of any step, deterministically."""
 
     def __init__(self, train_rows: np.ndarray, pairs: NeighborPairs | None, cfg: PinCLIPTrainConfig):
         if len(train_rows) < 2:
@@ -77,14 +112,32 @@ class _Batches:
         self.cfg = cfg
         self.batch_size = min(cfg.batch_size, len(self.train_rows))
         self.sampler = None
+        self.pairs = pairs
         self._epoch, self._epoch_batches = None, []
         if pairs is not None and len(pairs) and cfg.neighbor_weight > 0:
             self.sampler = NeighborPairBatchSampler(pairs, min(cfg.pair_batch_size, len(pairs)),
                                                     seed=cfg.seed, drop_last=len(pairs) >= cfg.pair_batch_size)
 
-    def pin_rows(self, step: int) -> tuple[np.ndarray, np.random.Generator]:
+    def step_batch(self, step: int) -> tuple[StepBatch, np.random.Generator]:
+        """The pair batch's pins (a pin in two pairs comes once: a duplicate would be its
+        own false negative in the image↔text loss) topped up with random training pins."""
         rng = np.random.default_rng([self.cfg.seed, step])
-        return rng.choice(self.train_rows, size=self.batch_size, replace=False), rng
+        pairs = self.pair_batch(step)
+        if pairs is None:
+            return StepBatch(rng.choice(self.train_rows, size=self.batch_size, replace=False), None), rng
+        pair_rows = np.unique(np.concatenate([pairs.a.numpy(), pairs.b.numpy()]))
+        others = np.setdiff1d(self.train_rows, pair_rows)
+        n_fill = min(max(self.batch_size - len(pair_rows), 0), len(others))
+        rows = np.concatenate([pair_rows, rng.choice(others, size=n_fill, replace=False)])
+        return StepBatch(rows, pairs, np.searchsorted(pair_rows, pairs.a.numpy()),
+                         np.searchsorted(pair_rows, pairs.b.numpy())), rng
+
+    def positives(self, batch: StepBatch) -> torch.Tensor:
+        """bool [n, n] over the step's pins: they share a board, or are one of its pairs."""
+        positives = self.pairs.neighbor_matrix(batch.rows)
+        positives[batch.pair_a, batch.pair_b] = True
+        positives[batch.pair_b, batch.pair_a] = True
+        return positives
 
     def pair_batch(self, step: int):
         if self.sampler is None:
@@ -119,7 +172,7 @@ def train_pinclip(
     torch.manual_seed(cfg.seed)
     model = PinCLIP(model_cfg)
     optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr)
-    clip_loss, neighbor_loss = ClipLoss(), NeighborAlignmentLoss()
+    clip_loss, neighbor_loss, board_loss = ClipLoss(), NeighborAlignmentLoss(), MultiPositiveNeighborLoss()
     batches = _Batches(train_rows, pairs, cfg)
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     start = 0
@@ -135,24 +188,23 @@ def train_pinclip(
         tick = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        rows, rng = batches.pin_rows(step)
+        batch, rng = batches.step_batch(step)
+        rows = torch.from_numpy(batch.rows)
         pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
         out = model(pixels, text.hidden[rows], text.mask[rows])
         loss_clip = clip_loss(out.image_emb, out.text_emb, out.logit_scale)
         loss = loss_clip
         metrics = {"loss_clip": loss_clip.item()}
-        pair_batch = batches.pair_batch(step)
+        if batch.pairs is not None:
+            if cfg.neighbor_loss == "boards":
+                loss_neighbor = board_loss(out.fused_emb, batches.positives(batch), out.neighbor_logit_scale)
+            else:
+                loss_neighbor = neighbor_loss(out.fused_emb[batch.pair_a], out.fused_emb[batch.pair_b],
+                                              out.neighbor_logit_scale, batch.pairs.false_negative_mask)
+            weight = neighbor_weight_at(step, cfg)
+            loss = loss + weight * loss_neighbor
+            metrics.update(loss_neighbor=loss_neighbor.item(), neighbor_weight=weight)
         n_images = len(rows)
-        if pair_batch is not None:
-            both = torch.cat([pair_batch.a, pair_batch.b])
-            pair_pixels = _maybe_flip(dataset.pixels(both), rng, cfg.hflip)
-            fused = model(pair_pixels, text.hidden[both], text.mask[both]).fused_emb
-            half = len(pair_batch.a)
-            loss_neighbor = neighbor_loss(fused[:half], fused[half:], out.neighbor_logit_scale,
-                                          pair_batch.false_negative_mask)
-            loss = loss + cfg.neighbor_weight * loss_neighbor
-            metrics["loss_neighbor"] = loss_neighbor.item()
-            n_images += len(both)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
