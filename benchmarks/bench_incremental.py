@@ -29,7 +29,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TINY_PINCLIP = {"model_size": "tiny", "steps": 20, "batch_size": 32, "pair_batch_size": 16}
+TINY_PINCLIP = {"model_size": "tiny", "steps": 20, "fusion_steps": 10, "batch_size": 32, "pair_batch_size": 16}
 
 
 def main(argv: list[str] | None = None) -> int:

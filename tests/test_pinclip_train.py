@@ -127,3 +127,28 @@ def test_hybrid_image_tower_trains_and_resumes(tiny_data, tmp_path):
     assert [h["neighbor_weight"] for h in straight.history][:4] == pytest.approx([0, 1 / 3, 2 / 3, 1])
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("stop_at", [4, 6, 8])  # inside the tower phase, at its end, in the fusion phase
+def test_fusion_phase_trains_only_the_fusion_and_resumes_exactly(tiny_data, tmp_path, stop_at):
+    dataset, text, pairs = tiny_data
+    rows = np.arange(len(dataset))
+    cfg = _cfg(steps=6, fusion_steps=6, fusion_batch_size=48, fusion_pair_batch_size=12)
+    straight = train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "a")
+    assert straight.steps == 12 and "loss_fusion_neighbor" in straight.final
+    assert "loss_clip" in straight.final  # the towers' last image-text loss is kept
+    train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b", stop_after=stop_at)
+    resumed = train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b")
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+    towers_only = train_pinclip(MODEL, _cfg(steps=6), dataset, text, rows, pairs)
+    fusion = {name for name, _ in straight.model.named_parameters()
+              if name.startswith(("fusion", "modality_weights", "neighbor_logit_scale"))}
+    for (name, a), b in zip(straight.model.state_dict().items(), towers_only.model.state_dict().values()):
+        if name in fusion:
+            continue
+        torch.testing.assert_close(a, b, msg=f"{name} moved in the fusion phase")
+    moved = [name for name, a in straight.model.state_dict().items()
+             if name in fusion and not torch.equal(a, towers_only.model.state_dict()[name])]
+    assert "fusion_proj.weight" in moved

@@ -23,7 +23,7 @@ from orchestration.resources import PipelinePaths, ValidationPolicy
 # The tiny world plants at least one record of every defect kind in tables of a few rows,
 # so its quarantine shares are far above what the default policy tolerates.
 TINY_MAX_QUARANTINE_RATE = 0.7
-TINY_PINCLIP = {"model_size": "tiny", "steps": 20, "batch_size": 32, "pair_batch_size": 16}
+TINY_PINCLIP = {"model_size": "tiny", "steps": 20, "fusion_steps": 10, "batch_size": 32, "pair_batch_size": 16}
 from tests.conftest import PROJECT_ROOT
 
 

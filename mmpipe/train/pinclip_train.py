@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +32,7 @@ from mmpipe.models.losses import (
 )
 from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
 from mmpipe.models.text_encoder import TextFeatures
-from mmpipe.train.checkpoint import load_checkpoint, save_checkpoint
+from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state, save_checkpoint
 from mmpipe.train.pin_data import NeighborPairBatchSampler, NeighborPairs, PairBatch, PinDataset
 
 CHECKPOINT_DIR = "checkpoint"
@@ -53,6 +53,12 @@ class PinCLIPTrainConfig:
     # "boards": every two pins of the step that share a board are neighbors
     # (MultiPositiveNeighborLoss over all N pins); "pairs": InfoNCE over the sampled pairs only.
     neighbor_loss: str = "boards"
+    # Fusion phase: the towers frozen, only the fusion module trains on neighbor alignment
+    # over cached tower outputs, with bigger batches since no image passes through a tower.
+    fusion_steps: int = 0
+    fusion_lr: float = 1e-3
+    fusion_batch_size: int = 256
+    fusion_pair_batch_size: int = 96
 
     def __post_init__(self) -> None:
         if self.neighbor_loss not in ("boards", "pairs"):
@@ -164,65 +170,165 @@ def train_pinclip(
 ) -> TrainResult:
     """Train (or resume) a PinCLIP; checkpoints go to ``out_dir/checkpoint``.
 
-    ``stop_after`` ends the run early at that step (with a checkpoint), as an interrupted
-    run would; calling again with ``resume=True`` continues it.
+    Steps ``[0, cfg.steps)`` train everything on both losses; steps ``[cfg.steps,
+    cfg.steps + cfg.fusion_steps)`` train the fusion module alone on neighbor alignment
+    over cached tower outputs (see the module doc). ``stop_after`` ends the run early at
+    that step (with a checkpoint), as an interrupted run would; calling again with
+    ``resume=True`` continues it, in either phase.
     """
     if len(text) != len(dataset):
         raise ValueError(f"text cache has {len(text)} rows, dataset {len(dataset)}")
     torch.manual_seed(cfg.seed)
     model = PinCLIP(model_cfg)
-    optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr)
-    clip_loss, neighbor_loss, board_loss = ClipLoss(), NeighborAlignmentLoss(), MultiPositiveNeighborLoss()
     batches = _Batches(train_rows, pairs, cfg)
+    fusion_steps = cfg.fusion_steps if batches.sampler is not None else 0
+    total = cfg.steps + fusion_steps
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     start = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        start = load_checkpoint(checkpoint, model, optimizer)["step"]
+        start = read_trainer_state(checkpoint)["step"]
+    optimizer = _optimizer(model, cfg, fusion_phase=start > cfg.steps)
+    if start:
+        load_checkpoint(checkpoint, model, optimizer)
 
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    end = total if stop_after is None else min(total, stop_after)
     config_record = {"model": model_cfg.to_dict(), "train": asdict(cfg)}
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    model.train()
-    for step in tqdm(range(start, end), initial=start, total=cfg.steps, disable=not progress, desc="pinclip"):
-        tick = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        batch, rng = batches.step_batch(step)
-        rows = torch.from_numpy(batch.rows)
-        pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
-        out = model(pixels, text.hidden[rows], text.mask[rows])
-        loss_clip = clip_loss(out.image_emb, out.text_emb, out.logit_scale)
-        loss = loss_clip
-        metrics = {"loss_clip": loss_clip.item()}
-        if batch.pairs is not None:
-            if cfg.neighbor_loss == "boards":
-                loss_neighbor = board_loss(out.fused_emb, batches.positives(batch), out.neighbor_logit_scale)
-            else:
-                loss_neighbor = neighbor_loss(out.fused_emb[batch.pair_a], out.fused_emb[batch.pair_b],
-                                              out.neighbor_logit_scale, batch.pairs.false_negative_mask)
-            weight = neighbor_weight_at(step, cfg)
-            loss = loss + weight * loss_neighbor
-            metrics.update(loss_neighbor=loss_neighbor.item(), neighbor_weight=weight)
-        n_images = len(rows)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clamp_logit_scale_(model)
-        metrics.update(
-            loss=loss.item(), lr=lr_at(step, cfg),
-            temperature=float(1 / out.logit_scale.item()),
-            neighbor_temperature=float(1 / out.neighbor_logit_scale.item()),
-            images_per_s=n_images / (time.perf_counter() - tick),
-        )
+
+    def finish_step(step: int, metrics: dict[str, float]) -> None:
         history.append({"step": step + 1, **metrics})
         if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
             log(step + 1, metrics)
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
             save_checkpoint(checkpoint, model, optimizer, step + 1, config_record)
+
+    model.train()
+    bar = tqdm(total=total, initial=start, disable=not progress, desc="pinclip")
+    for step in range(start, min(end, cfg.steps)):
+        finish_step(step, _tower_step(model, optimizer, batches, step, cfg, dataset, text))
+        bar.update()
+    if end > cfg.steps:
+        if start <= cfg.steps:
+            optimizer = _optimizer(model, cfg, fusion_phase=True)
+        towers = TowerCache.build(model, dataset, text, batches.train_rows)
+        fusion_batches = _Batches(train_rows, pairs, replace(
+            cfg, batch_size=cfg.fusion_batch_size, pair_batch_size=cfg.fusion_pair_batch_size))
+        model.train()
+        for step in range(max(start, cfg.steps), end):
+            finish_step(step, _fusion_step(model, optimizer, fusion_batches, towers, step, cfg))
+            bar.update()
+    bar.close()
     model.eval()
-    final = history[-1] if history else {}
+    # The last metrics of each phase: a run that ends in the fusion phase still reports
+    # the image-text loss its towers ended with.
+    final: dict[str, float] = {}
+    for record in history:
+        final.update(record)
     return TrainResult(model, end, final, history, time.perf_counter() - started)
+
+
+def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool) -> torch.optim.Optimizer:
+    if fusion_phase:
+        model.requires_grad_(False)
+        params = model.fusion_parameters()
+        for param in params:
+            param.requires_grad_(True)
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.fusion_lr)
+    return torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+
+
+def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrainConfig,
+                dataset: PinDataset, text: TextFeatures) -> dict[str, float]:
+    tick = time.perf_counter()
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch, rng = batches.step_batch(step)
+    rows = torch.from_numpy(batch.rows)
+    pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
+    out = model(pixels, text.hidden[rows], text.mask[rows])
+    loss = loss_clip = ClipLoss()(out.image_emb, out.text_emb, out.logit_scale)
+    metrics = {"loss_clip": loss_clip.item()}
+    if batch.pairs is not None:
+        loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch, cfg)
+        weight = neighbor_weight_at(step, cfg)
+        loss = loss + weight * loss_neighbor
+        metrics.update(loss_neighbor=loss_neighbor.item(), neighbor_weight=weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    clamp_logit_scale_(model)
+    return {**metrics, "loss": loss.item(), "lr": lr,
+            "temperature": float(1 / out.logit_scale.item()),
+            "neighbor_temperature": float(1 / out.neighbor_logit_scale.item()),
+            "images_per_s": len(rows) / (time.perf_counter() - tick)}
+
+
+def _neighbor_loss(fused: torch.Tensor, logit_scale: torch.Tensor, batches: _Batches,
+                   batch: StepBatch, cfg: PinCLIPTrainConfig) -> torch.Tensor:
+    if cfg.neighbor_loss == "boards":
+        return MultiPositiveNeighborLoss()(fused, batches.positives(batch), logit_scale)
+    return NeighborAlignmentLoss()(fused[batch.pair_a], fused[batch.pair_b], logit_scale,
+                                   batch.pairs.false_negative_mask)
+
+
+def _fusion_step(model, optimizer, batches: _Batches, towers: TowerCache, step: int,
+                 cfg: PinCLIPTrainConfig) -> dict[str, float]:
+    tick = time.perf_counter()
+    phase_step = step - cfg.steps
+    lr = lr_at(phase_step, replace(cfg, steps=cfg.fusion_steps, lr=cfg.fusion_lr, warmup_steps=0))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch, _ = batches.step_batch(step)
+    fused = model.fuse(*towers.rows(batch.rows))
+    scale = model.neighbor_logit_scale.exp()
+    loss = _neighbor_loss(fused, scale, batches, batch, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    clamp_logit_scale_(model)
+    return {"loss_fusion_neighbor": loss.item(), "fusion_lr": lr,
+            "neighbor_temperature": float(1 / scale.item()),
+            "pins_per_s": len(batch.rows) / (time.perf_counter() - tick)}
+
+
+@dataclass
+class TowerCache:
+    """Frozen tower outputs of the training pins, for the fusion phase: ``fuse`` inputs
+    without a ViT pass per step. No flip augmentation: the towers are done learning."""
+
+    position: np.ndarray  # dataset row -> row of the tensors below (-1: not cached)
+    image_tokens: torch.Tensor
+    image_emb: torch.Tensor
+    text_tokens: torch.Tensor
+    text_mask: torch.Tensor
+    text_emb: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: PinCLIP, dataset: PinDataset, text: TextFeatures, rows: np.ndarray,
+              batch_size: int = 256) -> TowerCache:
+        model.eval()
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for start in range(0, len(rows), batch_size):
+            chunk = torch.from_numpy(rows[start:start + batch_size])
+            image_tokens, image_emb = model.encode_image(dataset.pixels(chunk))
+            text_tokens, text_emb = model.encode_text(text.hidden[chunk], text.mask[chunk])
+            parts.append((image_tokens, image_emb, text_tokens, text.mask[chunk].bool(), text_emb))
+        position = np.full(len(dataset), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        return cls(position, *(torch.cat(column) for column in zip(*parts)))
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """``fuse`` arguments (image tokens, text tokens, text mask, image emb, text emb)."""
+        index = torch.from_numpy(self.position[rows])
+        if (index < 0).any():
+            raise ValueError("rows outside the cached training pins")
+        return (self.image_tokens[index], self.text_tokens[index], self.text_mask[index],
+                self.image_emb[index], self.text_emb[index])
 
 
 @torch.no_grad()
