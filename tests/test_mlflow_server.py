@@ -34,7 +34,12 @@ from mmpipe.registry.mlflow_registry import RunContext, start_run
 from mmpipe.registry.pinclip_gate import PRIMARY_METRIC
 from mmpipe.registry.pinclip_pyfunc import load_embedder, log_pinclip, make_pyfunc_input
 from mmpipe.registry.promotion import FIRST, record_eval_metric, promote_if_better
-from tests.test_pinclip_registry import MODEL, TEXT_MAX_LENGTH, TEXT_TOWER, noise_image
+from tests.test_pinclip_registry import (  # noqa: F401  text_tower_dir is a fixture
+    MODEL,
+    TEXT_MAX_LENGTH,
+    noise_image,
+    text_tower_dir,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -102,16 +107,6 @@ def tracking_server(tmp_path_factory):
         yield SimpleNamespace(uri=uri, root=root)
     finally:
         stop(process)
-
-
-@pytest.fixture(scope="module")
-def text_tower_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    tokenizer, text_model = load_text_encoder(config=TEXT_TOWER)
-    directory = tmp_path_factory.mktemp("text_tower")
-    tokenizer.save_pretrained(directory)
-    text_model.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
