@@ -521,3 +521,46 @@ def test_multi_positive_neighbor_loss_matches_naive_reference():
     assert MultiPositiveNeighborLoss()(together, positives, scale) < expected
     none = MultiPositiveNeighborLoss()(emb, torch.zeros(6, 6, dtype=torch.bool), scale)
     assert none.item() == 0.0
+
+
+def test_board_proxy_loss_matches_naive_reference_and_pulls_board_mates_together():
+    from mmpipe.models.losses import BoardProxyLoss
+
+    torch.manual_seed(0)
+    emb = F.normalize(torch.randn(5, 4), dim=-1)
+    membership = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=torch.float)
+    loss_fn = BoardProxyLoss(n_boards=3, dim=4, temperature=0.2, seed=1)
+    proxies = F.normalize(loss_fn.proxies.detach(), dim=-1)
+    terms = []
+    for i in range(5):
+        boards = membership[i].nonzero().flatten().tolist()
+        if not boards:  # pin 3 is on no board: no term
+            continue
+        log_z = torch.logsumexp(emb[i] @ proxies.T / 0.2, 0)
+        terms.append(torch.stack([log_z - emb[i] @ proxies[b] / 0.2 for b in boards]).mean())
+    torch.testing.assert_close(loss_fn(emb, membership), torch.stack(terms).mean())
+    assert loss_fn(emb, torch.zeros(5, 3)).item() == 0.0
+    with pytest.raises(ValueError, match="membership must be"):
+        loss_fn(emb, torch.zeros(5, 2))
+    # Same seed, same proxies: the loss's state is reproducible without the global RNG.
+    torch.testing.assert_close(BoardProxyLoss(3, 4, 0.2, seed=1).proxies, loss_fn.proxies)
+
+    # Training free embeddings on it puts pins of a board closer than pins of different boards.
+    board = torch.arange(12) % 3
+    member = F.one_hot(board, 3).float()
+    free = torch.nn.Parameter(torch.randn(12, 8))
+    loss_fn = BoardProxyLoss(3, 8, temperature=0.1)
+    optimizer = torch.optim.Adam([free, *loss_fn.parameters()], lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss_fn(F.normalize(free, dim=-1), member).backward()
+        optimizer.step()
+    unit = F.normalize(free.detach(), dim=-1)
+    cos = unit @ unit.T
+    same = board[:, None] == board[None, :]
+    off_diagonal = ~torch.eye(12, dtype=torch.bool)
+    assert cos[same & off_diagonal].mean() - cos[~same].mean() > 0.5
+    # Every pin's nearest other pin is a board mate.
+    nearest = cos.masked_fill(~off_diagonal, -2).argmax(1)
+    assert torch.equal(board[nearest], board)
+

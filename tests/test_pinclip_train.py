@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -129,20 +131,29 @@ def test_hybrid_image_tower_trains_and_resumes(tiny_data, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("neighbor_loss,fusion_loss", [("boards", "proxies"), ("boards", "boards"),
+                                                       ("proxies", "proxies")])
 @pytest.mark.parametrize("stop_at", [4, 6, 8])  # inside the tower phase, at its end, in the fusion phase
-def test_fusion_phase_trains_only_the_fusion_and_resumes_exactly(tiny_data, tmp_path, stop_at):
+def test_fusion_phase_trains_only_the_fusion_and_resumes_exactly(tiny_data, tmp_path, stop_at,
+                                                                  neighbor_loss, fusion_loss):
     dataset, text, pairs = tiny_data
     rows = np.arange(len(dataset))
-    cfg = _cfg(steps=6, fusion_steps=6, fusion_batch_size=48, fusion_pair_batch_size=12)
+    cfg = _cfg(steps=6, fusion_steps=6, fusion_batch_size=48, fusion_pair_batch_size=12,
+               neighbor_loss=neighbor_loss, fusion_loss=fusion_loss)
     straight = train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "a")
     assert straight.steps == 12 and "loss_fusion_neighbor" in straight.final
     assert "loss_clip" in straight.final  # the towers' last image-text loss is kept
     train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b", stop_after=stop_at)
+    # The board proxies are training state: in the checkpoint once the fusion phase runs,
+    # never in the model's own weights.
+    aux = tmp_path / "b" / "checkpoint" / "aux.safetensors"
+    assert aux.exists() == ("proxies" in (neighbor_loss, fusion_loss))
+    assert not any(name.startswith("proxies") for name in straight.model.state_dict())
     resumed = train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b")
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
-    towers_only = train_pinclip(MODEL, _cfg(steps=6), dataset, text, rows, pairs)
+    towers_only = train_pinclip(MODEL, replace(cfg, fusion_steps=0), dataset, text, rows, pairs)
     fusion = {name for name, _ in straight.model.named_parameters()
               if name.startswith(("fusion", "modality_weights", "neighbor_logit_scale"))}
     for (name, a), b in zip(straight.model.state_dict().items(), towers_only.model.state_dict().values()):
@@ -152,3 +163,18 @@ def test_fusion_phase_trains_only_the_fusion_and_resumes_exactly(tiny_data, tmp_
     moved = [name for name, a in straight.model.state_dict().items()
              if name in fusion and not torch.equal(a, towers_only.model.state_dict()[name])]
     assert "fusion_proj.weight" in moved
+
+
+def test_board_membership_rows_match_the_pins_boards(tiny_data):
+    dataset, _, pairs = tiny_data
+    assert pairs.n_boards > 0
+    rows = np.array(sorted(pairs.boards_of_row)[:10] + [max(pairs.boards_of_row) + 1])
+    membership = pairs.board_membership(rows)
+    assert membership.shape == (len(rows), pairs.n_boards)
+    for i, row in enumerate(rows):
+        expected = {key - pairs.board_offset for key in pairs.boards_of_row.get(int(row), ())}
+        assert set(membership[i].nonzero().flatten().tolist()) == expected
+    assert membership[-1].sum() == 0  # a pin on no board
+    # Two rows share a board exactly when neighbor_matrix says so.
+    shared = (membership @ membership.T > 0) & ~torch.eye(len(rows), dtype=torch.bool)
+    assert torch.equal(shared, pairs.neighbor_matrix(rows))

@@ -100,6 +100,44 @@ class MultiPositiveNeighborLoss(nn.Module):
         return per_anchor.mean()
 
 
+class BoardProxyLoss(nn.Module):
+    """Neighbor alignment through one learned proxy per board (Proxy-NCA, multi-label).
+
+    Every pin is scored against every board's proxy, not against the few dozen other
+    pins of its batch, and pulled towards the proxies of the boards it is saved to (a
+    soft target spread evenly over them). Two pins on a board meet at its proxy, so
+    board neighbors end up close: the same goal as pairwise neighbor InfoNCE, with a
+    gradient from all boards at every step instead of the rare in-batch pairs. Boards
+    are few and stable (new pins join existing boards), so the proxies are training-only
+    state: they live here, not in the model, and go into the checkpoint beside it.
+    """
+
+    def __init__(self, n_boards: int, dim: int, temperature: float = 0.1, seed: int = 0):
+        super().__init__()
+        if n_boards < 1:
+            raise ValueError("BoardProxyLoss needs at least one board")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        generator = torch.Generator().manual_seed(seed)  # leaves the global RNG alone
+        self.proxies = nn.Parameter(torch.randn(n_boards, dim, generator=generator) * 0.1)
+
+    def forward(self, emb: torch.Tensor, membership: torch.Tensor) -> torch.Tensor:
+        """``emb`` [N, E] unit rows; ``membership`` [N, n_boards], 1 where pin i is on board b.
+        Pins on no board carry no signal and are left out of the mean."""
+        membership = membership.to(emb.device, emb.dtype)
+        if membership.shape != (emb.shape[0], self.proxies.shape[0]):
+            raise ValueError(f"membership must be {(emb.shape[0], self.proxies.shape[0])}, "
+                             f"got {tuple(membership.shape)}")
+        counts = membership.sum(1)
+        on_board = counts > 0
+        if not on_board.any():
+            return emb.sum() * 0.0 + self.proxies.sum() * 0.0
+        logits = emb[on_board] @ F.normalize(self.proxies, dim=-1).T / self.temperature
+        target = membership[on_board] / counts[on_board, None]
+        return -(target * logits.log_softmax(dim=-1)).sum(1).mean()
+
+
 @torch.no_grad()
 def clamp_logit_scale_(model: nn.Module, max_logit_scale: float | None = None) -> None:
     """Clamp every ``*logit_scale`` parameter of ``model`` to [0, max] in place.

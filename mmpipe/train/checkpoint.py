@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.json"
+AUX_FILE = "aux.safetensors"  # training-only weights, e.g. a loss's board proxies
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -55,13 +56,19 @@ def save_checkpoint(
     step: int,
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    aux: torch.nn.Module | None = None,
 ) -> Path:
+    """Write a checkpoint directory atomically. ``aux`` holds training-only weights that
+    are not part of the model (a loss's learned proxies): saved beside it, never in it."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / MODEL_FILE))
+        if aux is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in aux.state_dict().items()},
+                      str(staging / AUX_FILE))
         trainer_state: dict[str, Any] = {"step": step, "config": config, "extra": extra or {}}
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer.state_dict())
@@ -93,11 +100,17 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = True,
+    aux: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Load weights (and optimizer + RNG state when given); return the trainer state."""
+    """Load weights (and optimizer, RNG and ``aux`` state when given); return the trainer state."""
     directory = Path(directory)
     trainer_state = read_trainer_state(directory)
     model.load_state_dict(load_file(str(directory / MODEL_FILE)))
+    if aux is not None:
+        if not (directory / AUX_FILE).exists():
+            raise FileNotFoundError(f"checkpoint {directory} has no {AUX_FILE} to restore "
+                                    f"{type(aux).__name__} from")
+        aux.load_state_dict(load_file(str(directory / AUX_FILE)))
     if optimizer is not None and "optimizer" in trainer_state:
         tensors = load_file(str(directory / "optimizer.safetensors"))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, trainer_state["optimizer"]))

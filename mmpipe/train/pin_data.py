@@ -142,9 +142,20 @@ class NeighborPairs:
     group: np.ndarray  # int64 [P] the pair's own board (-1 for co-engagement), to spread it
     # Board key ids of each pin row that is on a board (same ids as in ``keys``).
     boards_of_row: dict[int, frozenset[int]] = field(default_factory=dict)
+    # Board key ids run from board_offset to board_offset + n_boards - 1.
+    board_offset: int = 0
+    n_boards: int = 0
 
     def __len__(self) -> int:
         return len(self.a)
+
+    def board_membership(self, rows: np.ndarray) -> torch.Tensor:
+        """float [n, n_boards]: 1 where pin ``rows[i]`` is saved to board b."""
+        membership = torch.zeros(len(rows), self.n_boards)
+        for i, row in enumerate(rows):
+            for key in self.boards_of_row.get(int(row), ()):
+                membership[i, key - self.board_offset] = 1.0
+        return membership
 
     def neighbor_matrix(self, rows: np.ndarray) -> torch.Tensor:
         """bool [n, n]: pins ``rows[i]`` and ``rows[j]`` share a board (i != j)."""
@@ -214,7 +225,8 @@ def neighbor_pairs_for_training(
         keys.append(frozenset((row_a, row_b)) | own | member_of)
     for row, boards in pair_boards_of_row.items():
         boards_of_row[row] = boards_of_row.get(row, empty) | frozenset(boards)
-    return NeighborPairs(a=a, b=b, keys=tuple(keys), group=group, boards_of_row=boards_of_row)
+    return NeighborPairs(a=a, b=b, keys=tuple(keys), group=group, boards_of_row=boards_of_row,
+                         board_offset=len(rows), n_boards=len(board_index))
 
 
 def false_negative_mask(keys: Sequence[frozenset[int]]) -> torch.Tensor:

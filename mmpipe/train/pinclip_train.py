@@ -1,10 +1,11 @@
-"""Training PinCLIP: image↔text contrastive loss plus neighbor alignment over board pairs.
+"""Training PinCLIP: image↔text contrastive loss plus neighbor alignment over the board graph.
 
 One forward pass per step serves both losses: the step's pins are the pins of a batch of
 neighbor pairs, topped up with random training pins to ``batch_size``. Image↔text
-InfoNCE runs over all of them, neighbor alignment over the pairs' fused embeddings. The
-image tower is most of the cost, so sharing the pass makes a step with pairs cost what a
-step without them does.
+InfoNCE runs over all of them, neighbor alignment over their fused embeddings (by
+default against one learned proxy per board, ``BoardProxyLoss``). The image tower is
+most of the cost, so sharing the pass makes a step with pairs cost what a step without
+them does. A second phase trains the fusion module alone on cached tower outputs.
 
 Every batch is a pure function of (seed, step): the pair batch is batch ``step % n`` of
 the sampler's epoch ``step // n`` and the top-up is drawn with ``default_rng([seed,
@@ -25,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpipe.models.losses import (
+    BoardProxyLoss,
     ClipLoss,
     MultiPositiveNeighborLoss,
     NeighborAlignmentLoss,
@@ -50,19 +52,30 @@ class PinCLIPTrainConfig:
     # λ ramps up linearly over these first steps: pulling neighbors together before the
     # towers see anything only teaches them to agree on noise.
     neighbor_warmup_steps: int = 0
+    # "proxies": each pin of the step against every board's learned proxy (BoardProxyLoss);
     # "boards": every two pins of the step that share a board are neighbors
     # (MultiPositiveNeighborLoss over all N pins); "pairs": InfoNCE over the sampled pairs only.
-    neighbor_loss: str = "boards"
+    neighbor_loss: str = "proxies"
     # Fusion phase: the towers frozen, only the fusion module trains on neighbor alignment
     # over cached tower outputs, with bigger batches since no image passes through a tower.
     fusion_steps: int = 0
     fusion_lr: float = 1e-3
     fusion_batch_size: int = 256
     fusion_pair_batch_size: int = 96
+    # The fusion phase's neighbor loss: "proxies" (BoardProxyLoss: each pin against every
+    # board's learned proxy) or, as in the tower phase, "boards" / "pairs".
+    fusion_loss: str = "proxies"
+    proxy_temperature: float = 0.2
+    proxy_lr: float = 1e-2  # proxies start random and must move faster than the fusion weights
+    # Start the fusion phase from a freshly initialised fusion module (late fusion exactly)
+    # rather than the one the tower phase's neighbor loss shaped alongside the towers.
+    fusion_reinit: bool = True
 
     def __post_init__(self) -> None:
-        if self.neighbor_loss not in ("boards", "pairs"):
-            raise ValueError(f"neighbor_loss must be 'boards' or 'pairs', got {self.neighbor_loss!r}")
+        if self.neighbor_loss not in ("proxies", "boards", "pairs"):
+            raise ValueError(f"neighbor_loss must be 'proxies', 'boards' or 'pairs', got {self.neighbor_loss!r}")
+        if self.fusion_loss not in ("proxies", "boards", "pairs"):
+            raise ValueError(f"fusion_loss must be 'proxies', 'boards' or 'pairs', got {self.fusion_loss!r}")
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -120,6 +133,7 @@ class _Batches:
         self.sampler = None
         self.pairs = pairs
         self._epoch, self._epoch_batches = None, []
+        self._board_rows: np.ndarray | None = None
         if pairs is not None and len(pairs) and cfg.neighbor_weight > 0:
             self.sampler = NeighborPairBatchSampler(pairs, min(cfg.pair_batch_size, len(pairs)),
                                                     seed=cfg.seed, drop_last=len(pairs) >= cfg.pair_batch_size)
@@ -137,6 +151,17 @@ class _Batches:
         rows = np.concatenate([pair_rows, rng.choice(others, size=n_fill, replace=False)])
         return StepBatch(rows, pairs, np.searchsorted(pair_rows, pairs.a.numpy()),
                          np.searchsorted(pair_rows, pairs.b.numpy())), rng
+
+    def board_pin_batch(self, step: int) -> StepBatch:
+        """Training pins on at least one board, drawn uniformly: what the proxy loss sees.
+        Pair batches would weigh every board alike (pairs are capped per board), which
+        over-samples the pins of small boards against the pins a search serves."""
+        if self._board_rows is None:
+            on_board = [row for row in self.train_rows.tolist() if self.pairs.boards_of_row.get(row)]
+            self._board_rows = np.asarray(on_board, dtype=np.int64)
+        rng = np.random.default_rng([self.cfg.seed, step])
+        size = min(self.batch_size, len(self._board_rows))
+        return StepBatch(rng.choice(self._board_rows, size=size, replace=False), None)
 
     def positives(self, batch: StepBatch) -> torch.Tensor:
         """bool [n, n] over the step's pins: they share a board, or are one of its pairs."""
@@ -184,12 +209,16 @@ def train_pinclip(
     fusion_steps = cfg.fusion_steps if batches.sampler is not None else 0
     total = cfg.steps + fusion_steps
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
+    proxies = _board_proxies(model_cfg, cfg, pairs, tower_phase=batches.sampler is not None,
+                             fusion_phase=fusion_steps > 0)
     start = 0
     if resume and checkpoint is not None and checkpoint.exists():
         start = read_trainer_state(checkpoint)["step"]
-    optimizer = _optimizer(model, cfg, fusion_phase=start > cfg.steps)
+    optimizer = _optimizer(model, cfg, fusion_phase=start > cfg.steps, proxies=proxies)
     if start:
-        load_checkpoint(checkpoint, model, optimizer)
+        # Proxies untouched so far (tower phase on another neighbor loss) are still their seeded init.
+        proxies_trained = start > cfg.steps or cfg.neighbor_loss == "proxies"
+        load_checkpoint(checkpoint, model, optimizer, aux=proxies if proxies_trained else None)
 
     end = total if stop_after is None else min(total, stop_after)
     config_record = {"model": model_cfg.to_dict(), "train": asdict(cfg)}
@@ -201,22 +230,25 @@ def train_pinclip(
         if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
             log(step + 1, metrics)
         if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
-            save_checkpoint(checkpoint, model, optimizer, step + 1, config_record)
+            save_checkpoint(checkpoint, model, optimizer, step + 1, config_record,
+                            aux=proxies)
 
     model.train()
     bar = tqdm(total=total, initial=start, disable=not progress, desc="pinclip")
     for step in range(start, min(end, cfg.steps)):
-        finish_step(step, _tower_step(model, optimizer, batches, step, cfg, dataset, text))
+        finish_step(step, _tower_step(model, optimizer, batches, step, cfg, dataset, text, proxies))
         bar.update()
     if end > cfg.steps:
         if start <= cfg.steps:
-            optimizer = _optimizer(model, cfg, fusion_phase=True)
+            if cfg.fusion_reinit:
+                _reinit_fusion(model, model_cfg, cfg.seed)
+            optimizer = _optimizer(model, cfg, fusion_phase=True, proxies=proxies)
         towers = TowerCache.build(model, dataset, text, batches.train_rows)
         fusion_batches = _Batches(train_rows, pairs, replace(
             cfg, batch_size=cfg.fusion_batch_size, pair_batch_size=cfg.fusion_pair_batch_size))
         model.train()
         for step in range(max(start, cfg.steps), end):
-            finish_step(step, _fusion_step(model, optimizer, fusion_batches, towers, step, cfg))
+            finish_step(step, _fusion_step(model, optimizer, fusion_batches, towers, step, cfg, proxies))
             bar.update()
     bar.close()
     model.eval()
@@ -228,7 +260,28 @@ def train_pinclip(
     return TrainResult(model, end, final, history, time.perf_counter() - started)
 
 
-def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool) -> torch.optim.Optimizer:
+def _board_proxies(model_cfg: PinCLIPConfig, cfg: PinCLIPTrainConfig, pairs: NeighborPairs | None,
+                   tower_phase: bool, fusion_phase: bool) -> BoardProxyLoss | None:
+    used = ((tower_phase and cfg.neighbor_loss == "proxies")
+            or (fusion_phase and cfg.fusion_loss == "proxies"))
+    if not used or pairs is None or not pairs.n_boards:
+        return None
+    return BoardProxyLoss(pairs.n_boards, model_cfg.embed_dim, cfg.proxy_temperature, seed=cfg.seed)
+
+
+def _reinit_fusion(model: PinCLIP, model_cfg: PinCLIPConfig, seed: int) -> None:
+    """Put the fusion parameters back to a fresh model's, deterministically in ``seed``
+    and without touching the global RNG stream the run continues with."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        fresh = PinCLIP(replace(model_cfg, text_trainable_layers=0, image_tower_path=None))
+    with torch.no_grad():
+        for param, fresh_param in zip(model.fusion_parameters(), fresh.fusion_parameters(), strict=True):
+            param.copy_(fresh_param)
+
+
+def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool,
+               proxies: BoardProxyLoss | None = None) -> torch.optim.Optimizer:
     if fusion_phase:
         model.requires_grad_(False)
         params = model.fusion_parameters()
@@ -236,16 +289,23 @@ def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool) -> t
             param.requires_grad_(True)
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        if proxies is not None and cfg.fusion_loss == "proxies":
+            groups.append({"params": list(proxies.parameters()), "weight_decay": 0.0,
+                           "lr_scale": cfg.proxy_lr / cfg.fusion_lr})
         return torch.optim.AdamW(groups, lr=cfg.fusion_lr)
-    return torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+    groups = model.param_groups(cfg.weight_decay)
+    if proxies is not None and cfg.neighbor_loss == "proxies":
+        groups.append({"params": list(proxies.parameters()), "weight_decay": 0.0,
+                       "lr_scale": cfg.proxy_lr / cfg.lr})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrainConfig,
-                dataset: PinDataset, text: TextFeatures) -> dict[str, float]:
+                dataset: PinDataset, text: TextFeatures, proxies: BoardProxyLoss | None) -> dict[str, float]:
     tick = time.perf_counter()
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     batch, rng = batches.step_batch(step)
     rows = torch.from_numpy(batch.rows)
     pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
@@ -253,7 +313,8 @@ def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrai
     loss = loss_clip = ClipLoss()(out.image_emb, out.text_emb, out.logit_scale)
     metrics = {"loss_clip": loss_clip.item()}
     if batch.pairs is not None:
-        loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch, cfg)
+        loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch,
+                                       cfg.neighbor_loss, proxies)
         weight = neighbor_weight_at(step, cfg)
         loss = loss + weight * loss_neighbor
         metrics.update(loss_neighbor=loss_neighbor.item(), neighbor_weight=weight)
@@ -268,24 +329,27 @@ def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrai
 
 
 def _neighbor_loss(fused: torch.Tensor, logit_scale: torch.Tensor, batches: _Batches,
-                   batch: StepBatch, cfg: PinCLIPTrainConfig) -> torch.Tensor:
-    if cfg.neighbor_loss == "boards":
+                   batch: StepBatch, kind: str, proxies: BoardProxyLoss | None) -> torch.Tensor:
+    if kind == "proxies":
+        return proxies(fused, batches.pairs.board_membership(batch.rows))
+    if kind == "boards":
         return MultiPositiveNeighborLoss()(fused, batches.positives(batch), logit_scale)
     return NeighborAlignmentLoss()(fused[batch.pair_a], fused[batch.pair_b], logit_scale,
                                    batch.pairs.false_negative_mask)
 
 
 def _fusion_step(model, optimizer, batches: _Batches, towers: TowerCache, step: int,
-                 cfg: PinCLIPTrainConfig) -> dict[str, float]:
+                 cfg: PinCLIPTrainConfig, proxies: BoardProxyLoss | None) -> dict[str, float]:
     tick = time.perf_counter()
     phase_step = step - cfg.steps
     lr = lr_at(phase_step, replace(cfg, steps=cfg.fusion_steps, lr=cfg.fusion_lr, warmup_steps=0))
     for group in optimizer.param_groups:
-        group["lr"] = lr
-    batch, _ = batches.step_batch(step)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    uses_proxies = cfg.fusion_loss == "proxies"
+    batch = batches.board_pin_batch(step) if uses_proxies else batches.step_batch(step)[0]
     fused = model.fuse(*towers.rows(batch.rows))
     scale = model.neighbor_logit_scale.exp()
-    loss = _neighbor_loss(fused, scale, batches, batch, cfg)
+    loss = _neighbor_loss(fused, scale, batches, batch, cfg.fusion_loss, proxies)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

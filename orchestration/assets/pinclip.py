@@ -61,6 +61,9 @@ class PinCLIPConfigDagster(dg.Config):
     model_size: str = _PINCLIP["model_size"]
     steps: int = _PINCLIP["steps"]
     fusion_steps: int = _PINCLIP["fusion_steps"]
+    neighbor_loss: str = _PINCLIP["neighbor_loss"]
+    fusion_loss: str = _PINCLIP["fusion_loss"]
+    proxy_temperature: float = _PINCLIP["proxy_temperature"]
     batch_size: int = _PINCLIP["batch_size"]
     pair_batch_size: int = _PINCLIP["pair_batch_size"]
     lr: float = _PINCLIP["lr"]
@@ -78,7 +81,9 @@ class PinCLIPConfigDagster(dg.Config):
 
     def trainer_config(self, neighbor_weight: float | None = None) -> PinCLIPTrainConfig:
         return PinCLIPTrainConfig(
-            steps=self.steps, fusion_steps=self.fusion_steps, batch_size=self.batch_size,
+            steps=self.steps, fusion_steps=self.fusion_steps, neighbor_loss=self.neighbor_loss,
+            fusion_loss=self.fusion_loss,
+            proxy_temperature=self.proxy_temperature, batch_size=self.batch_size,
             pair_batch_size=self.pair_batch_size,
             lr=self.lr, seed=self.seed, neighbor_warmup_steps=self.neighbor_warmup_steps,
             neighbor_weight=self.neighbor_weight if neighbor_weight is None else neighbor_weight,
