@@ -112,7 +112,7 @@ class BoardProxyLoss(nn.Module):
     state: they live here, not in the model, and go into the checkpoint beside it.
     """
 
-    def __init__(self, n_boards: int, dim: int, temperature: float = 0.1, seed: int = 0):
+    def __init__(self, n_boards: int, dim: int, temperature: float = 0.2, seed: int = 0):
         super().__init__()
         if n_boards < 1:
             raise ValueError("BoardProxyLoss needs at least one board")
