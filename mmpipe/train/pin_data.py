@@ -159,17 +159,7 @@ class NeighborPairs:
 
     def neighbor_matrix(self, rows: np.ndarray) -> torch.Tensor:
         """bool [n, n]: pins ``rows[i]`` and ``rows[j]`` share a board (i != j)."""
-        boards = [self.boards_of_row.get(int(row), frozenset()) for row in rows]
-        index: dict[int, list[int]] = {}
-        for i, pin_boards in enumerate(boards):
-            for board in pin_boards:
-                index.setdefault(board, []).append(i)
-        shared = np.zeros((len(rows), len(rows)), dtype=bool)
-        for members in index.values():
-            if len(members) > 1:
-                shared[np.ix_(members, members)] = True
-        np.fill_diagonal(shared, False)
-        return torch.from_numpy(shared)
+        return false_negative_mask([self.boards_of_row.get(int(row), frozenset()) for row in rows])
 
 
 def neighbor_pairs_for_training(
@@ -230,7 +220,7 @@ def neighbor_pairs_for_training(
 
 
 def false_negative_mask(keys: Sequence[frozenset[int]]) -> torch.Tensor:
-    """bool [B, B]: True where pairs i != j share a key (a pin or a board)."""
+    """bool [B, B]: True where items i != j share a key (pairs: a pin or a board; pins: a board)."""
     pairs_with_key: dict[int, list[int]] = {}
     for i, pair_keys in enumerate(keys):
         for key in pair_keys:

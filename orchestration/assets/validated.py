@@ -54,8 +54,49 @@ def _metadata(table: str, paths: PipelinePaths, valid: pd.DataFrame, quarantine:
     return metadata
 
 
+def _validate_whole_table(table: str, paths: PipelinePaths, parents: tuple[str, ...]) -> dict:
+    result = validate_table(
+        table, paths.raw_root, {parent: read_validated(paths, parent) for parent in parents}
+    )
+    result.check_invariant()
+    write_result(result, paths.storage())
+    return _metadata(table, paths, result.valid, result.quarantine, result.n_in, result.rule_counts())
+
+
+def _validate_days(table: str, paths: PipelinePaths, parents: tuple[str, ...], days_to_run: list[str]) -> dict:
+    raw, days = raw_rows_by_day(paths.raw_root, table)
+    min_date, max_date = declared_date_window(paths.raw_root)
+    users = read_validated(paths, "users") if "users" in parents else None
+    valid_parts, quarantine_parts, rules, n_in = [], [], {}, 0
+    for day in sorted(days_to_run):
+        day_parents = {}
+        if "pins" in parents:
+            pins_dir = paths.storage("validated", "pins")
+            day_parents["pins"] = read_days(pins_dir, days_up_to(stored_days(pins_dir), day))
+        if users is not None:
+            day_parents["users"] = users
+        result = validate_day(table, raw, days, day, paths.raw_root, day_parents, min_date, max_date)
+        write_parquet_atomic(result.valid, day_file(paths.storage("validated", table), day))
+        write_parquet_atomic(result.quarantine, day_file(paths.storage("quarantine", table), day))
+        valid_parts.append(result.valid)
+        quarantine_parts.append(result.quarantine)
+        n_in += result.n_in
+        for rule, count in result.rule_counts().items():
+            rules[rule] = rules.get(rule, 0) + count
+    valid = pd.concat(valid_parts, ignore_index=True)
+    quarantine = pd.concat(quarantine_parts, ignore_index=True)
+    metadata = _metadata(table, paths, valid, quarantine, n_in, rules)
+    metadata["days"] = ", ".join(sorted(days_to_run))
+    return metadata
+
+
 def _validated_asset(table: str) -> dg.AssetsDefinition:
+    """validated_<table>: one day partition per run key for the dated tables
+    (``DAY_COLUMN``), the whole table for the dimension tables."""
     parents = VALIDATION_PARENTS[table]
+    by_day = table in DAY_COLUMN
+    scope = (f"One day of `{table}` (by `{DAY_COLUMN[table]}`; rows with an unusable date under the day "
+             "they were delivered): rows" if by_day else f"`{table}` rows")
 
     @dg.asset(
         name=f"validated_{table}",
@@ -63,71 +104,21 @@ def _validated_asset(table: str) -> dg.AssetsDefinition:
         kinds={"pandera", "great_expectations", "parquet"},
         deps=[f"raw_{table}", *(f"validated_{parent}" for parent in parents)],
         description=(
-            f"`{table}` rows that pass the pandera schema, media and referential checks; "
+            f"{scope} that pass the pandera schema, media and referential checks; "
             "the rest go to `storage/quarantine` with row index, rule and message."
         ),
         code_version="2",
+        partitions_def=DAY if by_day else None,
         automation_condition=EAGER,
         backfill_policy=SINGLE_RUN,
     )
     def validated_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
-        result = validate_table(
-            table, paths.raw_root, {parent: read_validated(paths, parent) for parent in parents}
-        )
-        result.check_invariant()
-        write_result(result, paths.storage())
-        return dg.MaterializeResult(metadata=_metadata(table, paths, result.valid, result.quarantine,
-                                                       result.n_in, result.rule_counts()))
+        if by_day:
+            return dg.MaterializeResult(metadata=_validate_days(table, paths, parents, context.partition_keys))
+        return dg.MaterializeResult(metadata=_validate_whole_table(table, paths, parents))
 
     return validated_table
 
 
-def _validated_day_asset(table: str) -> dg.AssetsDefinition:
-    parents = VALIDATION_PARENTS[table]
-
-    @dg.asset(
-        name=f"validated_{table}",
-        group_name="validation",
-        kinds={"pandera", "great_expectations", "parquet"},
-        deps=[f"raw_{table}", *(f"validated_{parent}" for parent in parents)],
-        description=(
-            f"One day of `{table}` (by `{DAY_COLUMN[table]}`; rows with an unusable date under the day "
-            "they were delivered): rows that pass the pandera schema, media and referential checks; "
-            "the rest go to `storage/quarantine` with row index, rule and message."
-        ),
-        code_version="2",
-        partitions_def=DAY,
-        backfill_policy=SINGLE_RUN,
-        automation_condition=EAGER,
-    )
-    def validated_day_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
-        raw, days = raw_rows_by_day(paths.raw_root, table)
-        min_date, max_date = declared_date_window(paths.raw_root)
-        users = read_validated(paths, "users") if "users" in parents else None
-        valid_parts, quarantine_parts, rules, n_in = [], [], {}, 0
-        for day in sorted(context.partition_keys):
-            day_parents = {}
-            if "pins" in parents:
-                pins_dir = paths.storage("validated", "pins")
-                day_parents["pins"] = read_days(pins_dir, days_up_to(stored_days(pins_dir), day))
-            if users is not None:
-                day_parents["users"] = users
-            result = validate_day(table, raw, days, day, paths.raw_root, day_parents, min_date, max_date)
-            write_parquet_atomic(result.valid, day_file(paths.storage("validated", table), day))
-            write_parquet_atomic(result.quarantine, day_file(paths.storage("quarantine", table), day))
-            valid_parts.append(result.valid)
-            quarantine_parts.append(result.quarantine)
-            n_in += result.n_in
-            for rule, count in result.rule_counts().items():
-                rules[rule] = rules.get(rule, 0) + count
-        valid = pd.concat(valid_parts, ignore_index=True)
-        quarantine = pd.concat(quarantine_parts, ignore_index=True)
-        metadata = _metadata(table, paths, valid, quarantine, n_in, rules)
-        metadata["days"] = ", ".join(sorted(context.partition_keys))
-        return dg.MaterializeResult(metadata=metadata)
-
-    return validated_day_table
-
-
-validated_assets = [_validated_day_asset(table) if table in DAY_COLUMN else _validated_asset(table)
+validated_assets = [_validated_asset(table)
                     for table in RAW_TABLES]
