@@ -15,8 +15,10 @@ import mmpipe.eval.retrieval as retrieval
 from mmpipe.eval.report import bar_plot_png, metrics_table_markdown, write_report
 from mmpipe.eval.retrieval import (
     bidirectional_retrieval,
+    neighbor_hits_per_query,
     neighbor_recall_at_k,
     neighbors_from_pairs,
+    paired_bootstrap_gain,
     paired_ranks,
     relative_gain,
     retrieval_metrics,
@@ -245,6 +247,46 @@ def test_neighbor_recall_matches_full_matrix_reference(chunk, exclude_self):
         assert fast["n_queries"] == reference["n_queries"] > 50  # a few have only themselves
         assert_metrics_close(fast, reference)
     assert 0.0 < fast["recall@10"] < 1.0
+
+
+def test_per_query_hits_average_to_the_recall():
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((40, 6))
+    ids = [f"p{i}" for i in range(40)]
+    neighbors = {f"p{i}": {f"p{j}" for j in rng.choice(40, size=rng.integers(1, 6), replace=False)}
+                 for i in range(0, 40, 2)}
+    found, total = neighbor_hits_per_query(emb[::2], ids[::2], emb, ids, neighbors, k=5)
+    summary = neighbor_recall_at_k(emb[::2], ids[::2], emb, ids, neighbors, k=5)
+    assert len(found) == len(total) == summary["n_queries"]
+    assert np.all((0 <= found) & (found <= total))
+    assert np.mean(found / total) == pytest.approx(summary["recall@5"])
+    assert np.mean(found > 0) == pytest.approx(summary["hit_rate@5"])
+
+
+def test_paired_bootstrap_gain_interval():
+    rng = np.random.default_rng(0)
+    baseline = rng.exponential(size=400)
+    # A model exactly twice as good on every query: every resample says +100%.
+    assert paired_bootstrap_gain(2 * baseline, baseline) == pytest.approx((1.0, 1.0))
+    assert paired_bootstrap_gain(baseline, baseline) == pytest.approx((0.0, 0.0))
+
+    # A model 10% better in expectation, with per-query noise: a 90% interval holds the
+    # true gain in about 90% of held-out samples, and narrows as the sample grows (~1/sqrt n).
+    def interval(n, seed):
+        base = rng.exponential(size=n)
+        model = base * 1.1 * rng.lognormal(-0.125, 0.5, n)  # mean of the factor: 1.1
+        return paired_bootstrap_gain(model, base, n_resamples=400, seed=seed)
+    intervals = np.array([interval(300, seed) for seed in range(60)])
+    coverage = np.mean((intervals[:, 0] < 0.1) & (0.1 < intervals[:, 1]))
+    assert 0.75 <= coverage <= 0.99
+    width_small = np.mean(intervals[:, 1] - intervals[:, 0])
+    width_large = np.mean([np.subtract(*interval(4800, seed)[::-1]) for seed in range(5)])
+    assert 2.5 < width_small / width_large < 6
+    assert paired_bootstrap_gain(np.zeros(0), np.zeros(0)) == pytest.approx((math.nan, math.nan), nan_ok=True)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap_gain(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap_gain(np.ones(3), np.ones(3), level=1.5)
 
 
 def test_neighbor_recall_rejects_bad_ids():

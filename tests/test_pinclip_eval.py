@@ -302,3 +302,30 @@ def test_report_on_tiny_world_embeddings(tiny_eval):
     assert summary["best_baseline"]["neighbor_R@10/heldout"] == "random"
     assert "text_to_image/R@1" in markdown  # the random baseline has both towers
     assert len(plots) == 2
+
+
+def test_report_gain_intervals_from_per_query_recalls(tiny_eval):
+    sets = [tiny_eval["oracle"], tiny_eval["random"], tiny_eval["minilm"]]
+    per_query: dict = {}
+    metrics = evaluate_embeddings(sets, tiny_eval["split"], tiny_eval["neighbors"], per_query=per_query)
+    for name, row in metrics.items():
+        for subset in ("heldout", "cold"):
+            recalls = per_query[name][subset]
+            assert len(recalls) == row[f"neighbor_queries/{subset}"]
+            assert np.mean(recalls) == pytest.approx(row[f"neighbor_R@10/{subset}"])
+
+    # The oracle plays the model here; a copy of its row stands in as the ceiling.
+    with_ceiling = {**metrics, "ceiling": metrics["attribute_oracle"]}
+    markdown, _, summary = pinclip_report(with_ceiling, "attribute_oracle", ["random", "minilm_captions"],
+                                          "ceiling", per_query=per_query)
+    for key in ("neighbor_R@10/heldout", "neighbor_R@10/cold"):
+        low, high = summary["gain_ci"][key]
+        assert low <= summary["gains"][key] <= high
+        assert low > 0  # the truth beats chance on every resample of a tiny world
+    assert "(90% CI +" in markdown
+
+    # Without per-query recalls the report has no interval, and says none.
+    markdown, _, summary = pinclip_report(with_ceiling, "attribute_oracle",
+                                          ["random", "minilm_captions"], "ceiling")
+    assert "90% CI" not in markdown
+    assert all(math.isnan(low) for low, _ in summary["gain_ci"].values())

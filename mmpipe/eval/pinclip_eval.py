@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.eval.report import bar_plot_png, metrics_table_markdown
-from mmpipe.eval.retrieval import bidirectional_retrieval, neighbor_recall_at_k, relative_gain
+from mmpipe.eval.retrieval import (
+    bidirectional_retrieval,
+    neighbor_hits_per_query,
+    paired_bootstrap_gain,
+    relative_gain,
+    summarise_neighbor_hits,
+)
 from mmpipe.graph.pairs import derive_cutoff_date
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 
@@ -165,6 +171,7 @@ def evaluate_embeddings(
     split: HoldoutSplit,
     neighbors: dict[str, set[str]],
     k: int = 10,
+    per_query: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score every method on the same queries against the same corpus.
 
@@ -175,7 +182,9 @@ def evaluate_embeddings(
     held-out pins (see :func:`~mmpipe.eval.retrieval.bidirectional_retrieval`).
 
     Every set must cover exactly the split's pins, so no method is scored on an easier
-    corpus than another.
+    corpus than another. A ``per_query`` dict is filled with each method's per-query
+    neighbor recall, ``per_query[name][subset]``, in the same query order for every
+    method (what :func:`pinclip_report` needs for confidence intervals).
     """
     corpus = set(split.train_ids) | set(split.heldout_ids)
     queries = {HELDOUT: split.heldout_ids, COLD: split.cold_ids}
@@ -192,14 +201,17 @@ def evaluate_embeddings(
             )
         metrics: dict[str, float] = {}
         for subset, ids in queries.items():
-            found = neighbor_recall_at_k(
+            hits, total = neighbor_hits_per_query(
                 embeddings.pin[embeddings.rows(ids)], ids,
                 embeddings.pin, embeddings.ids, neighbors, k=k,
             )
+            found = summarise_neighbor_hits(hits, total, k)
             metrics[neighbor_metric("R", subset, k)] = found[f"recall@{k}"]
             metrics[neighbor_metric("hit", subset, k)] = found[f"hit_rate@{k}"]
             metrics[neighbor_metric("max_R", subset, k)] = found[f"max_recall@{k}"]
             metrics[f"neighbor_queries/{subset}"] = found["n_queries"]
+            if per_query is not None:
+                per_query.setdefault(embeddings.name, {})[subset] = hits / total if len(total) else hits
         if embeddings.image is not None and embeddings.text is not None and split.heldout_ids:
             rows = embeddings.rows(split.heldout_ids)
             metrics.update(bidirectional_retrieval(embeddings.image[rows], embeddings.text[rows]))
@@ -334,6 +346,7 @@ def pinclip_report(
     descriptions: Mapping[str, str] | None = None,
     split: HoldoutSplit | None = None,
     k: int = 10,
+    per_query: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> tuple[str, dict[str, bytes], dict]:
     """The PinCLIP report: markdown, PNG bar plots, and a summary for ``write_report``.
 
@@ -343,7 +356,10 @@ def pinclip_report(
 
     Returns ``(markdown, plots, summary)``: summary holds ``best_baseline`` and ``gains``
     (relative, per neighbor R@k subset), ``gap_closed`` (the share of the best-baseline-
-    to-oracle gap the model covers) and every method's ``metrics``. Pass them on as
+    to-oracle gap the model covers) and every method's ``metrics``. With ``per_query``
+    (as filled by :func:`evaluate_embeddings`) each gain also gets a paired-bootstrap
+    90% interval over the queries, ``gain_ci``: a few hundred queries make a gain of a
+    few percent indistinguishable from luck, and the report should say so. Pass them on as
     ``write_report(directory, "pinclip_eval", markdown, plots, summary)``.
     """
     named = [model_name, *baselines, oracle]
@@ -355,13 +371,14 @@ def pinclip_report(
     order = list(dict.fromkeys([*named, *metrics]))  # extra methods follow, as given
     rows = {name: metrics[name] for name in order}
 
-    best_baseline, gains, gap_closed = {}, {}, {}
+    best_baseline, gains, gap_closed, gain_ci = {}, {}, {}, {}
     for subset in SUBSETS:
         key = neighbor_metric("R", subset, k)
         scored = [name for name in baselines if _finite(metrics[name].get(key))]
         model_value = metrics[model_name].get(key)
         if not scored or not _finite(model_value):
             best_baseline[key], gains[key], gap_closed[key] = None, math.nan, math.nan
+            gain_ci[key] = (math.nan, math.nan)
             continue
         best = max(scored, key=lambda name: metrics[name][key])
         best_baseline[key] = best
@@ -369,6 +386,8 @@ def pinclip_report(
         oracle_value = metrics[oracle].get(key)
         gap = float(oracle_value) - metrics[best][key] if _finite(oracle_value) else 0.0
         gap_closed[key] = (model_value - metrics[best][key]) / gap if gap > 0 else math.nan
+        gain_ci[key] = (paired_bootstrap_gain(per_query[model_name][subset], per_query[best][subset])
+                        if per_query is not None else (math.nan, math.nan))
 
     # Neighbor R@k over big boards is ~0.005, too small for the table's three decimals,
     # so the neighbor table and plots show percentages; the summary keeps fractions.
@@ -410,9 +429,11 @@ def pinclip_report(
         if best_baseline[key] is None:
             lines.append(f"- relative gain of {model_name} over the best baseline on {key}: n/a")
             continue
+        low, high = gain_ci[key]
+        interval = f" (90% CI {low:+.1%} to {high:+.1%})" if _finite(low) else ""
         lines.append(
             f"- relative gain of {model_name} over the best baseline ({best_baseline[key]}) "
-            f"on {key}: {gains[key]:+.1%} ({_format(metrics[model_name][key])} vs "
+            f"on {key}: {gains[key]:+.1%}{interval} ({_format(metrics[model_name][key])} vs "
             f"{_format(metrics[best_baseline[key]][key])}, "
             f"oracle {_format(metrics[oracle].get(key))}; "
             f"{_format(gap_closed[key], percent=True)} of the gap to it closed)"
@@ -456,6 +477,7 @@ def pinclip_report(
         "oracle": oracle,
         "best_baseline": best_baseline,
         "gains": gains,
+        "gain_ci": gain_ci,
         "gap_closed": gap_closed,
         "metrics": rows,
     }
@@ -500,10 +522,11 @@ def evaluate_pinclip(
         random_baseline(ids, trained["fused"].shape[1], seed=0),
         attribute_oracle(ids, truth_pin_objects, board_themes),
     ]
-    metrics = evaluate_embeddings(sets, split, neighbors, k=k)
+    per_query: dict[str, dict[str, np.ndarray]] = {}
+    metrics = evaluate_embeddings(sets, split, neighbors, k=k, per_query=per_query)
     baselines = [s.name for s in sets[1:-1]]
     markdown, plots, summary = pinclip_report(
-        metrics, MODEL_NAME, baselines, sets[-1].name, split=split, k=k,
+        metrics, MODEL_NAME, baselines, sets[-1].name, split=split, k=k, per_query=per_query,
         descriptions={
             MODEL_NAME: "PinCLIP fused pin embedding (image↔text + neighbor alignment)",
             "pinclip_image_tower": "image tower of the trained model alone",

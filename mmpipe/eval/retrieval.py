@@ -149,6 +149,39 @@ def neighbor_recall_at_k(
       since a pin with more than k neighbors cannot find them all (the oracle);
     * ``n_queries``: how many queries were scored (the metrics are NaN when none).
     """
+    found, total = neighbor_hits_per_query(query_emb, query_ids, corpus_emb, corpus_ids, neighbors,
+                                           k=k, exclude_self=exclude_self, chunk=chunk)
+    return summarise_neighbor_hits(found, total, k)
+
+
+def summarise_neighbor_hits(found: np.ndarray, total: np.ndarray, k: int) -> dict[str, float]:
+    """:func:`neighbor_recall_at_k`'s metrics from :func:`neighbor_hits_per_query`'s output."""
+    keys = (f"recall@{k}", f"hit_rate@{k}", f"max_recall@{k}")
+    if len(total) == 0:
+        return {**dict.fromkeys(keys, math.nan), "n_queries": 0}
+    return {
+        f"recall@{k}": float(np.mean(found / total)),
+        f"hit_rate@{k}": float(np.mean(found > 0)),
+        f"max_recall@{k}": float(np.mean(np.minimum(total, k) / total)),
+        "n_queries": len(total),
+    }
+
+
+def neighbor_hits_per_query(
+    query_emb: np.ndarray | torch.Tensor,
+    query_ids: Sequence,
+    corpus_emb: np.ndarray | torch.Tensor,
+    corpus_ids: Sequence,
+    neighbors: dict[str, set[str]],
+    k: int = 10,
+    exclude_self: bool = True,
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query with neighbors, in query order: (neighbors found in the top k, neighbors).
+
+    What :func:`neighbor_recall_at_k` averages; per query, so that two methods scored on
+    the same queries can be compared query by query (:func:`paired_bootstrap_gain`).
+    """
     q, c = _pair_up(query_emb, corpus_emb, "query_emb", "corpus_emb")
     query_ids = [str(i) for i in query_ids]
     corpus_ids = [str(i) for i in corpus_ids]
@@ -172,10 +205,8 @@ def neighbor_recall_at_k(
             counted_rows.append(row)
             rows.extend([row] * len(wanted))
             cols.extend(wanted)
-    n_queries = len(counted_rows)
-    keys = (f"recall@{k}", f"hit_rate@{k}", f"max_recall@{k}")
-    if n_queries == 0:
-        return {**dict.fromkeys(keys, math.nan), "n_queries": 0}
+    if not counted_rows:
+        return np.zeros(0), np.zeros(0)
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
     self_col = np.array([column_of.get(pin, -1) for pin in query_ids], dtype=np.int64)
@@ -205,12 +236,30 @@ def neighbor_recall_at_k(
 
     total = np.bincount(rows, minlength=len(query_ids))[counted_rows]
     found = np.bincount(rows, weights=hit, minlength=len(query_ids))[counted_rows]
-    return {
-        f"recall@{k}": float(np.mean(found / total)),
-        f"hit_rate@{k}": float(np.mean(found > 0)),
-        f"max_recall@{k}": float(np.mean(np.minimum(total, k) / total)),
-        "n_queries": n_queries,
-    }
+    return found, total.astype(np.float64)
+
+
+def paired_bootstrap_gain(
+    model: np.ndarray, baseline: np.ndarray, n_resamples: int = 2000, level: float = 0.9, seed: int = 0,
+) -> tuple[float, float]:
+    """Confidence interval of :func:`relative_gain` of mean(model) over mean(baseline).
+
+    ``model`` and ``baseline`` are per-query scores of the same queries (e.g. each
+    query's neighbor recall); queries are resampled with replacement, the same draw for
+    both, so what the interval measures is how much the gain depends on which queries
+    happened to be held out. A percentile interval at ``level``.
+    """
+    model, baseline = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if model.shape != baseline.shape or model.ndim != 1:
+        raise ValueError(f"need two equally long 1-D arrays, got {model.shape} and {baseline.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if len(model) == 0:
+        return math.nan, math.nan
+    draws = np.random.default_rng(seed).integers(0, len(model), size=(n_resamples, len(model)))
+    gains = [relative_gain(m, b) for m, b in zip(model[draws].mean(1), baseline[draws].mean(1))]
+    low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def neighbors_from_pairs(pairs: pd.DataFrame) -> dict[str, set[str]]:

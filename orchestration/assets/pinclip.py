@@ -264,6 +264,8 @@ def eval_pinclip(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.
     return dg.MaterializeResult(metadata={
         "report": dg.MetadataValue.md(markdown),
         "gains_over_best_baseline": dg.MetadataValue.json(json.loads(json.dumps(gains, default=float))),
+        "gain_90pct_interval": dg.MetadataValue.json(
+            json.loads(json.dumps(summary.get("gain_ci", {}), default=float))),
         **{f"plot_{name}": png_metadata(png, name) for name, png in plots.items()},
         "report_path": dg.MetadataValue.path(str(files["markdown"])),
         "mlflow_run_id": run.info.run_id,
