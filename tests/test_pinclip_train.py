@@ -178,3 +178,34 @@ def test_board_membership_rows_match_the_pins_boards(tiny_data):
     # Two rows share a board exactly when neighbor_matrix says so.
     shared = (membership @ membership.T > 0) & ~torch.eye(len(rows), dtype=torch.bool)
     assert torch.equal(shared, pairs.neighbor_matrix(rows))
+
+
+def test_text_neighbor_weight_pulls_the_text_tower_to_the_board_proxies_only(tiny_data, tmp_path):
+    """One step from the same init, with and without the text pull: it moves the text
+    tower and the proxies, and nothing that the image embedding depends on."""
+    from safetensors.torch import load_file
+
+    dataset, text, pairs = tiny_data
+    rows = np.arange(len(dataset))
+    cfg = _cfg(steps=1, checkpoint_every=1)
+    runs = {weight: train_pinclip(MODEL, replace(cfg, text_neighbor_weight=weight), dataset, text, rows,
+                                  pairs, out_dir=tmp_path / str(weight))
+            for weight in (0.0, 2.0)}
+    plain, pulled = runs[0.0], runs[2.0]
+    assert "loss_text_neighbor" not in plain.history[-1]
+    # The step's neighbor loss is the fused one plus the weighted text one.
+    assert pulled.history[-1]["loss_neighbor"] == pytest.approx(
+        plain.history[-1]["loss_neighbor"] + 2.0 * pulled.history[-1]["loss_text_neighbor"], rel=1e-5)
+    before, after = plain.model.state_dict(), pulled.model.state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert {"text_proj.weight", "text_in.weight"} <= moved
+    assert not {name for name in moved if name.startswith(("image_", "fusion"))}
+    proxies = [load_file(str(tmp_path / str(w) / "checkpoint" / "aux.safetensors")) for w in runs]
+    assert not torch.equal(proxies[0]["proxies"], proxies[1]["proxies"])
+
+
+def test_text_neighbor_weight_needs_the_proxy_loss():
+    with pytest.raises(ValueError, match="needs neighbor_loss='proxies'"):
+        PinCLIPTrainConfig(neighbor_loss="boards", text_neighbor_weight=0.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        PinCLIPTrainConfig(text_neighbor_weight=-1.0)

@@ -70,12 +70,22 @@ class PinCLIPTrainConfig:
     # Start the fusion phase from a freshly initialised fusion module (late fusion exactly)
     # rather than the one the tower phase's neighbor loss shaped alongside the towers.
     fusion_reinit: bool = True
+    # Tower phase, proxies only: the same board proxies also pull the text-only embedding,
+    # with this weight relative to the fused one's. The fused embedding reaches the text
+    # tower only through its late-fusion weight, so without it the text tower learns little
+    # of what boards group, and the fusion has little from captions to add to the image.
+    text_neighbor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.neighbor_loss not in ("proxies", "boards", "pairs"):
             raise ValueError(f"neighbor_loss must be 'proxies', 'boards' or 'pairs', got {self.neighbor_loss!r}")
         if self.fusion_loss not in ("proxies", "boards", "pairs"):
             raise ValueError(f"fusion_loss must be 'proxies', 'boards' or 'pairs', got {self.fusion_loss!r}")
+        if self.text_neighbor_weight < 0:
+            raise ValueError(f"text_neighbor_weight must be >= 0, got {self.text_neighbor_weight}")
+        if self.text_neighbor_weight and self.neighbor_loss != "proxies":
+            raise ValueError("text_neighbor_weight needs neighbor_loss='proxies' (the text "
+                             f"embedding is pulled to the board proxies), got {self.neighbor_loss!r}")
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -315,6 +325,10 @@ def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrai
     if batch.pairs is not None:
         loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch,
                                        cfg.neighbor_loss, proxies)
+        if cfg.text_neighbor_weight:
+            loss_text = proxies(out.text_emb, batches.pairs.board_membership(batch.rows))
+            loss_neighbor = loss_neighbor + cfg.text_neighbor_weight * loss_text
+            metrics["loss_text_neighbor"] = loss_text.item()
         weight = neighbor_weight_at(step, cfg)
         loss = loss + weight * loss_neighbor
         metrics.update(loss_neighbor=loss_neighbor.item(), neighbor_weight=weight)

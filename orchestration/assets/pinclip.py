@@ -64,6 +64,7 @@ class PinCLIPConfigDagster(dg.Config):
     neighbor_loss: str = _PINCLIP["neighbor_loss"]
     fusion_loss: str = _PINCLIP["fusion_loss"]
     proxy_temperature: float = _PINCLIP["proxy_temperature"]
+    text_neighbor_weight: float = _PINCLIP["text_neighbor_weight"]
     batch_size: int = _PINCLIP["batch_size"]
     pair_batch_size: int = _PINCLIP["pair_batch_size"]
     lr: float = _PINCLIP["lr"]
@@ -83,7 +84,8 @@ class PinCLIPConfigDagster(dg.Config):
         return PinCLIPTrainConfig(
             steps=self.steps, fusion_steps=self.fusion_steps, neighbor_loss=self.neighbor_loss,
             fusion_loss=self.fusion_loss,
-            proxy_temperature=self.proxy_temperature, batch_size=self.batch_size,
+            proxy_temperature=self.proxy_temperature, text_neighbor_weight=self.text_neighbor_weight,
+            batch_size=self.batch_size,
             pair_batch_size=self.pair_batch_size,
             lr=self.lr, seed=self.seed, neighbor_warmup_steps=self.neighbor_warmup_steps,
             neighbor_weight=self.neighbor_weight if neighbor_weight is None else neighbor_weight,
