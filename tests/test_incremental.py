@@ -197,3 +197,13 @@ def test_new_day_sensor_and_daily_schedule_request_unregistered_days(tiny_world,
     assert sorted(instance.get_dynamic_partitions("day")) == days
     skipped = new_day_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert isinstance(skipped, dg.SkipReason)
+
+
+def test_the_caption_cache_encodes_only_the_new_days_captions(incremental):
+    new_pins = read_days(incremental["storage"] / "validated" / "pins", [NEW_DAY])
+    event = incremental["instance"].get_latest_materialization_event(dg.AssetKey("pin_text_features"))
+    assert event.run_id == incremental["day"].run_id
+    meta = event.asset_materialization.metadata
+    # Generated captions may repeat an earlier one, which is then reused, not encoded.
+    assert 0 < meta["encoded_captions"].value <= len(new_pins)
+    assert meta["reused_rows"].value >= meta["captions"].value - len(new_pins)

@@ -48,6 +48,28 @@ class TextFeatures:
             save_file(tensors, str(tmp), metadata=meta)
         return Path(path)
 
+    def take(self, rows) -> TextFeatures:
+        """These rows (any integer index), in that order."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return TextFeatures(hidden=self.hidden[rows], mask=self.mask[rows], pooled=self.pooled[rows])
+
+    @classmethod
+    def concat(cls, parts: Sequence[TextFeatures]) -> TextFeatures:
+        """Rows of ``parts`` one after another, token axes right-padded to the longest (masked
+        padding: every consumer reads tokens through ``mask``, so the padding changes nothing)."""
+        if not parts:
+            raise ValueError("concat needs at least one TextFeatures")
+        length = max(part.hidden.shape[1] for part in parts)
+
+        def pad(tensor: torch.Tensor) -> torch.Tensor:
+            missing = length - tensor.shape[1]
+            filler = tensor.new_zeros((tensor.shape[0], missing, *tensor.shape[2:]))
+            return torch.cat([tensor, filler], dim=1) if missing else tensor
+
+        return cls(hidden=torch.cat([pad(part.hidden) for part in parts]),
+                   mask=torch.cat([pad(part.mask) for part in parts]),
+                   pooled=torch.cat([part.pooled for part in parts]))
+
     @classmethod
     def load(cls, path: Path) -> TextFeatures:
         from safetensors.torch import load_file

@@ -39,7 +39,7 @@ from mmpipe.registry.promotion import (
 )
 from mmpipe.search import read_pin_embeddings
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
-from mmpipe.train.pinclip_inputs import PinCLIPInputs, encode_pin_captions, pinclip_inputs
+from mmpipe.train.pinclip_inputs import PinCLIPInputs, pinclip_inputs, update_caption_cache
 from mmpipe.train.pinclip_train import PinCLIPTrainConfig, embed_pins, train_pinclip
 from mmpipe.versioning import dvc_tracked_hash
 from mmpipe.embeddings import embed_day, write_day_embeddings
@@ -106,16 +106,17 @@ def _inputs(paths: PipelinePaths, image_size: int, text: TextFeatures | None = N
 
 
 @dg.asset(group_name="features", kinds={"transformers", "safetensors"}, deps=["validated_pins"],
-          code_version="1", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
-          description="Frozen MiniLM-L6 token states of every validated pin caption (the text tower cache).")
+          code_version="2", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
+          description="Frozen MiniLM-L6 token states of every validated pin caption (the text tower cache); "
+                      "captions already in the cache are copied, so a new day encodes only its own.")
 def pin_text_features(paths: PipelinePaths) -> dg.MaterializeResult:
     pins = read_validated(paths, "pins")
     started = time.perf_counter()
-    text = encode_pin_captions(pins, max_length=_PINCLIP["text_max_length"])
-    text.save(_text_path(paths), metadata={"rows": len(pins)})
+    text, counts = update_caption_cache(pins, _text_path(paths), max_length=_PINCLIP["text_max_length"])
     return dg.MaterializeResult(metadata={
         "captions": len(text), "tokens": int(text.mask.sum()),
         "empty_captions": int((~text.mask.any(1)).sum()),
+        "encoded_captions": counts["encoded"], "reused_rows": counts["reused"],
         "seconds": round(time.perf_counter() - started, 1),
     })
 
@@ -310,8 +311,7 @@ def _day_text(text: TextFeatures, all_pins: pd.DataFrame, day_pins: pd.DataFrame
     rows = pd.Index(all_pins["pin_id"]).get_indexer(day_pins["pin_id"])
     if (rows < 0).any():
         raise dg.Failure(description="the caption cache lacks pins of this day: rematerialize pin_text_features")
-    rows = torch.as_tensor(rows, dtype=torch.long)
-    return TextFeatures(hidden=text.hidden[rows], mask=text.mask[rows], pooled=text.pooled[rows])
+    return text.take(rows)
 
 
 @dg.asset(group_name="embeddings", kinds={"pytorch", "parquet"},
