@@ -54,7 +54,8 @@ def switch_on_fusion(model):
     """The fusion residual's projection starts at zero (fused = late fusion at init);
     give it weights so that tests see the fusion transformer's effect."""
     with torch.no_grad():
-        model.fusion_proj.weight.normal_(std=0.5)
+        for head in model.fusion_heads:
+            head.proj.weight.normal_(std=0.5)
     return model
 
 
@@ -127,6 +128,44 @@ def test_fused_embedding_starts_as_late_fusion():
     torch.manual_seed(0)
     out = PinCLIP(PinCLIPConfig.tiny()).eval()(*tiny_batch(batch=3))
     torch.testing.assert_close(out.fused_emb, F.normalize(out.image_emb + out.text_emb, dim=-1))
+
+
+def test_fusion_heads_average_into_the_fused_embedding():
+    torch.manual_seed(0)
+    model = switch_on_fusion(PinCLIP(PinCLIPConfig.tiny(n_fusion_heads=3))).eval()
+    pixels, hidden, mask = tiny_batch(batch=5)
+    with torch.no_grad():
+        out = model(pixels, hidden, mask)
+        image_tokens, image_emb = model.encode_image(pixels)
+        text_tokens, text_emb = model.encode_text(hidden, mask)
+        heads = [model.fuse(image_tokens, text_tokens, mask, image_emb, text_emb, head=k) for k in range(3)]
+    for head in heads:
+        torch.testing.assert_close(head.norm(dim=-1), torch.ones(5))
+    assert not torch.allclose(heads[0], heads[1], atol=1e-3)  # independently initialised
+    torch.testing.assert_close(out.fused_emb, F.normalize(torch.stack(heads).mean(0), dim=-1))
+
+
+def test_single_head_checkpoints_from_before_fusion_heads_still_load():
+    """Old checkpoints and registered versions: no n_fusion_heads in the config, and the
+    fusion weights under fusion_queries / fusion.* / fusion_ln / fusion_proj / modality_weights."""
+    torch.manual_seed(0)
+    current = switch_on_fusion(PinCLIP(PinCLIPConfig.tiny())).eval()
+    legacy_names = {"fusion_heads.0.queries": "fusion_queries", "fusion_heads.0.blocks.": "fusion.",
+                    "fusion_heads.0.ln.": "fusion_ln.", "fusion_heads.0.proj.": "fusion_proj.",
+                    "fusion_heads.0.modality_weights": "modality_weights"}
+    legacy_state = {}
+    for key, value in current.state_dict().items():
+        for new, old in legacy_names.items():
+            if key.startswith(new):
+                key = old + key[len(new):]
+        legacy_state[key] = value
+    assert "fusion_proj.weight" in legacy_state and "fusion.0.mlp.0.weight" in legacy_state
+    legacy_config = {k: v for k, v in current.config.to_dict().items() if k != "n_fusion_heads"}
+    loaded = PinCLIP(PinCLIPConfig.from_dict(legacy_config))
+    loaded.load_state_dict(legacy_state)  # strict: every legacy key finds its place
+    batch = tiny_batch(batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(*batch).fused_emb, current(*batch).fused_emb)
 
 
 def test_config_round_trips_through_dict():
@@ -492,7 +531,7 @@ def test_late_fusion_weights_are_learned_per_modality():
     torch.manual_seed(0)
     model = PinCLIP(PinCLIPConfig.tiny()).eval()
     with torch.no_grad():
-        model.modality_weights.copy_(torch.tensor([1.0, 0.0]))
+        model.fusion_heads[0].modality_weights.copy_(torch.tensor([1.0, 0.0]))
     out = model(*tiny_batch(batch=3))
     torch.testing.assert_close(out.fused_emb, out.image_emb)  # text weighted out entirely
 

@@ -131,38 +131,43 @@ def test_hybrid_image_tower_trains_and_resumes(tiny_data, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("neighbor_loss,fusion_loss", [("boards", "proxies"), ("boards", "boards"),
-                                                       ("proxies", "proxies")])
+@pytest.mark.parametrize("neighbor_loss,fusion_loss,heads", [("boards", "proxies", 1), ("boards", "boards", 2),
+                                                             ("proxies", "proxies", 2)])
 @pytest.mark.parametrize("stop_at", [4, 6, 8])  # inside the tower phase, at its end, in the fusion phase
 def test_fusion_phase_trains_only_the_fusion_and_resumes_exactly(tiny_data, tmp_path, stop_at,
-                                                                  neighbor_loss, fusion_loss):
+                                                                  neighbor_loss, fusion_loss, heads):
     dataset, text, pairs = tiny_data
     rows = np.arange(len(dataset))
+    model = replace(MODEL, n_fusion_heads=heads)
     cfg = _cfg(steps=6, fusion_steps=6, fusion_batch_size=48, fusion_pair_batch_size=12,
                neighbor_loss=neighbor_loss, fusion_loss=fusion_loss)
-    straight = train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "a")
+    straight = train_pinclip(model, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "a")
     assert straight.steps == 12 and "loss_fusion_neighbor" in straight.final
     assert "loss_clip" in straight.final  # the towers' last image-text loss is kept
-    train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b", stop_after=stop_at)
+    train_pinclip(model, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b", stop_after=stop_at)
     # The board proxies are training state: in the checkpoint once the fusion phase runs,
     # never in the model's own weights.
     aux = tmp_path / "b" / "checkpoint" / "aux.safetensors"
     assert aux.exists() == ("proxies" in (neighbor_loss, fusion_loss))
     assert not any(name.startswith("proxies") for name in straight.model.state_dict())
-    resumed = train_pinclip(MODEL, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b")
+    resumed = train_pinclip(model, cfg, dataset, text, rows, pairs, out_dir=tmp_path / "b")
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
-    towers_only = train_pinclip(MODEL, replace(cfg, fusion_steps=0), dataset, text, rows, pairs)
+    towers_only = train_pinclip(model, replace(cfg, fusion_steps=0), dataset, text, rows, pairs)
     fusion = {name for name, _ in straight.model.named_parameters()
-              if name.startswith(("fusion", "modality_weights", "neighbor_logit_scale"))}
+              if name.startswith(("fusion_heads.", "neighbor_logit_scale"))}
     for (name, a), b in zip(straight.model.state_dict().items(), towers_only.model.state_dict().values()):
         if name in fusion:
             continue
         torch.testing.assert_close(a, b, msg=f"{name} moved in the fusion phase")
     moved = [name for name, a in straight.model.state_dict().items()
              if name in fusion and not torch.equal(a, towers_only.model.state_dict()[name])]
-    assert "fusion_proj.weight" in moved
+    state = straight.model.state_dict()
+    for head in range(heads):
+        assert f"fusion_heads.{head}.proj.weight" in moved
+    if heads > 1:  # independent heads: own init, own batches, own proxies
+        assert not torch.allclose(state["fusion_heads.0.proj.weight"], state["fusion_heads.1.proj.weight"])
 
 
 def test_board_membership_rows_match_the_pins_boards(tiny_data):
@@ -201,7 +206,7 @@ def test_text_neighbor_weight_pulls_the_text_tower_to_the_board_proxies_only(tin
     assert {"text_proj.weight", "text_in.weight"} <= moved
     assert not {name for name in moved if name.startswith(("image_", "fusion"))}
     proxies = [load_file(str(tmp_path / str(w) / "checkpoint" / "aux.safetensors")) for w in runs]
-    assert not torch.equal(proxies[0]["proxies"], proxies[1]["proxies"])
+    assert not torch.equal(proxies[0]["0.proxies"], proxies[1]["0.proxies"])
 
 
 def test_text_neighbor_weight_needs_the_proxy_loss():

@@ -7,14 +7,17 @@ any of them:
 * ``text_emb``: the frozen text tower's cached token states through a small trainable
   adapter (the tower cannot move, so the adapter is what aligns text to images), pooled
   over real tokens and projected;
-* ``fused_emb``: learned fusion queries cross-attend over [image tokens ; text tokens]
-  (Q-Former / Perceiver style) and are pooled, as a residual on top of late fusion
-  ``a * image_emb + b * text_emb``. The residual's output projection starts at zero and
-  the learned modality weights ``a, b`` at one, so the fused embedding starts as good
-  as the two towers combined and the weak neighbor signal only has to teach what late
-  fusion misses, including how much to trust a caption that omits what a board is about. Padding tokens are masked out of the
-  keys; a pin with no text has a zero ``text_emb`` and still has its image tokens, so
-  cold pins without captions get a fused embedding from the image alone.
+* ``fused_emb``: in each of ``n_fusion_heads`` heads, learned fusion queries cross-attend
+  over [image tokens ; text tokens] (Q-Former / Perceiver style) and are pooled, as a
+  residual on top of late fusion ``a * image_emb + b * text_emb``. The residual's output
+  projection starts at zero and the learned modality weights ``a, b`` at one, so the
+  fused embedding starts as good as the two towers combined and the weak neighbor signal
+  only has to teach what late fusion misses, including how much to trust a caption that
+  omits what a board is about. Padding tokens are masked out of the keys; a pin with no
+  text has a zero ``text_emb`` and still has its image tokens, so cold pins without
+  captions get a fused embedding from the image alone. The heads' unit outputs are
+  averaged and renormalised: an ensemble, cheap since the heads are small next to the
+  towers.
 
 Image-text alignment (``ClipLoss``) trains the towers; neighbor alignment between fused
 embeddings of pins that share a board trains the fusion (see ``losses.py``).
@@ -66,6 +69,12 @@ class PinCLIPConfig:
     fusion_heads: int = 4
     fusion_mlp: int = 512
     n_fusion_queries: int = 8
+    # Independently initialised fusion heads whose unit outputs are averaged (renormalised).
+    # The fusion phase fits a few thousand training pins and each head overfits them in its
+    # own way, so the average generalises better than any one of them: on the small world's
+    # frozen towers, held-out / cold neighbor R@10 of one head averaged 0.0045 / 0.0045 over
+    # 5 seeds, of 2 heads 0.0053 / 0.0057, of 3 heads 0.0058 / 0.0066, of 4 heads 0.0060 / 0.0070.
+    n_fusion_heads: int = 4
     embed_dim: int = 128
     dropout: float = 0.0
     init_logit_scale: float = math.log(1 / 0.07)
@@ -90,15 +99,15 @@ class PinCLIPConfig:
                                    (self.fusion_width, self.fusion_heads, "fusion")]:
             if width % heads:
                 raise ValueError(f"{name} width {width} is not divisible by its {heads} heads")
-        if self.text_trainable_layers < 0 or self.n_fusion_queries < 1:
-            raise ValueError("text_trainable_layers must be >= 0 and n_fusion_queries >= 1")
+        if self.text_trainable_layers < 0 or self.n_fusion_queries < 1 or self.n_fusion_heads < 1:
+            raise ValueError("text_trainable_layers must be >= 0, n_fusion_queries and n_fusion_heads >= 1")
 
     @classmethod
     def tiny(cls, **overrides) -> PinCLIPConfig:
         """A model that runs in milliseconds, for tests."""
         sizes = dict(image_size=32, patch_size=8, stem_channels=0, vit_width=32, vit_depth=2, vit_heads=2, vit_mlp=64,
                      text_hidden_size=32, fusion_width=32, fusion_depth=1, fusion_heads=2,
-                     fusion_mlp=64, n_fusion_queries=4, embed_dim=16)
+                     fusion_mlp=64, n_fusion_queries=4, n_fusion_heads=1, embed_dim=16)
         return cls(**{**sizes, **overrides})
 
     @property
@@ -141,7 +150,8 @@ class PinCLIPConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown PinCLIPConfig fields {unknown}")
-        return cls(**values)
+        # Configs written before fusion heads existed describe a single-head model.
+        return cls(**{"n_fusion_heads": 1, **values})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -228,6 +238,46 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+class FusionHead(nn.Module):
+    """Learned queries cross-attend over [image tokens ; text tokens]; their pooled output
+    is a residual on late fusion ``a * image_emb + b * text_emb`` (see the module doc)."""
+
+    def __init__(self, c: PinCLIPConfig):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(c.n_fusion_queries, c.fusion_width) * 0.02)
+        self.blocks = nn.ModuleList(
+            Block(c.fusion_width, c.fusion_heads, c.fusion_mlp, c.dropout, cross_attention=True)
+            for _ in range(c.fusion_depth)
+        )
+        self.ln = nn.LayerNorm(c.fusion_width)
+        self.proj = nn.Linear(c.fusion_width, c.embed_dim, bias=False)
+        nn.init.zeros_(self.proj.weight)  # the head starts as late fusion exactly
+        self.modality_weights = nn.Parameter(torch.ones(2))  # late fusion's image and text weights
+
+    def forward(self, context: torch.Tensor, context_mask: torch.Tensor,
+                image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        queries = self.queries.expand(context.shape[0], -1, -1)
+        for block in self.blocks:
+            queries = block(queries, None, context, context_mask)
+        residual = self.proj(self.ln(queries).mean(1))
+        image_weight, text_weight = self.modality_weights
+        return F.normalize(image_weight * image_emb + text_weight * text_emb + residual, dim=-1)
+
+
+# State-dict names of the single fusion head before FusionHead existed -> its names now.
+_LEGACY_FUSION_KEYS = (("fusion_queries", "fusion_heads.0.queries"), ("fusion.", "fusion_heads.0.blocks."),
+                       ("fusion_ln.", "fusion_heads.0.ln."), ("fusion_proj.", "fusion_heads.0.proj."),
+                       ("modality_weights", "fusion_heads.0.modality_weights"))
+
+
+def _rename_legacy_fusion_keys(state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: checkpoints and registered versions written with one
+    unnamed fusion module load into ``fusion_heads.0``."""
+    for old, new in _LEGACY_FUSION_KEYS:
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+
 class PinCLIP(nn.Module):
     def __init__(self, config: PinCLIPConfig, text_model: nn.Module | None = None):
         """``text_model`` (the pretrained text tower) is needed only when
@@ -270,15 +320,8 @@ class PinCLIP(nn.Module):
 
         # Tells the fusion queries which tokens are pixels and which are words.
         self.modality_embedding = nn.Parameter(torch.randn(2, c.fusion_width) * 0.02)
-        self.fusion_queries = nn.Parameter(torch.randn(c.n_fusion_queries, c.fusion_width) * 0.02)
-        self.fusion = nn.ModuleList(
-            Block(c.fusion_width, c.fusion_heads, c.fusion_mlp, c.dropout, cross_attention=True)
-            for _ in range(c.fusion_depth)
-        )
-        self.fusion_ln = nn.LayerNorm(c.fusion_width)
-        self.fusion_proj = nn.Linear(c.fusion_width, c.embed_dim, bias=False)
-        nn.init.zeros_(self.fusion_proj.weight)  # fused starts as late fusion; see the module doc
-        self.modality_weights = nn.Parameter(torch.ones(2))  # late fusion's image and text weights
+        self.fusion_heads = nn.ModuleList(FusionHead(c) for _ in range(c.n_fusion_heads))
+        self._register_load_state_dict_pre_hook(_rename_legacy_fusion_keys)
 
         # Separate temperatures: board neighbors are a looser notion of "same" than a pin
         # and its own caption, so the neighbor loss may settle on a softer one.
@@ -293,10 +336,10 @@ class PinCLIP(nn.Module):
                 {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
 
     def fusion_parameters(self) -> list[nn.Parameter]:
-        """What the fusion phase trains: the fusion transformer, the late-fusion weights
+        """What the fusion phase trains: the fusion heads (with their late-fusion weights)
         and the neighbor temperature; everything the towers' outputs pass through after
         they are cached."""
-        prefixes = ("fusion", "modality_weights", "neighbor_logit_scale")
+        prefixes = ("fusion_heads.", "neighbor_logit_scale")
         return [p for name, p in self.named_parameters() if name.startswith(prefixes)]
 
     def _load_pretrained_image_tower(self, path: Path) -> None:
@@ -348,20 +391,18 @@ class PinCLIP(nn.Module):
         return hidden
 
     def fuse(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-             image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Fused embedding [B, E] from the outputs of ``encode_image`` and ``encode_text``.
+             image_emb: torch.Tensor, text_emb: torch.Tensor, head: int | None = None) -> torch.Tensor:
+        """Fused embedding [B, E] from the outputs of ``encode_image`` and ``encode_text``:
+        the renormalised mean of every fusion head's, or fusion head ``head``'s alone.
 
         Text is optional per pin: an all-False ``text_mask`` row leaves only the image
         tokens as keys and a zero ``text_emb``, and the result is exactly image-only fusion."""
         context = torch.cat([image_tokens, text_tokens], dim=1)
         image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)
         context_mask = torch.cat([image_mask, text_mask.bool()], dim=1)
-        queries = self.fusion_queries.expand(image_tokens.shape[0], -1, -1)
-        for block in self.fusion:
-            queries = block(queries, None, context, context_mask)
-        residual = self.fusion_proj(self.fusion_ln(queries).mean(1))
-        image_weight, text_weight = self.modality_weights
-        return F.normalize(image_weight * image_emb + text_weight * text_emb + residual, dim=-1)
+        heads = self.fusion_heads if head is None else [self.fusion_heads[head]]
+        outputs = [fusion_head(context, context_mask, image_emb, text_emb) for fusion_head in heads]
+        return outputs[0] if len(outputs) == 1 else F.normalize(torch.stack(outputs).mean(0), dim=-1)
 
     def forward(self, pixels: torch.Tensor, text_hidden: torch.Tensor,
                 text_mask: torch.Tensor) -> PinCLIPOutput:

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from mmpipe.models.losses import (
@@ -254,8 +255,10 @@ def train_pinclip(
                 _reinit_fusion(model, model_cfg, cfg.seed)
             optimizer = _optimizer(model, cfg, fusion_phase=True, proxies=proxies)
         towers = TowerCache.build(model, dataset, text, batches.train_rows)
-        fusion_batches = _Batches(train_rows, pairs, replace(
-            cfg, batch_size=cfg.fusion_batch_size, pair_batch_size=cfg.fusion_pair_batch_size))
+        # Each head sees its own draw of pins (head 0 the draw a single head would see).
+        fusion_batches = [_Batches(train_rows, pairs, replace(
+            cfg, seed=cfg.seed + head, batch_size=cfg.fusion_batch_size,
+            pair_batch_size=cfg.fusion_pair_batch_size)) for head in range(model_cfg.n_fusion_heads)]
         model.train()
         for step in range(max(start, cfg.steps), end):
             finish_step(step, _fusion_step(model, optimizer, fusion_batches, towers, step, cfg, proxies))
@@ -271,12 +274,16 @@ def train_pinclip(
 
 
 def _board_proxies(model_cfg: PinCLIPConfig, cfg: PinCLIPTrainConfig, pairs: NeighborPairs | None,
-                   tower_phase: bool, fusion_phase: bool) -> BoardProxyLoss | None:
-    used = ((tower_phase and cfg.neighbor_loss == "proxies")
-            or (fusion_phase and cfg.fusion_loss == "proxies"))
+                   tower_phase: bool, fusion_phase: bool) -> nn.ModuleList | None:
+    """One set of board proxies per fusion head in the fusion phase (heads stay
+    independent), else one; the tower phase trains set 0, which fusion head 0 continues."""
+    fusion_proxies = fusion_phase and cfg.fusion_loss == "proxies"
+    used = (tower_phase and cfg.neighbor_loss == "proxies") or fusion_proxies
     if not used or pairs is None or not pairs.n_boards:
         return None
-    return BoardProxyLoss(pairs.n_boards, model_cfg.embed_dim, cfg.proxy_temperature, seed=cfg.seed)
+    n_sets = model_cfg.n_fusion_heads if fusion_proxies else 1
+    return nn.ModuleList(BoardProxyLoss(pairs.n_boards, model_cfg.embed_dim, cfg.proxy_temperature,
+                                        seed=cfg.seed + head) for head in range(n_sets))
 
 
 def _reinit_fusion(model: PinCLIP, model_cfg: PinCLIPConfig, seed: int) -> None:
@@ -291,7 +298,7 @@ def _reinit_fusion(model: PinCLIP, model_cfg: PinCLIPConfig, seed: int) -> None:
 
 
 def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool,
-               proxies: BoardProxyLoss | None = None) -> torch.optim.Optimizer:
+               proxies: nn.ModuleList | None = None) -> torch.optim.Optimizer:
     if fusion_phase:
         model.requires_grad_(False)
         params = model.fusion_parameters()
@@ -305,13 +312,13 @@ def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool,
         return torch.optim.AdamW(groups, lr=cfg.fusion_lr)
     groups = model.param_groups(cfg.weight_decay)
     if proxies is not None and cfg.neighbor_loss == "proxies":
-        groups.append({"params": list(proxies.parameters()), "weight_decay": 0.0,
+        groups.append({"params": list(proxies[0].parameters()), "weight_decay": 0.0,
                        "lr_scale": cfg.proxy_lr / cfg.lr})
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrainConfig,
-                dataset: PinDataset, text: TextFeatures, proxies: BoardProxyLoss | None) -> dict[str, float]:
+                dataset: PinDataset, text: TextFeatures, proxy_sets: nn.ModuleList | None) -> dict[str, float]:
     tick = time.perf_counter()
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
@@ -322,6 +329,7 @@ def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrai
     out = model(pixels, text.hidden[rows], text.mask[rows])
     loss = loss_clip = ClipLoss()(out.image_emb, out.text_emb, out.logit_scale)
     metrics = {"loss_clip": loss_clip.item()}
+    proxies = proxy_sets[0] if proxy_sets is not None else None
     if batch.pairs is not None:
         loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch,
                                        cfg.neighbor_loss, proxies)
@@ -352,25 +360,32 @@ def _neighbor_loss(fused: torch.Tensor, logit_scale: torch.Tensor, batches: _Bat
                                    batch.pairs.false_negative_mask)
 
 
-def _fusion_step(model, optimizer, batches: _Batches, towers: TowerCache, step: int,
-                 cfg: PinCLIPTrainConfig, proxies: BoardProxyLoss | None) -> dict[str, float]:
+def _fusion_step(model, optimizer, batches: list[_Batches], towers: TowerCache, step: int,
+                 cfg: PinCLIPTrainConfig, proxy_sets: nn.ModuleList | None) -> dict[str, float]:
+    """One step of every fusion head, each on its own batch (and proxies): the mean of
+    their losses, so a head's gradient does not depend on how many there are."""
     tick = time.perf_counter()
     phase_step = step - cfg.steps
     lr = lr_at(phase_step, replace(cfg, steps=cfg.fusion_steps, lr=cfg.fusion_lr, warmup_steps=0))
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     uses_proxies = cfg.fusion_loss == "proxies"
-    batch = batches.board_pin_batch(step) if uses_proxies else batches.step_batch(step)[0]
-    fused = model.fuse(*towers.rows(batch.rows))
     scale = model.neighbor_logit_scale.exp()
-    loss = _neighbor_loss(fused, scale, batches, batch, cfg.fusion_loss, proxies)
+    losses, pins = [], 0
+    for head, head_batches in enumerate(batches):
+        batch = head_batches.board_pin_batch(step) if uses_proxies else head_batches.step_batch(step)[0]
+        fused = model.fuse(*towers.rows(batch.rows), head=head)
+        proxies = proxy_sets[head] if uses_proxies else None
+        losses.append(_neighbor_loss(fused, scale, head_batches, batch, cfg.fusion_loss, proxies))
+        pins += len(batch.rows)
+    loss = torch.stack(losses).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     clamp_logit_scale_(model)
     return {"loss_fusion_neighbor": loss.item(), "fusion_lr": lr,
             "neighbor_temperature": float(1 / scale.item()),
-            "pins_per_s": len(batch.rows) / (time.perf_counter() - tick)}
+            "pins_per_s": pins / (time.perf_counter() - tick)}
 
 
 @dataclass

@@ -165,7 +165,7 @@ _TRAINING_INPUTS = ["pin_text_features", "graph_neighbor_pairs", "validated_boar
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"},
           deps=_TRAINING_INPUTS,
-          code_version="1", backfill_policy=SINGLE_RUN,
+          code_version="2", backfill_policy=SINGLE_RUN,
           description="PinCLIP trained on pins before the cut-off; registered in MLflow as `pinclip`.")
 def pinclip_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster,
                   paths: PipelinePaths) -> dg.MaterializeResult:
@@ -174,7 +174,7 @@ def pinclip_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagste
 
 @dg.asset(group_name="models", kinds={"pytorch", "mlflow"},
           deps=_TRAINING_INPUTS,
-          code_version="1", backfill_policy=SINGLE_RUN,
+          code_version="2", backfill_policy=SINGLE_RUN,
           description="Ablation: the same PinCLIP training without the neighbor alignment loss.")
 def pinclip_no_neighbor_model(context: dg.AssetExecutionContext, config: PinCLIPConfigDagster,
                               paths: PipelinePaths) -> dg.MaterializeResult:
@@ -221,7 +221,7 @@ def _finite_or_none(value):
 
 @dg.asset(group_name="eval", kinds={"mlflow", "markdown"},
           deps=["pinclip_model", "pinclip_no_neighbor_model", *_TRAINING_INPUTS],
-          code_version="2", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN,
+          code_version="3", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN,
           description="The registered challenger (pinclip@challenger) on held-out pins vs baselines, "
                       "ablation, oracle and the current champion; its primary metric is tagged on "
                       "its version.")
