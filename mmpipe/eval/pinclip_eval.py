@@ -211,7 +211,7 @@ def evaluate_embeddings(
             metrics[neighbor_metric("max_R", subset, k)] = found[f"max_recall@{k}"]
             metrics[f"neighbor_queries/{subset}"] = found["n_queries"]
             if per_query is not None:
-                per_query.setdefault(embeddings.name, {})[subset] = hits / total if len(total) else hits
+                per_query.setdefault(embeddings.name, {})[subset] = hits / total
         if embeddings.image is not None and embeddings.text is not None and split.heldout_ids:
             rows = embeddings.rows(split.heldout_ids)
             metrics.update(bidirectional_retrieval(embeddings.image[rows], embeddings.text[rows]))
