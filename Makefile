@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 SCALE ?= small
 SEED ?= 0
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# Which params.yaml `scales:` preset the pipeline trains with (mmpipe/config.py).
+export MMPIPE_SCALE := $(SCALE)
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

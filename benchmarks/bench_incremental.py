@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from mmpipe.index.faiss_index import PinIndex
+    from mmpipe.index.faiss_index import VectorIndex
     from mmpipe.params import load_params
     from mmpipe.partitions import manifest_days
     from mmpipe.world.advance import advance
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "dagster/asset_partition_range_end": days[-1]})
         full_s = time.perf_counter() - started
         assert full.success, "the full run failed"
-        before = PinIndex.load(storage / "index" / "pins" / "fused").ntotal
+        before = VectorIndex.load(storage / "index" / "pins" / "fused").ntotal
 
         print("advancing the world by one day ...", flush=True)
         new_day = advance(raw_root, days=1, progress=False)["dates"][0]
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                              resources=resources, instance=instance)
         day_s = time.perf_counter() - started
         assert day.success, "the day's run failed"
-        after = PinIndex.load(storage / "index" / "pins" / "fused").ntotal
+        after = VectorIndex.load(storage / "index" / "pins" / "fused").ntotal
 
         def assets(result) -> str:
             keys = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})

@@ -19,14 +19,14 @@ import faiss
 
 from mmpipe.index.faiss_index import (
     IndexConfig,
-    PinIndex,
+    VectorIndex,
     clustered_unit_vectors,
     measure_qps,
     recall_at_k_vs_exact,
 )
 
 
-def disk_mb(index: PinIndex) -> float:
+def disk_mb(index: VectorIndex) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp))
         return sum(path.stat().st_size for path in Path(tmp).iterdir()) / 2**20
@@ -63,7 +63,7 @@ def main() -> None:
     rows = []
     for kind in ("flat", "ivf", "hnsw"):
         start = time.perf_counter()
-        index = PinIndex.build(corpus, ids, IndexConfig(kind=kind))
+        index = VectorIndex.build(corpus, ids, IndexConfig(kind=kind))
         build_s = time.perf_counter() - start
         recall = recall_at_k_vs_exact(index, corpus, ids, queries, args.k)
         qps = measure_qps(index, queries, args.k)

@@ -65,7 +65,9 @@ def run_world_generate(args: argparse.Namespace) -> int:
     print(f"{'table':<16}{'rows':>10}{'bad':>8}")
     for table, rows in summary["counts"].items():
         print(f"{table:<16}{rows:>10}{summary['bad_records'][table]:>8}")
-    print(f"oracle AUC {summary['oracle_auc']:.4f}, mean p(click) {summary['mean_p_click']:.4f}, "
+    from mmpipe.eval.classification import oracle_auc
+
+    print(f"oracle AUC {oracle_auc(Path(summary['out'])):.4f}, mean p(click) {summary['mean_p_click']:.4f}, "
           f"cold pins from {summary['cutoff_date']}")
     return 0
 
@@ -109,7 +111,7 @@ def add_search_commands(subparsers) -> None:
     search.add_argument("--text-model", type=Path, default=None,
                         help="text tower directory for a checkpoint --model (default: packaged MiniLM)")
     search.add_argument("--index", type=Path, default=None,
-                        help="PinIndex root holding image/ and fused/ (default: storage/index/pins)")
+                        help="VectorIndex root holding image/ and fused/ (default: storage/index/pins)")
     search.add_argument("--pins", type=Path, default=None,
                         help="validated pins table or folder of day partitions (default: storage/validated/pins)")
     search.add_argument("--embeddings", type=Path, default=None,
@@ -118,7 +120,7 @@ def add_search_commands(subparsers) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from mmpipe.search import PinSearcher, SearchSetupError
+    from mmpipe.systems.pinclip.serve import PinSearcher, SearchSetupError
 
     if args.k < 1:
         raise SystemExit(f"--k must be >= 1, got {args.k}")

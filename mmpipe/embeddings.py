@@ -1,27 +1,35 @@
-"""Per-day pin embeddings.
+"""The embedding store: one parquet file of vectors per day, for any system's items.
 
-A day's embeddings are computed from that day's validated pins (and their rows of the
-caption cache) alone, so materializing one day never recomputes another. Files (see
-``mmpipe.layout``)::
+A day's file holds one row per item: its id, its date, one list-of-floats column per
+embedding kind (PinCLIP writes ``image``, ``text`` and ``fused``) and the registered model
+version that produced it, so an index or a drift check can tell days embedded by an older
+champion from the current one. Files (see ``mmpipe.layout``)::
 
-    embeddings/pins/created_at=<YYYY-MM-DD>.parquet     pin_id, created_at, image, text, fused, model_version
+    embeddings/<items>/created_at=<YYYY-MM-DD>.parquet   <id>, created_at, <kind>..., model_version
+
+:func:`read_embeddings` is the one reader: the index, the search, the retraining sensor
+and the eval all read vectors through it.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import torch
+import pyarrow.parquet as pq
 
 from mmpipe.io import write_parquet_atomic
-from mmpipe.models.text_encoder import TextFeatures
 from mmpipe.partitions import day_file, stored_days
 
 EMBEDDING_PREFIX = "created_at="
-EMBEDDING_COLUMNS = ["pin_id", "created_at", "image", "text", "fused", "model_version"]
+MODEL_VERSION = "model_version"
+
+
+class EmbeddingsNotFoundError(FileNotFoundError):
+    """No embedding files where some were expected (the pipeline has not embedded yet)."""
 
 
 def embedding_file(directory: Path, day: str) -> Path:
@@ -32,44 +40,73 @@ def embedded_days(directory: Path) -> list[str]:
     return stored_days(directory, prefix=EMBEDDING_PREFIX)
 
 
-def concat_text_features(parts: Iterable[TextFeatures]) -> TextFeatures:
-    """Row-wise concatenation (every part is padded to the same max_length)."""
-    parts = list(parts)
-    if not parts:
-        raise ValueError("no caption caches to concatenate")
-    return TextFeatures(hidden=torch.cat([p.hidden for p in parts]), mask=torch.cat([p.mask for p in parts]),
-                        pooled=torch.cat([p.pooled for p in parts]))
-
-
-def pin_embedding_frame(pin_ids: list[str], created_at: list[str], emb: dict[str, np.ndarray],
-                        model_version: str) -> pd.DataFrame:
+def embedding_frame(ids: Sequence[str], created_at: Sequence[str], vectors: Mapping[str, np.ndarray],
+                    model_version: str, id_column: str = "pin_id") -> pd.DataFrame:
+    """One day's rows: ``id_column``, created_at, one column per kind in ``vectors``, model_version."""
+    for kind, matrix in vectors.items():
+        if len(matrix) != len(ids):
+            raise ValueError(f"{len(matrix)} {kind} vectors for {len(ids)} ids")
     return pd.DataFrame({
-        "pin_id": pd.Series(pin_ids, dtype=object), "created_at": pd.Series(created_at, dtype=object),
-        **{kind: pd.Series([np.asarray(v, np.float32) for v in emb[kind]], dtype=object)
-           for kind in ("image", "text", "fused")},
-        "model_version": pd.Series([str(model_version)] * len(pin_ids), dtype=object),
-    })[EMBEDDING_COLUMNS]
-
-
-def embed_day(model, pins: pd.DataFrame, text: TextFeatures, raw_root: Path, model_version: str) -> pd.DataFrame:
-    """Image, text and fused embeddings of one day's validated ``pins`` (row i: caption cache row i)."""
-    from mmpipe.train.pin_data import PinDataset
-    from mmpipe.train.pinclip_train import embed_pins
-
-    pins = pins.reset_index(drop=True)
-    if len(text) != len(pins):
-        raise ValueError(f"caption cache has {len(text)} rows but the day has {len(pins)} pins: "
-                         "rematerialize the day's pin_text_features")
-    dim = model.config.embed_dim
-    if len(pins) == 0:
-        emb = {kind: np.zeros((0, dim), np.float32) for kind in ("image", "text", "fused")}
-    else:
-        dataset = PinDataset(pins, raw_root, model.config.image_size).predecode()
-        with torch.no_grad():
-            emb = embed_pins(model, dataset, text)
-    return pin_embedding_frame(pins["pin_id"].astype(str).tolist(), pins["created_at"].astype(str).tolist(),
-                               emb, model_version)
+        id_column: pd.Series(list(map(str, ids)), dtype=object),
+        "created_at": pd.Series(list(map(str, created_at)), dtype=object),
+        **{kind: pd.Series([np.asarray(v, np.float32) for v in matrix], dtype=object)
+           for kind, matrix in vectors.items()},
+        MODEL_VERSION: pd.Series([str(model_version)] * len(ids), dtype=object),
+    })
 
 
 def write_day_embeddings(frame: pd.DataFrame, directory: Path, day: str) -> Path:
     return write_parquet_atomic(frame, embedding_file(directory, day))
+
+
+def embedding_files(source: Path | str | Sequence[Path]) -> list[Path]:
+    """The files behind ``source``: a file, a list of files, or a directory's day files
+    (``created_at=<day>.parquet``, in date order; any ``*.parquet`` when it has none)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return [Path(path) for path in source]
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        return []
+    files = sorted(source.glob("*.parquet"))
+    days = [path for path in files if path.name.startswith(EMBEDDING_PREFIX)]
+    return days or files
+
+
+def read_embeddings(
+    source: Path | str | Sequence[Path],
+    kind: str,
+    ids: Sequence[str] | None = None,
+    model_version: str | None = None,
+    id_column: str = "pin_id",
+) -> tuple[list[str], np.ndarray]:
+    """(ids, float32 [N, D] vectors of ``kind``) from embedding files, in file order.
+
+    ``ids`` restricts the rows (a filter pushed into parquet; ids not found are absent);
+    ``model_version`` keeps only the rows that version embedded (files written before the
+    column existed are taken whole). An id found in two files counts once, the later.
+    Raises :class:`EmbeddingsNotFoundError` when ``source`` holds no file.
+    """
+    files = embedding_files(source)
+    if not files:
+        raise EmbeddingsNotFoundError(f"no embeddings at {source}: the pipeline has not embedded yet")
+    if ids is not None and not len(ids):
+        return [], np.zeros((0, 0), dtype=np.float32)
+    filters = None if ids is None else [(id_column, "in", [str(item) for item in ids])]
+    frames = []
+    for path in files:
+        names = pq.read_schema(path).names
+        if kind not in names:
+            raise ValueError(f"{path} has no {kind!r} embeddings; it has {names}")
+        versioned = model_version is not None and MODEL_VERSION in names
+        columns = [id_column, kind] + ([MODEL_VERSION] if versioned else [])
+        frame = pd.read_parquet(path, columns=columns, filters=filters)
+        if versioned:
+            frame = frame[frame[MODEL_VERSION].astype(str) == str(model_version)]
+        frames.append(frame[[id_column, kind]])
+    table = pd.concat(frames, ignore_index=True).drop_duplicates(id_column, keep="last")
+    if table.empty:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return (table[id_column].astype(str).tolist(),
+            np.stack([np.asarray(vector, dtype=np.float32) for vector in table[kind]]))

@@ -35,7 +35,7 @@ file per day; the others one file::
     frames/<YYYY-MM-DD>/shots.parquet      detected shots with frame-exact boundaries
     features/pin_text.safetensors          text tower cache of every validated pin, in table order
     embeddings/pins/created_at=<YYYY-MM-DD>.parquet  pin_id, created_at, image, text, fused, model_version
-    index/pins/{fused,image}/              PinIndex; index/pins/partitions.json: the days indexed
+    index/pins/{fused,image}/              VectorIndex; index/pins/partitions.json: the days indexed
     graph/neighbor_pairs.parquet pin_a, pin_b, board_id, source, split
 """
 
@@ -72,7 +72,7 @@ QUARANTINE_COLUMNS = ["table", "row_index", "record_id", "source_file", "rule", 
 
 # Ground-truth files the generator writes under data/raw/_truth/.
 TRUTH_FILES = {
-    "world": "world.json",  # seed, scale, days, cutoff date, attribute vocabulary, oracle AUC
+    "world": "world.json",  # seed, scale, days, cutoff date, attribute vocabulary (oracle AUC: eval.classification.oracle_auc)
     "pin_objects": "pin_objects.parquet",  # pin_id, object_index, <attribute columns>, x, y, scale, rotation
     "caption_attributes": "caption_attributes.parquet",  # pin_id, attribute, value (mentioned in text)
     "board_themes": "board_themes.parquet",  # board_id, attribute, value

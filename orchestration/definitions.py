@@ -1,34 +1,36 @@
-"""The single Definitions object of the mmpipe code location."""
-
+"""The single Definitions object of the mmpipe code location: the shared assets, then each
+system's (``orchestration/systems/<name>.py``: its lifecycle from the factory plus what is
+special to it)."""
 
 import dagster as dg
 
 from orchestration.assets.graph import graph_neighbor_pairs
 from orchestration.assets.media import validated_frames
 from orchestration.assets.overview import overview_assets
-from orchestration.assets.pinclip import pinclip_assets
 from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
 from orchestration.checks import validation_checks
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
-from orchestration.jobs import pinclip_training_job, weekly_retrain_schedule
 from orchestration.resources import PipelinePaths, ValidationPolicy
-from orchestration.sensors import RetrainingThresholds, pinclip_retraining_sensor, record_run_failures
+from orchestration.sensors import RetrainingThresholds, record_run_failures
+from orchestration.systems import pinclip
+
+SYSTEMS = [pinclip]
 
 all_assets_job = dg.define_asset_job(
     "all_assets", selection=dg.AssetSelection.all(), description="Materialize the whole asset graph."
 )
 
-assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs, *pinclip_assets,
-          *overview_assets]
-asset_checks = [*validation_checks]
+assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs, *overview_assets,
+          *(asset for system in SYSTEMS for asset in system.assets)]
+asset_checks = [*validation_checks, *(check for system in SYSTEMS for check in system.asset_checks)]
 
 defs = dg.Definitions(
     assets=assets,
     asset_checks=asset_checks,
-    jobs=[all_assets_job, pinclip_training_job, ingest_day_job],
-    schedules=[weekly_retrain_schedule, daily_ingest_schedule],
-    sensors=[pinclip_retraining_sensor, record_run_failures, new_day_sensor],
+    jobs=[all_assets_job, ingest_day_job, *(system.LIFECYCLE.training_job for system in SYSTEMS)],
+    schedules=[daily_ingest_schedule, *(s for system in SYSTEMS for s in system.LIFECYCLE.schedules)],
+    sensors=[record_run_failures, new_day_sensor, *(s for system in SYSTEMS for s in system.sensors)],
     resources={"paths": PipelinePaths(), "policy": ValidationPolicy(),
                "retraining": RetrainingThresholds()},
     # One process: each step is short and a subprocess per step would spend most of its time

@@ -24,17 +24,18 @@ import sys
 import dagster as dg
 
 from mmpipe.partitions import manifest_days
+from orchestration import names
 from orchestration.partitions import DAY
 from orchestration.resources import PipelinePaths
 
+_DAILY_TABLES = ("pins", "board_pins", "interactions", "videos", "moment_queries")
 INGEST_ASSETS = (
-    "raw_pins", "raw_board_pins", "raw_interactions", "raw_videos", "raw_moment_queries",
-    "validated_pins", "validated_board_pins", "validated_interactions", "validated_videos",
-    "validated_moment_queries", "validated_frames", "pin_text_features", "pin_embeddings", "faiss_pin_index",
+    *map(names.raw, _DAILY_TABLES), *map(names.validated, _DAILY_TABLES),
+    names.VALIDATED_FRAMES, names.PIN_TEXT_FEATURES, names.PIN_EMBEDDINGS, names.FAISS_PIN_INDEX,
 )
 # The assets partitioned by day among them: a day's run writes exactly these partitions.
-INGEST_DAY_PARTITIONED = ("validated_pins", "validated_interactions", "validated_videos", "validated_frames",
-                          "pin_embeddings")
+INGEST_DAY_PARTITIONED = (*map(names.validated, ("pins", "interactions", "videos")), names.VALIDATED_FRAMES,
+                          names.PIN_EMBEDDINGS)
 
 ingest_day_job = dg.define_asset_job(
     "ingest_day",
@@ -93,7 +94,7 @@ def daily_ingest_schedule(context: dg.ScheduleEvaluationContext, paths: Pipeline
 def days_to_ingest(instance: dg.DagsterInstance, days: list[str]) -> list[str]:
     """Register ``days``; those whose ``pin_embeddings`` partition is not materialized yet."""
     register_days(instance, days)
-    done = instance.get_materialized_partitions(dg.AssetKey("pin_embeddings"))
+    done = instance.get_materialized_partitions(dg.AssetKey(names.PIN_EMBEDDINGS))
     return [day for day in days if day not in done]
 
 

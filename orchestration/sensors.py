@@ -1,4 +1,4 @@
-"""Sensors: retrain PinCLIP when enough new data arrived or the embeddings drift; record
+"""Sensors: retrain a system when enough new data arrived or the embeddings drift; record
 every failed run where a user sees it.
 
 The decision itself lives in :mod:`mmpipe.registry.retraining`; the sensor reads the
@@ -15,9 +15,8 @@ import dagster as dg
 from mmpipe.io import append_jsonl
 from mmpipe.params import load_params
 from mmpipe.registry.mlflow_registry import configure, tracking_uri
-from mmpipe.registry.pinclip_pyfunc import REGISTERED_NAME
 from mmpipe.registry.retraining import RetrainCursor, RetrainingPolicy, retraining_decision
-from orchestration.jobs import pinclip_training_job
+from mmpipe.spec import SystemSpec
 from orchestration.resources import PipelinePaths
 
 FAILURES_FILE = "run_failures.jsonl"
@@ -49,38 +48,44 @@ def _missing_sqlite_store() -> Path | None:
     return store if store is not None and not store.exists() else None
 
 
-@dg.sensor(
-    name="pinclip_retraining_sensor",
-    job=pinclip_training_job,
-    minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Requests a pinclip_training run when a retrain would add at least "
-                "retraining.min_new_pins pins the champion never trained on, or when the newest day's "
-                "pin embeddings shift from the champion's training pins by retraining.drift_threshold "
-                "(params.yaml). One run per trigger (run_key); skips say the numbers.",
-)
-def pinclip_retraining_sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths,
-                              retraining: RetrainingThresholds):
-    running = context.instance.get_runs(
-        dg.RunsFilter(job_name=pinclip_training_job.name, statuses=_IN_PROGRESS), limit=1)
-    if running:
-        return dg.SkipReason(f"pinclip_training run {running[0].run_id} is still in progress")
-    missing = _missing_sqlite_store()
-    if missing is not None:
-        return dg.SkipReason(f"no MLflow tracking store at {missing} yet: no champion to retrain")
-    cursor = RetrainCursor.from_json(context.cursor)
-    decision = retraining_decision(
-        configure(), REGISTERED_NAME, paths.storage("validated"), paths.storage("embeddings", "pins"),
-        retraining.policy(), cursor,
+def retraining_sensor(spec: SystemSpec, job, validated_table: str = "pins",
+                      embeddings: tuple[str, ...] = ("embeddings", "pins")) -> dg.SensorDefinition:
+    """``<name>_retraining_sensor``: requests ``job`` when a retrain would add at least
+    ``min_new_pins`` items the champion never trained on, or when the newest day's
+    embeddings (by the champion) drift from its training items."""
+
+    @dg.sensor(
+        name=f"{spec.name}_retraining_sensor",
+        job=job,
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Requests a {job.name} run when a retrain would add at least retraining.min_new_pins "
+                    f"items the champion never trained on, or when the newest day's embeddings shift from "
+                    "the champion's training items by retraining.drift_threshold (params.yaml). One run per "
+                    "trigger (run_key); skips say the numbers.",
     )
-    new_cursor = decision.cursor.to_json() if decision.cursor != cursor else None
-    if not decision.fire:
-        return dg.SensorResult(skip_reason=dg.SkipReason(decision.reason), cursor=new_cursor)
-    context.log.info(f"requesting {decision.run_key}: {decision.reason}")
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=decision.run_key, tags=decision.tags())],
-        cursor=new_cursor,
-    )
+    def sensor(context: dg.SensorEvaluationContext, paths: PipelinePaths, retraining: RetrainingThresholds):
+        running = context.instance.get_runs(dg.RunsFilter(job_name=job.name, statuses=_IN_PROGRESS), limit=1)
+        if running:
+            return dg.SkipReason(f"{job.name} run {running[0].run_id} is still in progress")
+        missing = _missing_sqlite_store()
+        if missing is not None:
+            return dg.SkipReason(f"no MLflow tracking store at {missing} yet: no champion to retrain")
+        cursor = RetrainCursor.from_json(context.cursor)
+        decision = retraining_decision(
+            configure(), spec.registered_model, paths.storage("validated"), paths.storage(*embeddings),
+            retraining.policy(), cursor, table=validated_table,
+        )
+        new_cursor = decision.cursor.to_json() if decision.cursor != cursor else None
+        if not decision.fire:
+            return dg.SensorResult(skip_reason=dg.SkipReason(decision.reason), cursor=new_cursor)
+        context.log.info(f"requesting {decision.run_key}: {decision.reason}")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=decision.run_key, tags=decision.tags())],
+            cursor=new_cursor,
+        )
+
+    return sensor
 
 
 def failure_record(context: dg.RunFailureSensorContext) -> dict:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mmpipe.models.text_encoder import TextFeatures
-from mmpipe.train.pinclip_inputs import encode_pin_captions, update_caption_cache
+from mmpipe.nn.text_tower import TextFeatures
+from mmpipe.systems.pinclip.data import encode_pin_captions, update_caption_cache
 
 CAPTIONS = [
     ("Red circle", "a bright red disc with stripes"), ("Blue star", None), (None, "tiny green hexagon"),

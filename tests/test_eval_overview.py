@@ -20,7 +20,7 @@ from mmpipe.eval.overview import (
     read_history,
     write_overview,
 )
-from mmpipe.eval.pinclip_eval import pinclip_report
+from mmpipe.systems.pinclip.eval import pinclip_report
 from mmpipe.eval.report import write_report
 from mmpipe.registry.promotion import GateEvidence
 from tests.conftest import PROJECT_ROOT

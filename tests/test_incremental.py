@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from mmpipe.index.faiss_index import PinIndex
+from mmpipe.index.faiss_index import VectorIndex
 from mmpipe.index.incremental import read_state
 from mmpipe.partitions import manifest_days, raw_rows_by_day, read_days
 from mmpipe.world.advance import advance
@@ -37,10 +37,11 @@ def incremental(tiny_world, tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
+        patch.setenv("MMPIPE_SCALE", "tiny")  # the tiny preset: a smoke run reports, not blocks, on baselines
         patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
         full = _materialize_all(raw_root, storage, instance)
         assert full.success
-        before = {kind: PinIndex.load(storage / "index" / "pins" / kind).ntotal for kind in ("fused", "image")}
+        before = {kind: VectorIndex.load(storage / "index" / "pins" / kind).ntotal for kind in ("fused", "image")}
         advance(raw_root, days=1, progress=False)
         added = register_days(instance, manifest_days(raw_root))
         day = dg.materialize(
@@ -85,7 +86,7 @@ def test_index_grows_by_the_new_days_valid_pins_without_a_rebuild(incremental):
     new_pins = read_days(storage / "validated" / "pins", [NEW_DAY])
     assert len(new_pins) > 0
     for kind in ("fused", "image"):
-        index = PinIndex.load(storage / "index" / "pins" / kind)
+        index = VectorIndex.load(storage / "index" / "pins" / kind)
         assert index.ntotal == incremental["before"][kind] + len(new_pins)
         assert index.ids[-len(new_pins):] == new_pins["pin_id"].tolist()
     state = read_state(storage / "index" / "pins")
@@ -150,7 +151,7 @@ def test_rows_with_unusable_dates_go_to_their_delivery_day():
 def test_index_sync_adds_new_days_and_rebuilds_on_change(tmp_path):
     import numpy as np
 
-    from mmpipe.embeddings import pin_embedding_frame, write_day_embeddings
+    from mmpipe.embeddings import embedding_frame, write_day_embeddings
     from mmpipe.index.faiss_index import IndexConfig
     from mmpipe.index.incremental import sync_pin_index
 
@@ -161,7 +162,7 @@ def test_index_sync_adds_new_days_and_rebuilds_on_change(tmp_path):
         vectors = rng.normal(size=(n, 8)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = [f"p{day[-2:]}{k + start:03d}" for k in range(n)]
-        write_day_embeddings(pin_embedding_frame(ids, [day] * n, {"image": vectors, "text": vectors,
+        write_day_embeddings(embedding_frame(ids, [day] * n, {"image": vectors, "text": vectors,
                                                                   "fused": vectors}, version), emb_dir, day)
 
     write("2026-01-01", 5)

@@ -1,4 +1,4 @@
-"""PinIndex: index choice, recall against brute force, incremental adds, atomic saves."""
+"""VectorIndex: index choice, recall against brute force, incremental adds, atomic saves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from mmpipe.index import faiss_index
 from mmpipe.index.faiss_index import (
     IndexConfig,
-    PinIndex,
+    VectorIndex,
     choose_factory,
     clustered_unit_vectors,
     exact_search,
@@ -44,13 +44,13 @@ def clustered():
 @pytest.fixture(scope="module")
 def ivf_index(clustered):
     corpus, ids, _ = clustered
-    return PinIndex.build(corpus, ids, IndexConfig(kind="ivf"))
+    return VectorIndex.build(corpus, ids, IndexConfig(kind="ivf"))
 
 
 @pytest.fixture(scope="module")
 def hnsw_index(clustered):
     corpus, ids, _ = clustered
-    return PinIndex.build(corpus, ids, IndexConfig(kind="hnsw"))
+    return VectorIndex.build(corpus, ids, IndexConfig(kind="hnsw"))
 
 
 def small_corpus(n: int = 2_000, seed: int = 1) -> np.ndarray:
@@ -114,7 +114,7 @@ def test_exact_search_matches_full_matrix_argsort():
 def test_flat_index_recall_is_exact():
     corpus = small_corpus()
     ids = pin_ids(len(corpus))
-    index = PinIndex.build(corpus, ids, IndexConfig())
+    index = VectorIndex.build(corpus, ids, IndexConfig())
     assert index.factory == "IDMap,Flat"
     assert recall_at_k_vs_exact(index, corpus, ids, small_corpus(50, seed=2)) == 1.0
 
@@ -130,7 +130,7 @@ def test_recall_at_10_at_default_settings(index_fixture, clustered, request):
 def test_ivf_probing_every_list_is_exact():
     corpus = small_corpus()
     ids = pin_ids(len(corpus))
-    index = PinIndex.build(corpus, ids, IndexConfig(kind="ivf", nprobe=1))
+    index = VectorIndex.build(corpus, ids, IndexConfig(kind="ivf", nprobe=1))
     queries = small_corpus(50, seed=2)
     assert recall_at_k_vs_exact(index, corpus, ids, queries) < 1.0
     index.configure_search(nprobe=nlist_of(index.factory))
@@ -139,7 +139,7 @@ def test_ivf_probing_every_list_is_exact():
 
 def test_measure_qps_is_a_rate():
     corpus = small_corpus()
-    index = PinIndex.build(corpus, pin_ids(len(corpus)), IndexConfig())
+    index = VectorIndex.build(corpus, pin_ids(len(corpus)), IndexConfig())
     qps = measure_qps(index, corpus[:100], k=10, repeats=2)
     assert np.isfinite(qps) and qps > 0
 
@@ -151,8 +151,8 @@ def test_flat_add_equals_one_shot_build():
     corpus = small_corpus(3_000)
     ids = pin_ids(len(corpus))
     queries = small_corpus(40, seed=3)
-    one_shot = PinIndex.build(corpus, ids, IndexConfig())
-    incremental = PinIndex.build(corpus[:1_000], ids[:1_000], IndexConfig())
+    one_shot = VectorIndex.build(corpus, ids, IndexConfig())
+    incremental = VectorIndex.build(corpus[:1_000], ids[:1_000], IndexConfig())
     incremental.add(corpus[1_000:2_500], ids[1_000:2_500])
     incremental.add(corpus[2_500:], ids[2_500:])
 
@@ -171,7 +171,7 @@ def test_ivf_add_equals_one_shot_fill_of_the_same_trained_index():
     ids = pin_ids(8_000)
     cfg = IndexConfig(kind="ivf")
 
-    incremental = PinIndex.build(part_a, ids[:5_000], cfg)
+    incremental = VectorIndex.build(part_a, ids[:5_000], cfg)
     one_shot = incremental.empty_copy()
     incremental.add(part_b, ids[5_000:])
     one_shot.add(np.concatenate([part_a, part_b]), ids)
@@ -189,7 +189,7 @@ def test_hnsw_add_keeps_recall_and_finds_new_vectors():
     # HNSW's graph depends on insertion order: only the quality can be the same.
     vectors = clustered_unit_vectors(6_000 + 100, 32, n_clusters=40, seed=5)
     ids = pin_ids(6_000)
-    index = PinIndex.build(vectors[:4_000], ids[:4_000], IndexConfig(kind="hnsw"))
+    index = VectorIndex.build(vectors[:4_000], ids[:4_000], IndexConfig(kind="hnsw"))
     index.add(vectors[4_000:6_000], ids[4_000:])
 
     assert recall_at_k_vs_exact(index, vectors[:6_000], ids, vectors[6_000:]) >= 0.95
@@ -200,19 +200,19 @@ def test_hnsw_add_keeps_recall_and_finds_new_vectors():
 
 def test_duplicate_ids_are_rejected_and_leave_the_index_unchanged():
     corpus = small_corpus(100)
-    index = PinIndex.build(corpus, pin_ids(100), IndexConfig())
+    index = VectorIndex.build(corpus, pin_ids(100), IndexConfig())
     with pytest.raises(ValueError, match="already in the index"):
         index.add(corpus[:2], ["p000005", "p999999"])
     with pytest.raises(ValueError, match="repeated in this batch"):
         index.add(corpus[:2], ["p999999", "p999999"])
     with pytest.raises(ValueError):
-        PinIndex.build(corpus[:2], ["p1", "p1"], IndexConfig())
+        VectorIndex.build(corpus[:2], ["p1", "p1"], IndexConfig())
     assert index.ntotal == 100 and "p999999" not in index
 
 
 def test_bad_inputs_get_clear_errors():
     corpus = small_corpus(100)
-    index = PinIndex.build(corpus, pin_ids(100), IndexConfig())
+    index = VectorIndex.build(corpus, pin_ids(100), IndexConfig())
     with pytest.raises(ValueError, match="dim"):
         index.add(np.zeros((1, 7), np.float32), ["p999999"])
     with pytest.raises(ValueError, match="2 vectors but 1 ids"):
@@ -224,17 +224,17 @@ def test_bad_inputs_get_clear_errors():
 
 
 def test_search_on_empty_index_is_a_clear_error():
-    index = PinIndex.build(np.zeros((0, 16), np.float32), [], IndexConfig())
+    index = VectorIndex.build(np.zeros((0, 16), np.float32), [], IndexConfig())
     assert index.ntotal == 0 and index.dim == 16
     with pytest.raises(ValueError, match="empty index"):
         index.search(np.ones((1, 16), np.float32), 5)
     with pytest.raises(ValueError, match="training"):
-        PinIndex.build(np.zeros((0, 16), np.float32), [], IndexConfig(kind="ivf"))
+        VectorIndex.build(np.zeros((0, 16), np.float32), [], IndexConfig(kind="ivf"))
 
 
 def test_fewer_than_k_results_are_marked():
     corpus = small_corpus(3)
-    index = PinIndex.build(corpus, ["a", "b", "c"], IndexConfig())
+    index = VectorIndex.build(corpus, ["a", "b", "c"], IndexConfig())
     scores, found = index.search(corpus[:1], 5)
     assert found[0][0] == "a" and sorted(found[0]) == ["a", "b", "c"]
     assert np.all(np.isfinite(scores[0, :3])) and np.all(scores[0, 3:] == -np.inf)
@@ -243,9 +243,9 @@ def test_fewer_than_k_results_are_marked():
 def test_string_ids_round_trip(tmp_path):
     ids = ["p000123", "board:42/pin-7", "épingle ✓", "", "p000123 "]
     vectors = small_corpus(len(ids))
-    index = PinIndex.build(vectors, ids, IndexConfig())
+    index = VectorIndex.build(vectors, ids, IndexConfig())
     index.save(tmp_path / "idx")
-    loaded = PinIndex.load(tmp_path / "idx")
+    loaded = VectorIndex.load(tmp_path / "idx")
     assert loaded.ids == ids
     _, found = loaded.search(vectors, 1)
     assert [hits[0] for hits in found] == ids
@@ -259,7 +259,7 @@ def test_save_load_round_trip_is_identical(index_fixture, clustered, tmp_path, r
     _, _, queries = clustered
     index = request.getfixturevalue(index_fixture)
     index.save(tmp_path / "idx")
-    loaded = PinIndex.load(tmp_path / "idx")
+    loaded = VectorIndex.load(tmp_path / "idx")
 
     assert (loaded.factory, loaded.ntotal, loaded.dim, loaded.cfg) == (
         index.factory,
@@ -276,15 +276,15 @@ def test_save_load_round_trip_is_identical(index_fixture, clustered, tmp_path, r
 def saved_pair(tmp_path):
     """An index saved to disk and a different one about to replace it."""
     directory = tmp_path / "idx"
-    old = PinIndex.build(small_corpus(200, seed=6), pin_ids(200), IndexConfig())
+    old = VectorIndex.build(small_corpus(200, seed=6), pin_ids(200), IndexConfig())
     old.save(directory)
-    new = PinIndex.build(small_corpus(300, seed=7), pin_ids(300, start=1_000), IndexConfig())
+    new = VectorIndex.build(small_corpus(300, seed=7), pin_ids(300, start=1_000), IndexConfig())
     return directory, old, new
 
 
 def assert_still_the_old_index(directory, old):
     queries = small_corpus(10, seed=8)
-    loaded = PinIndex.load(directory)
+    loaded = VectorIndex.load(directory)
     assert loaded.ids == old.ids
     np.testing.assert_array_equal(loaded.search(queries, 5)[0], old.search(queries, 5)[0])
     # Nothing from the failed save is left behind, not even temporary files.
@@ -325,12 +325,12 @@ def test_repeated_saves_keep_the_current_and_previous_generation(tmp_path):
     directory = tmp_path / "idx"
     corpus = small_corpus(50)
     for n in (10, 20, 30):
-        PinIndex.build(corpus[:n], pin_ids(n), IndexConfig()).save(directory)
+        VectorIndex.build(corpus[:n], pin_ids(n), IndexConfig()).save(directory)
     assert len(list(directory.glob("index-*.faiss"))) == 2
     assert len(list(directory.glob("ids-*.parquet"))) == 2
-    assert PinIndex.load(directory).ntotal == 30
+    assert VectorIndex.load(directory).ntotal == 30
 
 
 def test_load_without_a_saved_index(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no saved PinIndex"):
-        PinIndex.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no saved VectorIndex"):
+        VectorIndex.load(tmp_path)

@@ -28,11 +28,11 @@ import torch
 from mlflow import MlflowClient
 from mlflow.models import convert_input_example_to_serving_input
 
-from mmpipe.models.pinclip import PinCLIP
-from mmpipe.models.text_encoder import load_text_encoder
+from mmpipe.systems.pinclip.model import PinCLIP
+from mmpipe.nn.text_tower import load_text_encoder
 from mmpipe.registry.mlflow_registry import RunContext, start_run
-from mmpipe.registry.pinclip_gate import PRIMARY_METRIC
-from mmpipe.registry.pinclip_pyfunc import load_embedder, log_pinclip, make_pyfunc_input
+from mmpipe.systems.pinclip.eval import PRIMARY_METRIC
+from mmpipe.systems.pinclip.serve import load_embedder, log_pinclip, make_pyfunc_input
 from mmpipe.registry.promotion import FIRST, record_eval_metric, promote_if_better
 from tests.test_pinclip_registry import (  # noqa: F401  text_tower_dir is a fixture
     MODEL,

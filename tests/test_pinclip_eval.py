@@ -9,14 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmpipe.eval.pinclip_eval import (
+from mmpipe.systems.pinclip.data import HoldoutSplit, holdout_split
+from mmpipe.systems.pinclip.eval import (
     EmbeddingSet,
-    HoldoutSplit,
     attribute_oracle,
     attribute_weights,
     board_neighbors,
     evaluate_embeddings,
-    holdout_split,
     minilm_caption_baseline,
     pinclip_report,
     random_baseline,
@@ -187,9 +186,9 @@ def test_attribute_oracle_weights_board_attributes_and_breaks_ties_only():
 @pytest.fixture(scope="module")
 def tiny_eval(tiny_world):
     from mmpipe.layout import truth_path
-    from mmpipe.models.text_encoder import encode_texts, load_text_encoder
+    from mmpipe.nn.text_tower import encode_texts, load_text_encoder
     from mmpipe.schemas.validate import validate_world
-    from mmpipe.train.pin_data import caption_text
+    from mmpipe.systems.pinclip.data import caption_text
 
     tables = validate_world(tiny_world)
     pins = tables["pins"].valid

@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmpipe.models.losses import ClipLoss, NeighborAlignmentLoss, clamp_logit_scale_, gather_features
-from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
-from mmpipe.models.text_encoder import (
+from mmpipe.nn.losses import ClipLoss, NeighborAlignmentLoss, clamp_logit_scale_, gather_features
+from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
+from mmpipe.nn.text_tower import (
     TextFeatures,
     default_text_model_dir,
     encode_texts,
     load_text_encoder,
 )
-from mmpipe.train.pin_data import (
+from mmpipe.systems.pinclip.data import (
     NeighborPairBatchSampler,
     PinDataset,
     caption_text,
@@ -226,7 +226,7 @@ def test_clip_loss_matches_naive_reference():
 
 _DISTRIBUTED_WORKER = """
 import sys, torch, torch.distributed as dist
-from mmpipe.models.losses import ClipLoss
+from mmpipe.nn.losses import ClipLoss
 rank, world, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
 image, text = torch.load(sys.argv[5])
@@ -537,7 +537,7 @@ def test_late_fusion_weights_are_learned_per_modality():
 
 
 def test_multi_positive_neighbor_loss_matches_naive_reference():
-    from mmpipe.models.losses import MultiPositiveNeighborLoss
+    from mmpipe.nn.losses import MultiPositiveNeighborLoss
 
     torch.manual_seed(0)
     emb = F.normalize(torch.randn(6, 4), dim=-1)
@@ -563,7 +563,7 @@ def test_multi_positive_neighbor_loss_matches_naive_reference():
 
 
 def test_board_proxy_loss_matches_naive_reference_and_pulls_board_mates_together():
-    from mmpipe.models.losses import BoardProxyLoss
+    from mmpipe.nn.losses import BoardProxyLoss
 
     torch.manual_seed(0)
     emb = F.normalize(torch.randn(5, 4), dim=-1)

@@ -19,11 +19,12 @@ from PIL import Image
 from transformers import BertConfig
 
 from mmpipe import cli
-from mmpipe.index.faiss_index import PinIndex
-from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
-from mmpipe.models.text_encoder import encode_texts, load_text_encoder
+from mmpipe.embeddings import read_embeddings
+from mmpipe.index.faiss_index import VectorIndex
+from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
+from mmpipe.nn.text_tower import encode_texts, load_text_encoder
 from mmpipe.registry.mlflow_registry import RunContext, configure, start_run
-from mmpipe.registry.pinclip_pyfunc import (
+from mmpipe.systems.pinclip.serve import (
     FUSED,
     IMAGE,
     TEXT,
@@ -33,7 +34,7 @@ from mmpipe.registry.pinclip_pyfunc import (
     make_pyfunc_input,
     read_image,
 )
-from mmpipe.search import PinSearcher, SearchSetupError, read_pin_embeddings
+from mmpipe.systems.pinclip.serve import PinSearcher, SearchSetupError
 from mmpipe.train.checkpoint import save_checkpoint
 
 TEXT_TOWER = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -198,16 +199,16 @@ def project(tmp_path_factory, registry):
         partition = pd.DataFrame({"pin_id": ids[rows], **{kind: list(v[rows]) for kind, v in vectors.items()}})
         partition.to_parquet(storage / "embeddings" / "pins" / f"{day}.parquet")
     for kind in (IMAGE, FUSED):
-        PinIndex.build(vectors[kind], ids).save(storage / "index" / "pins" / kind)
+        VectorIndex.build(vectors[kind], ids).save(storage / "index" / "pins" / kind)
     return SimpleNamespace(root=root, ids=ids, images=images, captions=captions, vectors=vectors,
                            embedder=embedder)
 
 
 def test_pin_embeddings_read_back_from_partitions(project):
-    ids, fused = read_pin_embeddings(project.root / "storage/embeddings/pins", FUSED)
+    ids, fused = read_embeddings(project.root / "storage/embeddings/pins", FUSED)
     assert ids == project.ids
     np.testing.assert_array_equal(fused, project.vectors[FUSED])
-    ids, image = read_pin_embeddings(project.root / "storage/embeddings/pins", IMAGE, pin_ids=["p000009"])
+    ids, image = read_embeddings(project.root / "storage/embeddings/pins", IMAGE, ids=["p000009"])
     assert ids == ["p000009"] and np.array_equal(image[0], project.vectors[IMAGE][9])
 
 

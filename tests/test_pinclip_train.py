@@ -11,12 +11,12 @@ from transformers import BertConfig
 
 from mmpipe.eval.retrieval import retrieval_metrics
 from mmpipe.graph.pairs import PairConfig, build_neighbor_pairs
-from mmpipe.models.pinclip import PinCLIPConfig
-from mmpipe.models.text_encoder import encode_texts, load_text_encoder
+from mmpipe.systems.pinclip.model import PinCLIPConfig
+from mmpipe.nn.text_tower import encode_texts, load_text_encoder
 from mmpipe.schemas.validate import validate_world
 from mmpipe.train.checkpoint import read_trainer_state
-from mmpipe.train.pin_data import PinDataset, neighbor_pairs_for_training
-from mmpipe.train.pinclip_train import PinCLIPTrainConfig, embed_pins, lr_at, train_pinclip
+from mmpipe.systems.pinclip.data import PinDataset, neighbor_pairs_for_training
+from mmpipe.systems.pinclip.train import PinCLIPTrainConfig, embed_pins, train_pinclip
 
 MODEL = PinCLIPConfig.tiny(text_hidden_size=32)
 
@@ -38,7 +38,8 @@ def tiny_data(tiny_world):
 
 def _cfg(**overrides) -> PinCLIPTrainConfig:
     values = dict(steps=12, batch_size=32, pair_batch_size=16, lr=3e-3, warmup_steps=3,
-                  checkpoint_every=4, log_every=2)
+                  checkpoint_every=4, log_every=2, fusion_steps=0, neighbor_warmup_steps=0,
+                  text_neighbor_weight=0.0)
     return PinCLIPTrainConfig(**{**values, **overrides})
 
 
@@ -80,22 +81,14 @@ def test_ablation_trains_without_pairs(tiny_data):
     assert "loss_neighbor" not in result.history[-1]
 
 
-def test_learning_rate_warms_up_then_decays_to_a_floor():
-    cfg = PinCLIPTrainConfig(steps=100, lr=1.0, warmup_steps=10)
-    assert lr_at(0, cfg) == pytest.approx(0.1)
-    assert lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
-    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 99))
-
-
 def test_a_step_serves_both_losses_from_one_batch_of_distinct_pins(tiny_data):
-    from mmpipe.train.pinclip_train import _Batches
+    from mmpipe.systems.pinclip.train import _Batches
 
     dataset, _, pairs = tiny_data
     train_rows = np.arange(0, len(dataset), 2)  # only even rows may appear as top-up
     train_pairs = [i for i in range(len(pairs)) if pairs.a[i] % 2 == 0 and pairs.b[i] % 2 == 0]
     assert len(train_pairs) >= 8
-    from mmpipe.train.pin_data import NeighborPairs
+    from mmpipe.systems.pinclip.data import NeighborPairs
     subset = NeighborPairs(pairs.a[train_pairs], pairs.b[train_pairs],
                            tuple(pairs.keys[i] for i in train_pairs), pairs.group[train_pairs])
     batches = _Batches(train_rows, subset, _cfg(batch_size=24, pair_batch_size=4))
@@ -111,11 +104,11 @@ def test_a_step_serves_both_losses_from_one_batch_of_distinct_pins(tiny_data):
 
 
 def test_neighbor_weight_ramps_in_linearly():
-    from mmpipe.train.pinclip_train import neighbor_weight_at
+    from mmpipe.systems.pinclip.train import neighbor_weight_at
 
     cfg = PinCLIPTrainConfig(neighbor_weight=2.0, neighbor_warmup_steps=10)
     assert [neighbor_weight_at(s, cfg) for s in (0, 5, 10, 50)] == [0.0, 1.0, 2.0, 2.0]
-    assert neighbor_weight_at(0, PinCLIPTrainConfig(neighbor_weight=2.0)) == 2.0
+    assert neighbor_weight_at(0, PinCLIPTrainConfig(neighbor_weight=2.0, neighbor_warmup_steps=0)) == 2.0
 
 
 def test_hybrid_image_tower_trains_and_resumes(tiny_data, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from mmpipe.graph.pairs import derive_cutoff_date
 from mmpipe.registry.mlflow_registry import CHAMPION, RunContext, configure, start_run
-from mmpipe.registry.pinclip_pyfunc import REGISTERED_NAME
+from mmpipe.systems.pinclip.serve import REGISTERED_NAME
 from mmpipe.registry.retraining import (
     DRIFT,
     NEW_DATA,
@@ -27,15 +27,21 @@ from mmpipe.registry.retraining import (
     noise_floor,
     read_pin_dates,
 )
-from orchestration.jobs import PINCLIP_TRAINING_ASSETS, pinclip_training_job, weekly_retrain_schedule
 from orchestration.resources import PipelinePaths
 from orchestration.sensors import (
     FAILURE_TAG,
     FAILURES_FILE,
     RetrainingThresholds,
-    pinclip_retraining_sensor,
     record_run_failures,
 )
+from orchestration.systems.pinclip import LIFECYCLE
+from orchestration.systems.pinclip import sensors as pinclip_sensors
+
+pinclip_training_job = LIFECYCLE.training_job
+weekly_retrain_schedule = LIFECYCLE.schedules[0]
+pinclip_retraining_sensor = pinclip_sensors[0]
+PINCLIP_TRAINING_ASSETS = ("pin_text_features", "graph_neighbor_pairs", "pinclip_model", "pinclip_no_neighbor_model",
+                           "eval_pinclip", "pinclip_champion", "eval_overview")
 
 DIM = 16
 DAY0 = pd.Timestamp("2024-01-01")
@@ -329,18 +335,19 @@ def test_retraining_sensor_skips_without_creating_a_missing_mlflow_store(storage
 
 
 def test_old_whole_table_embeddings_next_to_day_files_are_ignored(tmp_path):
-    from mmpipe.registry.retraining import read_embeddings
+    from mmpipe.embeddings import EmbeddingsNotFoundError, read_embeddings
 
     directory = tmp_path / "pins"
     directory.mkdir()
     day_file = pd.DataFrame({"pin_id": ["a", "b"], "fused": [[1.0, 0.0], [0.0, 1.0]], "model_version": ["2", "1"]})
     day_file.to_parquet(directory / f"created_at={day(1)}.parquet")
     pd.DataFrame({"pin_id": ["a", "b"], "fused": [[9.0, 9.0]] * 2}).to_parquet(directory / "pins.parquet")
-    ids, vectors = read_embeddings(directory, ["a", "b"], model_version="2")
+    ids, vectors = read_embeddings(directory, "fused", ["a", "b"], model_version="2")
     assert ids == ["a"] and vectors.tolist() == [[1.0, 0.0]]
-    ids, _ = read_embeddings(directory, ["a", "b"])
+    ids, _ = read_embeddings(directory, "fused", ["a", "b"])
     assert ids == ["a", "b"]
-    assert read_embeddings(tmp_path / "missing", ["a"])[0] == []
+    with pytest.raises(EmbeddingsNotFoundError, match="no embeddings at"):
+        read_embeddings(tmp_path / "missing", "fused", ["a"])
 
 
 def test_training_job_schedule_and_sensors_are_wired_into_the_definitions():

@@ -19,7 +19,7 @@ from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES, COLOR_RGB, Obje
 from mmpipe.world.captions import SYNONYMS, choose_mentions, mentioned_values, pin_caption
 from mmpipe.world.config import world_config
 from mmpipe.world.generate import generate_world
-from mmpipe.eval.classification import roc_auc
+from mmpipe.eval.classification import oracle_auc, roc_auc
 from mmpipe.world.pins import DEFECTS, PinWorld, generate_boards
 
 
@@ -278,7 +278,7 @@ def test_clicks_follow_the_true_probabilities(tiny_world):
         in_bin = which == b
         bin_error = np.sqrt((p[in_bin] * (1 - p[in_bin])).sum()) / in_bin.sum()
         assert abs(clicked[in_bin].mean() - p[in_bin].mean()) < 4 * bin_error + 0.01
-    oracle = world_json(tiny_world)["oracle_auc"]
+    oracle = oracle_auc(tiny_world)
     assert oracle == pytest.approx(roc_auc(p, clicked))
     assert 0.7 <= oracle <= 0.92
 
@@ -428,6 +428,6 @@ def test_cli_generates_a_world_and_bad_rows_leave_the_good_ones_alone(tiny_world
             good_rows(out, table).reset_index(drop=True), good_rows(tiny_world, table).reset_index(drop=True)
         )
     pd.testing.assert_frame_equal(truth(out, "impressions"), truth(tiny_world, "impressions"))
-    assert world["oracle_auc"] == world_json(tiny_world)["oracle_auc"]
+    assert oracle_auc(out) == oracle_auc(tiny_world)
     with pytest.raises(SystemExit):
         main(["world", "generate", "--scale", "enormous", "--out", str(tmp_path / "other")])

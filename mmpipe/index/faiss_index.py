@@ -104,7 +104,7 @@ def choose_factory(n: int, dim: int, cfg: IndexConfig) -> str:
     return f"IVF{ivf_nlist(n, cfg)},Flat"  # inverted lists store labels natively
 
 
-class PinIndex:
+class VectorIndex:
     """A faiss index over pin embeddings, addressed by string pin ids.
 
     Make one with ``build`` or ``load``; the constructor takes an already filled faiss index.
@@ -124,7 +124,7 @@ class PinIndex:
     @classmethod
     def build(
         cls, vectors: np.ndarray, ids: Sequence[str], cfg: IndexConfig = IndexConfig()
-    ) -> PinIndex:
+    ) -> VectorIndex:
         """Choose an index for ``vectors``, train it on them if it needs training, add them."""
         vectors = _as_matrix(vectors, "vectors")
         n, dim = vectors.shape
@@ -138,7 +138,7 @@ class PinIndex:
         pin_index.add(vectors, ids)
         return pin_index
 
-    def empty_copy(self) -> PinIndex:
+    def empty_copy(self) -> VectorIndex:
         """This index's trained structure (IVF centroids) with no vectors in it.
 
         Vectors added to any copy land in the same lists as in the original, so copies
@@ -146,7 +146,7 @@ class PinIndex:
         """
         index = faiss.clone_index(self._index)
         index.reset()
-        return PinIndex(index, [], self._factory, self.cfg)
+        return VectorIndex(index, [], self._factory, self.cfg)
 
     def configure_search(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change the search-time speed/recall trade-off; nothing is rebuilt.
@@ -268,10 +268,10 @@ class PinIndex:
                 path.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, directory: Path) -> PinIndex:
+    def load(cls, directory: Path) -> VectorIndex:
         directory = Path(directory)
         if not (directory / MANIFEST).exists():
-            raise FileNotFoundError(f"no saved PinIndex in {directory} (no {MANIFEST})")
+            raise FileNotFoundError(f"no saved VectorIndex in {directory} (no {MANIFEST})")
         manifest = _read_manifest(directory)
         index = faiss.read_index(str(directory / manifest["index_file"]))
         id_table = pd.read_parquet(directory / manifest["ids_file"])
@@ -284,7 +284,7 @@ class PinIndex:
         return cls(index, id_table["pin_id"].tolist(), manifest["factory"], cfg)
 
     def __repr__(self) -> str:
-        return f"PinIndex({self._factory!r}, ntotal={self.ntotal}, dim={self.dim})"
+        return f"VectorIndex({self._factory!r}, ntotal={self.ntotal}, dim={self.dim})"
 
     def _remember(self, ids: list[str]) -> None:
         start = len(self._ids)
@@ -331,7 +331,7 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
 
 
 def recall_at_k_vs_exact(
-    index: PinIndex, corpus: np.ndarray, corpus_ids: Sequence[str], queries: np.ndarray, k: int = 10
+    index: VectorIndex, corpus: np.ndarray, corpus_ids: Sequence[str], queries: np.ndarray, k: int = 10
 ) -> float:
     """Fraction of each query's exact top-``k`` over ``corpus`` that ``index`` also returns
     in its top-``k``, averaged over queries. ``index`` must hold exactly ``corpus``.
@@ -354,7 +354,7 @@ def recall_at_k_vs_exact(
     return hits / (len(queries) * k)
 
 
-def measure_qps(index: PinIndex, queries: np.ndarray, k: int = 10, repeats: int = 3) -> float:
+def measure_qps(index: VectorIndex, queries: np.ndarray, k: int = 10, repeats: int = 3) -> float:
     """Queries per second of batched ``index.search``, best of ``repeats`` full runs.
 
     Best rather than mean: on a shared machine the slower runs measure the neighbours.

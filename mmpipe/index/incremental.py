@@ -1,7 +1,7 @@
 """Keep the pin indexes in step with the per-day pin embeddings: add new days, rebuild
 only when something already indexed changed.
 
-``index_root`` holds one ``PinIndex`` per kind (``fused/``, ``image/``) and
+``index_root`` holds one ``VectorIndex`` per kind (``fused/``, ``image/``) and
 ``partitions.json``: the model version and, per indexed day, the fingerprint (md5) and row
 count of its embeddings file. ``sync_pin_index`` compares that record with the embeddings
 on disk:
@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmpipe.embeddings import embedded_days, embedding_file
-from mmpipe.index.faiss_index import IndexConfig, PinIndex
+from mmpipe.embeddings import embedded_days, embedding_file, read_embeddings
+from mmpipe.index.faiss_index import IndexConfig, VectorIndex, measure_qps, recall_at_k_vs_exact
 from mmpipe.io import write_bytes_atomic
-from mmpipe.search import read_pin_embeddings
 from mmpipe.versioning import file_md5
 
 STATE_FILE = "partitions.json"
@@ -121,13 +120,13 @@ def sync_pin_index(index_root: Path, embeddings_dir: Path, cfg: IndexConfig = In
     factory = ""
     ntotal = 0
     for kind in KINDS:
-        ids, vectors = read_pin_embeddings(files, kind)
+        ids, vectors = read_embeddings(files, kind)
         if mode == "rebuild":
             if not ids:
                 raise ValueError("no pin has an embedding: nothing to index")
-            index = PinIndex.build(vectors, ids, cfg)
+            index = VectorIndex.build(vectors, ids, cfg)
         else:
-            index = PinIndex.load(index_root / kind)
+            index = VectorIndex.load(index_root / kind)
             if ids:
                 index.add(vectors, ids)
         index.save(index_root / kind)
@@ -142,5 +141,16 @@ def sync_pin_index(index_root: Path, embeddings_dir: Path, cfg: IndexConfig = In
                       model_version=version, factory=factory)
 
 
-def all_embeddings(embeddings_dir: Path, kind: str) -> tuple[list[str], np.ndarray]:
-    return read_pin_embeddings(Path(embeddings_dir), kind)
+def index_quality(index_root: Path, embeddings_dir: Path, kinds: tuple[str, ...] = KINDS,
+                  n_queries: int = 500, k: int = 10, seed: int = 0) -> dict[str, float | str]:
+    """Per kind: the index factory, recall@k of its answers against exact search over
+    the same embeddings, and batched queries per second, on ``n_queries`` stored vectors."""
+    quality: dict[str, float | str] = {}
+    for kind in kinds:
+        ids, vectors = read_embeddings(embeddings_dir, kind)
+        rows = np.random.default_rng(seed).choice(len(ids), size=min(n_queries, len(ids)), replace=False)
+        index = VectorIndex.load(Path(index_root) / kind)
+        quality[f"{kind}_factory"] = index.factory
+        quality[f"{kind}_recall@{k}_vs_exact"] = recall_at_k_vs_exact(index, vectors, ids, vectors[rows], k=k)
+        quality[f"{kind}_qps"] = round(measure_qps(index, vectors[rows], k=k), 1)
+    return quality

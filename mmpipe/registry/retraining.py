@@ -1,4 +1,4 @@
-"""When to retrain PinCLIP: enough new data since the champion was trained, or drift.
+"""When to retrain a system (PinCLIP first): enough new data since the champion was trained, or drift.
 
 The model in production is the registered version holding ``champion``. Its training run
 logged ``cutoff_date`` (it trained on the validated pins created before it) and
@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from mmpipe.embeddings import EmbeddingsNotFoundError, read_embeddings
 from mmpipe.graph.pairs import derive_cutoff_date
 
 NEW_DATA = "new_data"
@@ -290,7 +291,7 @@ def _show(value: float) -> str:
 
 
 def decide_retraining(champion: ChampionState | None, data: DataState | None, drift: DriftState | None,
-                      policy: RetrainingPolicy, cursor: RetrainCursor) -> RetrainDecision:
+                      policy: RetrainingPolicy, cursor: RetrainCursor, name: str = "pinclip") -> RetrainDecision:
     """Whether to request a training run now, for which triggers, and the next cursor.
 
     Fires when a retrain would add at least ``min_new_pins`` pins, or when the newest day
@@ -300,7 +301,7 @@ def decide_retraining(champion: ChampionState | None, data: DataState | None, dr
     the trigger is the same.
     """
     if champion is None:
-        return RetrainDecision(cursor, reason="no pinclip@champion yet: nothing to compare new data with "
+        return RetrainDecision(cursor, reason=f"no {name}@champion yet: nothing to compare new data with "
                                               "(the first model comes from the training job or `make run`)")
     if cursor.champion != champion.version:
         cursor = RetrainCursor(champion=champion.version)  # a new champion: every trigger is new again
@@ -344,7 +345,7 @@ def decide_retraining(champion: ChampionState | None, data: DataState | None, dr
         else:
             cursor = replace(cursor, drift_day=drift.day)
     cursor = replace(cursor, requested=cursor.requested + 1)
-    run_key = f"pinclip-retrain-v{champion.version}-" + "-".join(trigger.key for trigger in triggers)
+    run_key = f"{name}-retrain-v{champion.version}-" + "-".join(trigger.key for trigger in triggers)
     return RetrainDecision(cursor, run_key=run_key, triggers=tuple(triggers),
                            reason="; ".join(trigger.reason for trigger in triggers), numbers=numbers)
 
@@ -353,46 +354,20 @@ def decide_retraining(champion: ChampionState | None, data: DataState | None, dr
 # gathering the inputs from the project's files and registry
 
 
-def validated_pins_source(validated_dir: Path) -> Path | None:
-    """The validated pins: ``pins.parquet``, or a ``pins/`` directory of daily partition files."""
-    for candidate in (Path(validated_dir) / "pins", Path(validated_dir) / "pins.parquet"):
+def validated_pins_source(validated_dir: Path, table: str = "pins") -> Path | None:
+    """A validated table: ``<table>.parquet``, or a ``<table>/`` directory of daily partition files."""
+    for candidate in (Path(validated_dir) / table, Path(validated_dir) / f"{table}.parquet"):
         if parquet_files(candidate):
             return candidate
     return None
 
 
-PARTITION_PREFIX = "created_at="  # pin_embeddings day files: created_at=<YYYY-MM-DD>.parquet
-
-
-def read_embeddings(source: Path, pin_ids: Sequence[str], model_version: str | None = None,
-                    kind: str = "fused") -> tuple[list[str], np.ndarray]:
-    """``kind`` vectors of ``pin_ids`` from pin_embeddings parquet (a file or a directory).
-
-    In a directory of day files (``created_at=<day>.parquet``) other files (an old
-    whole-table ``pins.parquet``) are ignored. Files with a ``model_version`` column give
-    only the rows of ``model_version`` when it is set, so a day still embedded by an older
-    champion is not mistaken for drift. A pin found twice counts once.
-    """
-    import pyarrow.parquet as pq
-
-    files = parquet_files(source)
-    days = [path for path in files if path.name.startswith(PARTITION_PREFIX)]
-    files = days or files
-    if not files or not len(pin_ids):
-        return [], np.zeros((0, 0), dtype=np.float32)
-    frames = []
-    for path in files:
-        names = pq.read_schema(path).names
-        versioned = model_version is not None and "model_version" in names
-        columns = ["pin_id", kind] + (["model_version"] if versioned else [])
-        frame = pd.read_parquet(path, columns=columns, filters=[("pin_id", "in", list(pin_ids))])
-        if versioned:
-            frame = frame[frame["model_version"].astype(str) == str(model_version)]
-        frames.append(frame[["pin_id", kind]])
-    table = pd.concat(frames, ignore_index=True).drop_duplicates("pin_id", keep="last")
-    if table.empty:
-        return [], np.zeros((0, 0), dtype=np.float32)
-    return table["pin_id"].astype(str).tolist(), np.stack([np.asarray(v, dtype=np.float32) for v in table[kind]])
+def _champion_vectors(embeddings: Path, ids: Sequence[str], version: str) -> np.ndarray:
+    """The fused vectors of ``ids`` as the champion embedded them; none before it has."""
+    try:
+        return read_embeddings(embeddings, "fused", ids=ids, model_version=version)[1]
+    except EmbeddingsNotFoundError:
+        return np.zeros((0, 0), dtype=np.float32)
 
 
 def drift_from_files(pins: pd.DataFrame, champion: ChampionState, embeddings: Path,
@@ -403,20 +378,21 @@ def drift_from_files(pins: pd.DataFrame, champion: ChampionState, embeddings: Pa
     if day is None:
         return None
     reference = reference_ids(pins, champion.cutoff_date, policy.max_reference_pins)
-    _, current = read_embeddings(embeddings, today, champion.version)
-    _, base = read_embeddings(embeddings, reference, champion.version)
+    current = _champion_vectors(embeddings, today, champion.version)
+    base = _champion_vectors(embeddings, reference, champion.version)
     return embedding_drift(day, base, current)
 
 
 def retraining_decision(client, name: str, validated_dir: Path, embeddings: Path,
-                        policy: RetrainingPolicy, cursor: RetrainCursor) -> RetrainDecision:
-    """:func:`decide_retraining` on the registry's champion and the project's files."""
+                        policy: RetrainingPolicy, cursor: RetrainCursor, table: str = "pins") -> RetrainDecision:
+    """:func:`decide_retraining` on the registry's champion of ``name`` and the project's
+    files (the validated ``table`` the model trains on, its per-day embeddings)."""
     champion = champion_state(client, name)
     if champion is None:
-        return decide_retraining(None, None, None, policy, cursor)
-    source = validated_pins_source(validated_dir)
+        return decide_retraining(None, None, None, policy, cursor, name)
+    source = validated_pins_source(validated_dir, table)
     if source is None:
-        return RetrainDecision(cursor, reason=f"no validated pins under {validated_dir} yet")
+        return RetrainDecision(cursor, reason=f"no validated {table} under {validated_dir} yet")
     pins = read_pin_dates(source)
     return decide_retraining(champion, data_since(pins, champion),
-                             drift_from_files(pins, champion, embeddings, policy), policy, cursor)
+                             drift_from_files(pins, champion, embeddings, policy), policy, cursor, name)

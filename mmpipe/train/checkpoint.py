@@ -111,9 +111,17 @@ def load_checkpoint(
             raise FileNotFoundError(f"checkpoint {directory} has no {AUX_FILE} to restore "
                                     f"{type(aux).__name__} from")
         aux.load_state_dict(load_file(str(directory / AUX_FILE)))
-    if optimizer is not None and "optimizer" in trainer_state:
-        tensors = load_file(str(directory / "optimizer.safetensors"))
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, trainer_state["optimizer"]))
+    if optimizer is not None:
+        load_optimizer_state(directory, optimizer, trainer_state)
     if restore_rng and (directory / "rng.safetensors").exists():
         torch.set_rng_state(load_file(str(directory / "rng.safetensors"))["torch"])
     return trainer_state
+
+
+def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer,
+                         trainer_state: dict[str, Any] | None = None) -> None:
+    """Restore ``optimizer`` from a checkpoint (a no-op when it saved none)."""
+    trainer_state = read_trainer_state(directory) if trainer_state is None else trainer_state
+    if "optimizer" in trainer_state:
+        tensors = load_file(str(Path(directory) / "optimizer.safetensors"))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, trainer_state["optimizer"]))

@@ -57,7 +57,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mmpipe import layout
-from mmpipe.eval.classification import roc_auc
 from mmpipe.io import atomic_path, write_bytes_atomic
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 from mmpipe.world.config import WorldConfig
@@ -540,7 +539,6 @@ def world_summary(w: World, raw: dict[str, pd.DataFrame], truth: dict[str, pd.Da
         "end_date": dates[-1],
         "dates": dates,
         "cutoff_date": dates[len(dates) - cfg.cold_days],  # first day whose new pins are cold
-        "oracle_auc": roc_auc(p_click, clicked),
         "mean_p_click": float(p_click.mean()),
         "counts": {table: len(df) for table, df in raw.items()},
         "bad_records": {table: int((bad["table"] == table).sum()) for table in raw},

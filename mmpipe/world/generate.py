@@ -139,7 +139,6 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "attributes": {name: list(values) for name, values in ATTRIBUTES.items()},
         "caption_mention_probability": MENTION_PROBABILITY,
         "position_bias": POSITION_BIAS,
-        "oracle_auc": interactions.oracle_auc,
         "mean_p_click": interactions.mean_p_click,
         "counts": counts,
         "bad_records": bad_counts,
@@ -156,7 +155,6 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "seed": cfg.seed,
         "counts": counts,
         "bad_records": bad_counts,
-        "oracle_auc": interactions.oracle_auc,
         "mean_p_click": interactions.mean_p_click,
         "cutoff_date": world["cutoff_date"],
     }

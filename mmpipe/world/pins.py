@@ -24,7 +24,6 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from mmpipe.eval.classification import roc_auc
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES, SIZE_SCALE, ObjectSpec
 from mmpipe.world.captions import (
     MENTION_PROBABILITY,
@@ -673,7 +672,6 @@ class InteractionWorld:
     interactions: pd.DataFrame
     impressions: pd.DataFrame  # truth, good rows in table order
     bad_records: pd.DataFrame
-    oracle_auc: float
     mean_p_click: float
     # Latent state that no file records, kept for ``world advance`` (which replays this stage):
     quality: np.ndarray  # [n_pins] item quality of each good pin
@@ -783,7 +781,6 @@ def generate_interactions(
         interactions=interactions,
         impressions=impressions,
         bad_records=bad_records_frame("interactions", positions, bad_ids, defects),
-        oracle_auc=roc_auc(p_click, clicked),
         mean_p_click=float(p_click.mean()),
         quality=quality,
         activity=activity,

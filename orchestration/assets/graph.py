@@ -10,6 +10,7 @@ from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
 from orchestration.partitions import SINGLE_RUN
 from orchestration.metadata import preview_table
+from orchestration.names import GRAPH_NEIGHBOR_PAIRS, validated
 from orchestration.resources import PipelinePaths
 
 _DEFAULTS = load_params()["graph"]
@@ -23,9 +24,10 @@ class NeighborPairsConfig(dg.Config):
 
 
 @dg.asset(
+    name=GRAPH_NEIGHBOR_PAIRS,
     group_name="graph",
     kinds={"parquet"},
-    deps=["validated_pins", "validated_board_pins", "validated_interactions"],
+    deps=[validated("pins"), validated("board_pins"), validated("interactions")],
     description="Capped pin–pin pairs sharing a board (plus co-engagement), split by pin date; "
                 "reads every day partition.",
     code_version="1",

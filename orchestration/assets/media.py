@@ -8,6 +8,7 @@ import pandas as pd
 from mmpipe.media.frames import FrameConfig, extract_frames
 from mmpipe.media.preview import grid_png
 from mmpipe.params import load_params
+from orchestration import names
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
 from orchestration.metadata import png_metadata, preview_table
@@ -23,9 +24,10 @@ class FramesConfig(dg.Config):
 
 
 @dg.asset(
+    name=names.VALIDATED_FRAMES,
     group_name="media",
     kinds={"pyav", "numpy"},
-    deps=["validated_videos"],
+    deps=[names.validated("videos")],
     description="Frames of the day's valid videos at `sample_fps`, resized, with timestamps and shot ids "
                 "(storage/frames/<day>/).",
     code_version="2",

@@ -8,18 +8,20 @@ import mlflow
 
 from mmpipe.eval.overview import discover_reports, mlflow_metric_name, write_overview
 from mmpipe.registry.mlflow_registry import RunContext, git_commit, start_run
+from mmpipe.systems import SPECS
 from mmpipe.versioning import dvc_tracked_hash
 from orchestration.automation import EAGER
 from orchestration.metadata import png_metadata
+from orchestration.names import EVAL_OVERVIEW
 from orchestration.partitions import SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
-# The assets that write a summary under storage/reports/<family>/ with write_report.
-# A new model's eval_<model> asset joins here (and its report is then found on disk).
-EVAL_REPORT_ASSETS = ["eval_pinclip"]
+# Every system's eval asset writes a summary under storage/reports/<name>/ (write_report);
+# the overview follows them all and finds the reports on disk.
+EVAL_REPORT_ASSETS = [spec.eval_asset for spec in SPECS]
 
 
-@dg.asset(group_name="eval", kinds={"mlflow", "markdown", "dvc"}, deps=EVAL_REPORT_ASSETS,
+@dg.asset(name=EVAL_OVERVIEW, group_name="eval", kinds={"mlflow", "markdown", "dvc"}, deps=EVAL_REPORT_ASSETS,
           code_version="1", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
           description="Every model vs its best baseline vs oracle, with the trend since the previous "
                       "run; DVC metrics in storage/metrics/, plots data in storage/plots/.")

@@ -8,12 +8,13 @@ from mmpipe.layout import RAW_TABLES, raw_table_path
 from mmpipe.versioning import dvc_tracked_hash, raw_table_version
 from orchestration.metadata import preview_table
 from orchestration.partitions import SINGLE_RUN
+from orchestration import names
 from orchestration.resources import PipelinePaths
 
 
 def _raw_asset(table: str) -> dg.AssetsDefinition:
     @dg.asset(
-        name=f"raw_{table}",
+        name=names.raw(table),
         group_name="raw",
         kinds={"parquet", "dvc"},
         description=f"The `{table}` table of the raw landing zone (data/raw, versioned by DVC): observed "

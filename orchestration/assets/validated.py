@@ -16,6 +16,7 @@ from mmpipe.layout import RAW_TABLES, declared_date_window, resolve_inside
 from mmpipe.media.preview import image_files_grid_png
 from mmpipe.partitions import DAY_COLUMN, day_file, days_up_to, raw_rows_by_day, read_days, stored_days
 from mmpipe.schemas.validate import VALIDATION_PARENTS, validate_day, validate_table, write_result
+from orchestration import names
 from orchestration.automation import EAGER
 from orchestration.metadata import png_metadata, preview_table
 from orchestration.partitions import DAY, SINGLE_RUN
@@ -99,10 +100,10 @@ def _validated_asset(table: str) -> dg.AssetsDefinition:
              "they were delivered): rows" if by_day else f"`{table}` rows")
 
     @dg.asset(
-        name=f"validated_{table}",
+        name=names.validated(table),
         group_name="validation",
         kinds={"pandera", "great_expectations", "parquet"},
-        deps=[f"raw_{table}", *(f"validated_{parent}" for parent in parents)],
+        deps=[names.raw(table), *map(names.validated, parents)],
         description=(
             f"{scope} that pass the pandera schema, media and referential checks; "
             "the rest go to `storage/quarantine` with row index, rule and message."

@@ -14,6 +14,7 @@ apart where it can, and returns the [B, B] mask of the conflicts it could not av
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmpipe.graph.pairs import derive_cutoff_date
 from mmpipe.layout import resolve_inside
+from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts, load_text_encoder
 
 # The mean/std of transformers' ViTImageProcessor, so a pretrained ViT sees what it expects.
 IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -40,7 +43,7 @@ def caption_text(title, description) -> str:
     return parts[0] if parts else ""
 
 
-def _read_rgb(path: Path, image_size: int) -> np.ndarray:
+def read_rgb(path: Path, image_size: int) -> np.ndarray:
     """uint8 [image_size, image_size, 3], square-resized like the video frames are."""
     try:
         with Image.open(path) as image:
@@ -61,7 +64,7 @@ def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
 
 def load_pin_image(path: Path, image_size: int) -> torch.Tensor:
     """One pin image as a normalised float tensor [3, image_size, image_size]."""
-    return normalize_pixels(torch.from_numpy(_read_rgb(Path(path), image_size)).permute(2, 0, 1))
+    return normalize_pixels(torch.from_numpy(read_rgb(Path(path), image_size)).permute(2, 0, 1))
 
 
 def decode_images(paths: Sequence[Path], image_size: int, num_workers: int = 2) -> torch.Tensor:
@@ -70,7 +73,7 @@ def decode_images(paths: Sequence[Path], image_size: int, num_workers: int = 2) 
     Threads suffice: PIL releases the GIL while it decodes and resizes.
     """
     def read(path):
-        return _read_rgb(Path(path), image_size)
+        return read_rgb(Path(path), image_size)
 
     if num_workers > 1:
         with ThreadPoolExecutor(max_workers=num_workers) as pool:
@@ -332,3 +335,150 @@ def _rank_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     rank = np.empty(len(groups), dtype=np.int64)
     rank[order] = np.arange(len(groups)) - np.repeat(starts, counts)
     return codes, rank, counts
+
+
+# ---------------------------------------------------------------------------------------
+# the date split and everything training and evaluation read
+
+
+@dataclass(frozen=True)
+class HoldoutSplit:
+    cutoff_date: str  # pins created on/after this are held out (train on earlier days)
+    train_ids: list[str]
+    heldout_ids: list[str]
+    cold_ids: list[str]  # held out AND never shown to anyone (no interaction rows)
+
+
+def holdout_split(
+    pins: pd.DataFrame, interactions: pd.DataFrame, cutoff_date: str | None = None
+) -> HoldoutSplit:
+    """Split validated pins by creation date; ids keep the order of ``pins``.
+
+    The cutoff defaults to :func:`mmpipe.graph.pairs.derive_cutoff_date`, the one the
+    neighbor pairs were split with, so no evaluation pin was a training pin. A pin whose
+    date is missing cannot be shown to predate the cutoff and is held out, as there.
+    """
+    if cutoff_date is None:
+        cutoff_date = derive_cutoff_date(pins)
+    pin_ids = pins["pin_id"].astype(str)
+    if pin_ids.duplicated().any():
+        duplicated = pin_ids[pin_ids.duplicated()].head().tolist()
+        raise ValueError(f"pin ids must be unique; duplicated: {duplicated}")
+    created = pd.to_datetime(pins["created_at"], format="ISO8601").dt.normalize()
+    # NaT < cutoff is False: an undated pin lands on the held-out side.
+    is_train = (created < pd.Timestamp(cutoff_date).normalize()).to_numpy(dtype=bool)
+    seen = set(interactions["pin_id"].astype(str))
+    heldout = pin_ids[~is_train].tolist()
+    return HoldoutSplit(
+        cutoff_date=str(cutoff_date),
+        train_ids=pin_ids[is_train].tolist(),
+        heldout_ids=heldout,
+        cold_ids=[pin for pin in heldout if pin not in seen],
+    )
+
+
+@dataclass
+class PinCLIPInputs:
+    dataset: PinDataset  # every validated pin, images decoded once
+    text: TextFeatures  # row i = caption of dataset row i
+    split: HoldoutSplit  # by date: train on early days, evaluate on later ones
+    train_rows: np.ndarray  # dataset rows of pins created before the cut-off
+    pairs: NeighborPairs  # train-split neighbor pairs (both pins before the cut-off)
+    pins: pd.DataFrame  # the validated pins, in dataset order
+    board_pins: pd.DataFrame  # the validated saves (every board, for evaluation's neighbors)
+    raw_root: Path  # the landing zone (images; ``_truth/`` for evaluation only)
+
+
+def caption_key(caption: str) -> str:
+    """Content address of a caption: the frozen text tower's output depends on nothing else."""
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest()[:24]
+
+
+def encode_pin_captions(
+    pins: pd.DataFrame,
+    text_model_dir: Path | None = None,
+    max_length: int = 48,
+    previous: TextFeatures | None = None,
+    previous_keys: Sequence[str] = (),
+) -> tuple[TextFeatures, list[str], int]:
+    """The frozen text tower's cache for every pin caption, in table order.
+
+    Captions whose :func:`caption_key` is among ``previous_keys`` (row i of ``previous``)
+    are copied from ``previous`` instead of encoded, so a new day costs its own captions
+    only. ``previous`` must come from the same text tower and ``max_length``.
+    Returns (features, each row's caption key, how many distinct captions were encoded).
+    """
+    captions = [caption_text(t, d) for t, d in zip(pins["title"], pins["description"])]
+    keys = [caption_key(caption) for caption in captions]
+    if previous is not None and len(previous_keys) != len(previous):
+        raise ValueError(f"{len(previous_keys)} caption keys for {len(previous)} cached rows")
+    cached = {key: row for row, key in enumerate(previous_keys)} if previous is not None else {}
+    new_captions = dict(zip(keys, captions))
+    for key in cached:
+        new_captions.pop(key, None)
+    parts, row_of = [], {}
+    if cached:
+        parts.append(previous)
+        row_of.update(cached)
+    if new_captions or not parts:
+        tokenizer, model = load_text_encoder(text_model_dir)
+        parts.append(encode_texts(list(new_captions.values()), tokenizer, model, max_length=max_length))
+        offset = len(previous) if cached else 0
+        row_of.update({key: offset + i for i, key in enumerate(new_captions)})
+    text = TextFeatures.concat(parts).take([row_of[key] for key in keys])
+    return text, keys, len(new_captions)
+
+
+def update_caption_cache(pins: pd.DataFrame, path: Path, max_length: int,
+                         text_model_dir: Path | None = None) -> tuple[TextFeatures, dict[str, int]]:
+    """Rewrite the caption cache at ``path`` for ``pins``, reusing the rows of captions the
+    cache already holds when it was built by the same tower at the same ``max_length``.
+    Returns the features and counts (``encoded``, ``reused`` rows)."""
+    tower = str(text_model_dir or default_text_model_dir())
+    signature = {"max_length": max_length, "text_tower": tower}
+    previous, previous_keys = None, []
+    if Path(path).exists():
+        stored = TextFeatures.load_metadata(path)
+        if "caption_keys" in stored and all(stored.get(k) == v for k, v in signature.items()):
+            previous, previous_keys = TextFeatures.load(path), stored["caption_keys"]
+    text, keys, encoded = encode_pin_captions(pins, text_model_dir, max_length, previous, previous_keys)
+    text.save(path, metadata={"rows": len(pins), "caption_keys": keys, **signature})
+    reusable = set(previous_keys) if previous is not None else set()
+    reused = sum(key in reusable for key in keys)
+    return text, {"encoded": encoded, "reused": reused}
+
+
+def pinclip_inputs(
+    pins: pd.DataFrame,
+    board_pins: pd.DataFrame,
+    interactions: pd.DataFrame,
+    neighbor_pairs: pd.DataFrame,
+    raw_root: Path,
+    text: TextFeatures,
+    image_size: int,
+    pair_sources: tuple[str, ...] = ("board",),
+) -> PinCLIPInputs:
+    pins = pins.reset_index(drop=True)
+    if len(text) != len(pins):
+        raise ValueError(f"text cache has {len(text)} rows but there are {len(pins)} pins; "
+                         "rebuild the text features after validation changes")
+    dataset = PinDataset(pins, raw_root, image_size).predecode()
+    split = holdout_split(pins, interactions)
+    # Only pairs whose pins both predate the cut-off: held-out pins stay unseen.
+    pairs = neighbor_pairs_for_training(
+        neighbor_pairs[neighbor_pairs["source"].isin(pair_sources)], dataset.pin_ids, board_pins,
+        split="train",
+    )
+    return PinCLIPInputs(dataset, text, split, dataset.rows_of(split.train_ids), pairs, pins, board_pins,
+                         Path(raw_root))
+
+
+def day_text_features(text: TextFeatures, all_pins: pd.DataFrame, day_pins: pd.DataFrame) -> TextFeatures:
+    """The caption-cache rows of one day's pins (the cache has one row per validated pin)."""
+    if len(text) != len(all_pins):
+        raise ValueError(f"the caption cache has {len(text)} rows for {len(all_pins)} validated pins: "
+                         "rematerialize pin_text_features")
+    rows = pd.Index(all_pins["pin_id"]).get_indexer(day_pins["pin_id"])
+    if (rows < 0).any():
+        raise ValueError("the caption cache lacks pins of this day: rematerialize pin_text_features")
+    return text.take(rows)

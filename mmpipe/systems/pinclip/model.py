@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import ViTConfig, ViTModel
 
+from mmpipe.nn.layers import Block, attendable, masked_mean
+
 
 @dataclass(frozen=True)
 class PinCLIPConfig:
@@ -180,64 +182,6 @@ class PinCLIPOutput(NamedTuple):
     neighbor_logit_scale: torch.Tensor  # same, for NeighborAlignmentLoss
 
 
-class Attention(nn.Module):
-    """Multi-head attention of queries ``x`` over ``context`` with a key padding mask."""
-
-    def __init__(self, width: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.query = nn.Linear(width, width)
-        self.key_value = nn.Linear(width, 2 * width)
-        self.out = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                key_mask: torch.Tensor | None) -> torch.Tensor:
-        batch, n_query, width = x.shape
-        head_dim = width // self.heads
-        q = self.query(x).view(batch, n_query, self.heads, head_dim).transpose(1, 2)
-        k, v = self.key_value(context).view(batch, -1, 2, self.heads, head_dim).unbind(2)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(batch, n_query, width))
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: self-attention, optional cross-attention, MLP."""
-
-    def __init__(self, width: int, heads: int, mlp: int, dropout: float, cross_attention: bool = False):
-        super().__init__()
-        self.ln_self = nn.LayerNorm(width)
-        self.self_attn = Attention(width, heads, dropout)
-        self.cross_attention = cross_attention
-        if cross_attention:
-            self.ln_query = nn.LayerNorm(width)
-            self.ln_context = nn.LayerNorm(width)
-            self.cross_attn = Attention(width, heads, dropout)
-        self.ln_mlp = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Linear(mlp, width),
-                                 nn.Dropout(dropout))
-
-    def forward(self, x, x_mask=None, context=None, context_mask=None) -> torch.Tensor:
-        h = self.ln_self(x)
-        x = x + self.self_attn(h, h, x_mask)
-        if self.cross_attention:
-            x = x + self.cross_attn(self.ln_query(x), self.ln_context(context), context_mask)
-        return x + self.mlp(self.ln_mlp(x))
-
-
-def _attendable(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` with all-padding rows opened up: softmax over no keys is NaN, and those
-    rows' outputs are never read (pooling and fusion mask them again)."""
-    return mask | ~mask.any(dim=1, keepdim=True)
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(tokens.dtype)
-    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
 class FusionHead(nn.Module):
     """Learned queries cross-attend over [image tokens ; text tokens]; their pooled output
     is a residual on late fusion ``a * image_emb + b * text_emb`` (see the module doc)."""
@@ -368,7 +312,7 @@ class PinCLIP(nn.Module):
 
         A pin without text (all-False mask row) gets a zero ``emb``: cosine 0 with everything."""
         mask = mask.bool()
-        keys = _attendable(mask)
+        keys = attendable(mask)
         x = self.text_in(self.text_tower_top(hidden, keys))
         for block in self.text_adapter:
             x = block(x, keys)

@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mmpipe.eval.report import bar_plot_png, metrics_table_markdown
 from mmpipe.eval.retrieval import (
@@ -33,7 +35,12 @@ from mmpipe.eval.retrieval import (
     relative_gain,
     summarise_neighbor_hits,
 )
-from mmpipe.graph.pairs import derive_cutoff_date
+from mmpipe.layout import truth_path
+from mmpipe.spec import EvalOutcome
+from mmpipe.systems.pinclip.data import HoldoutSplit, PinCLIPInputs
+from mmpipe.systems.pinclip.model import PinCLIP
+from mmpipe.systems.pinclip.serve import load_version_model
+from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins, load_trained
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 
 HELDOUT = "heldout"
@@ -64,44 +71,13 @@ def neighbor_metric(name: str, subset: str, k: int = 10) -> str:
     return f"neighbor_{name}@{k}/{subset}"
 
 
+# The gate's metric: held-out board-neighbor Recall@10 of the fused embedding.
+PRIMARY_METRIC = neighbor_metric("R", HELDOUT, 10)  # "neighbor_R@10/heldout"
+HIGHER_IS_BETTER = True
+
+
 # ---------------------------------------------------------------------------------------
 # split and neighbors
-
-
-@dataclass(frozen=True)
-class HoldoutSplit:
-    cutoff_date: str  # pins created on/after this are held out (train on earlier days)
-    train_ids: list[str]
-    heldout_ids: list[str]
-    cold_ids: list[str]  # held out AND never shown to anyone (no interaction rows)
-
-
-def holdout_split(
-    pins: pd.DataFrame, interactions: pd.DataFrame, cutoff_date: str | None = None
-) -> HoldoutSplit:
-    """Split validated pins by creation date; ids keep the order of ``pins``.
-
-    The cutoff defaults to :func:`mmpipe.graph.pairs.derive_cutoff_date`, the one the
-    neighbor pairs were split with, so no evaluation pin was a training pin. A pin whose
-    date is missing cannot be shown to predate the cutoff and is held out, as there.
-    """
-    if cutoff_date is None:
-        cutoff_date = derive_cutoff_date(pins)
-    pin_ids = pins["pin_id"].astype(str)
-    if pin_ids.duplicated().any():
-        duplicated = pin_ids[pin_ids.duplicated()].head().tolist()
-        raise ValueError(f"pin ids must be unique; duplicated: {duplicated}")
-    created = pd.to_datetime(pins["created_at"], format="ISO8601").dt.normalize()
-    # NaT < cutoff is False: an undated pin lands on the held-out side.
-    is_train = (created < pd.Timestamp(cutoff_date).normalize()).to_numpy(dtype=bool)
-    seen = set(interactions["pin_id"].astype(str))
-    heldout = pin_ids[~is_train].tolist()
-    return HoldoutSplit(
-        cutoff_date=str(cutoff_date),
-        train_ids=pin_ids[is_train].tolist(),
-        heldout_ids=heldout,
-        cold_ids=[pin for pin in heldout if pin not in seen],
-    )
 
 
 def board_neighbors(board_pins: pd.DataFrame) -> dict[str, set[str]]:
@@ -298,7 +274,7 @@ def minilm_caption_baseline(
 ) -> EmbeddingSet:
     """The foundation-model baseline: each pin is its caption's MiniLM sentence embedding.
 
-    ``text_features`` is :class:`~mmpipe.models.text_encoder.TextFeatures` (or its
+    ``text_features`` is :class:`~mmpipe.nn.text_tower.TextFeatures` (or its
     ``pooled`` matrix) computed from ``pins``' captions, row i for row i. Without an image
     tower it takes no part in text <-> image retrieval.
     """
@@ -490,6 +466,10 @@ def pinclip_report(
 # the whole PinCLIP evaluation: trained model, ablation, baselines, oracle
 
 MODEL_NAME = "pinclip_fused"
+# What the fused embedding must beat before it may be promoted: its own towers alone, the
+# ablation without the neighbor loss, an untrained tower, MiniLM on captions, and chance.
+BASELINES = ("pinclip_image_tower", "pinclip_text_tower", "no_neighbor_loss_fused", "no_neighbor_loss_image",
+             "untrained_image_tower", MINILM_NAME, RANDOM_NAME)
 
 
 def evaluate_pinclip(
@@ -524,7 +504,7 @@ def evaluate_pinclip(
     ]
     per_query: dict[str, dict[str, np.ndarray]] = {}
     metrics = evaluate_embeddings(sets, split, neighbors, k=k, per_query=per_query)
-    baselines = [s.name for s in sets[1:-1]]
+    baselines = list(BASELINES)
     markdown, plots, summary = pinclip_report(
         metrics, MODEL_NAME, baselines, sets[-1].name, split=split, k=k, per_query=per_query,
         descriptions={
@@ -537,3 +517,63 @@ def evaluate_pinclip(
         },
     )
     return metrics, markdown, plots, summary
+
+
+# ---------------------------------------------------------------------------------------
+# the promotion gate's evidence: the challenger next to the champion re-scored on the same pins
+
+
+def gate_metric(embeddings: Mapping[str, np.ndarray], inputs: PinCLIPInputs,
+                   neighbors: dict[str, set[str]]) -> float:
+    """The gate's number for one model's ``embed_pins`` output, by the report's own protocol."""
+    row = "scored"
+    metrics = evaluate_embeddings([EmbeddingSet(row, inputs.dataset.pin_ids, embeddings["fused"])],
+                                  inputs.split, neighbors)
+    return float(metrics[row][PRIMARY_METRIC])
+
+
+def rescore_champion(champion: str, inputs: PinCLIPInputs, neighbors: dict[str, set[str]],
+                     text_max_length: int) -> tuple[float | None, str]:
+    """The champion's primary metric on the challenger's data, or (None, why not).
+
+    A champion that cannot run over today's cache or images (another text tower, caption
+    length or image size) is not re-scored; the gate then uses the number its own eval
+    recorded.
+    """
+    try:
+        model = load_version_model(champion, inputs.text, text_max_length)
+        if model.config.image_size != inputs.dataset.image_size:
+            raise ValueError(f"it reads {model.config.image_size}px images, the challenger "
+                             f"{inputs.dataset.image_size}px")
+    except ValueError as err:
+        return None, (f"Champion version {champion} was not re-scored ({err}); "
+                      "the gate uses the number its own eval recorded.")
+    return gate_metric(embed_pins(model, inputs.dataset, inputs.text), inputs, neighbors), ""
+
+
+def evaluate(inputs: PinCLIPInputs, settings: PinCLIPSettings, challenger: str, champion: str | None,
+             ablation_dirs: Mapping[str, Path]) -> EvalOutcome:
+    """The registered ``challenger`` on held-out pins against the baselines, its no-neighbor
+    ablation (trained beside it, ``ablation_dirs["no_neighbor"]``), an untrained tower and the
+    oracle; the ``champion``, when there is another one, re-scored on the same pins."""
+    model = load_version_model(challenger, inputs.text, settings.text_max_length)
+    ablation_model = load_trained(ablation_dirs["no_neighbor"])
+    if ablation_model.config.image_size != model.config.image_size:
+        raise ValueError("the ablation checkpoint reads other image sizes than the challenger: "
+                         "retrain the ablation with the same model settings")
+    trained = embed_pins(model, inputs.dataset, inputs.text)
+    ablation = embed_pins(ablation_model, inputs.dataset, inputs.text)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        untrained = embed_pins(PinCLIP(ablation_model.config), inputs.dataset, inputs.text)
+    neighbors = board_neighbors(inputs.board_pins)
+    metrics, markdown, plots, summary = evaluate_pinclip(
+        trained, ablation, untrained, inputs.dataset.pin_ids, inputs.pins, inputs.text, inputs.split,
+        neighbors, pd.read_parquet(truth_path(inputs.raw_root, "pin_objects")),
+        pd.read_parquet(truth_path(inputs.raw_root, "board_themes")),
+    )
+    champion_value, note = None, ""
+    if champion is not None and champion != str(challenger):
+        champion_value, note = rescore_champion(champion, inputs, neighbors, settings.text_max_length)
+    return EvalOutcome(metrics, markdown, plots, summary, float(metrics[MODEL_NAME][PRIMARY_METRIC]),
+                       champion_value, note)

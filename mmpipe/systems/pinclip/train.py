@@ -15,35 +15,31 @@ resumed ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from mmpipe.models.losses import (
+from mmpipe.nn.losses import (
     BoardProxyLoss,
     ClipLoss,
     MultiPositiveNeighborLoss,
     NeighborAlignmentLoss,
     clamp_logit_scale_,
 )
-from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
-from mmpipe.models.text_encoder import TextFeatures
-from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state, save_checkpoint
-from mmpipe.train.pin_data import NeighborPairBatchSampler, NeighborPairs, PairBatch, PinDataset
-
-CHECKPOINT_DIR = "checkpoint"
+from mmpipe.nn.text_tower import TextFeatures
+from mmpipe.spec import Trained
+from mmpipe.systems.pinclip.data import NeighborPairBatchSampler, NeighborPairs, PairBatch, PinCLIPInputs, PinDataset
+from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
+from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
+from mmpipe.train.loop import CHECKPOINT_DIR, Logger, LoopConfig, Phase, TrainingTask, fit
 
 
 @dataclass(frozen=True)
 class PinCLIPTrainConfig:
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 128  # pins per step: the pair batch's pins, topped up with random ones
     pair_batch_size: int = 48
     lr: float = 1e-3
@@ -52,14 +48,14 @@ class PinCLIPTrainConfig:
     neighbor_weight: float = 1.0  # λ; 0 trains the image↔text ablation
     # λ ramps up linearly over these first steps: pulling neighbors together before the
     # towers see anything only teaches them to agree on noise.
-    neighbor_warmup_steps: int = 0
+    neighbor_warmup_steps: int = 150
     # "proxies": each pin of the step against every board's learned proxy (BoardProxyLoss);
     # "boards": every two pins of the step that share a board are neighbors
     # (MultiPositiveNeighborLoss over all N pins); "pairs": InfoNCE over the sampled pairs only.
     neighbor_loss: str = "proxies"
     # Fusion phase: the towers frozen, only the fusion module trains on neighbor alignment
     # over cached tower outputs, with bigger batches since no image passes through a tower.
-    fusion_steps: int = 0
+    fusion_steps: int = 750
     fusion_lr: float = 1e-3
     fusion_batch_size: int = 256
     fusion_pair_batch_size: int = 96
@@ -75,7 +71,13 @@ class PinCLIPTrainConfig:
     # with this weight relative to the fused one's. The fused embedding reaches the text
     # tower only through its late-fusion weight, so without it the text tower learns little
     # of what boards group, and the fusion has little from captions to add to the image.
-    text_neighbor_weight: float = 0.0
+    text_neighbor_weight: float = 1.0
+
+    seed: int = 0
+    grad_clip_norm: float = 0.0  # 0: no clipping
+    checkpoint_every: int = 100
+    log_every: int = 10
+    hflip: bool = True  # mirror augmentation: no attribute of the world is handed
 
     def __post_init__(self) -> None:
         if self.neighbor_loss not in ("proxies", "boards", "pairs"):
@@ -87,10 +89,16 @@ class PinCLIPTrainConfig:
         if self.text_neighbor_weight and self.neighbor_loss != "proxies":
             raise ValueError("text_neighbor_weight needs neighbor_loss='proxies' (the text "
                              f"embedding is pulled to the board proxies), got {self.neighbor_loss!r}")
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    hflip: bool = True  # mirror augmentation: no attribute of the world is handed
+
+
+@dataclass(frozen=True)
+class PinCLIPSettings:
+    """Every PinCLIP default, in one place: the model, its training, and the caption length
+    of the text tower cache. ``params.yaml``'s ``pinclip:`` overrides any of it."""
+
+    model: PinCLIPConfig = PinCLIPConfig()
+    train: PinCLIPTrainConfig = PinCLIPTrainConfig()
+    text_max_length: int = 48  # tokens per caption in the text tower cache
 
 
 @dataclass
@@ -100,14 +108,6 @@ class TrainResult:
     final: dict[str, float]
     history: list[dict[str, float]]
     seconds: float
-
-
-def lr_at(step: int, cfg: PinCLIPTrainConfig) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def neighbor_weight_at(step: int, cfg: PinCLIPTrainConfig) -> float:
@@ -191,6 +191,56 @@ class _Batches:
         return self.sampler.make_batch(self._epoch_batches[index])
 
 
+class PinCLIPTask(TrainingTask):
+    """PinCLIP's two phases for the shared loop (:func:`mmpipe.train.loop.fit`): the
+    towers on image-text + neighbor alignment, then the fusion heads alone over cached
+    tower outputs. Steps ``[0, cfg.steps)`` are the first, ``[cfg.steps, cfg.steps +
+    cfg.fusion_steps)`` the second (none without neighbor pairs)."""
+
+    def __init__(self, model_cfg: PinCLIPConfig, cfg: PinCLIPTrainConfig, dataset: PinDataset,
+                 text: TextFeatures, train_rows: np.ndarray, pairs: NeighborPairs | None = None):
+        if len(text) != len(dataset):
+            raise ValueError(f"text cache has {len(text)} rows, dataset {len(dataset)}")
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.dataset, self.text, self.pairs = dataset, text, pairs
+        torch.manual_seed(cfg.seed)
+        self.model = PinCLIP(model_cfg)
+        self.batches = _Batches(train_rows, pairs, cfg)
+        self.fusion_steps = cfg.fusion_steps if self.batches.sampler is not None else 0
+        self.aux = _board_proxies(model_cfg, cfg, pairs, tower_phase=self.batches.sampler is not None,
+                                  fusion_phase=self.fusion_steps > 0)
+        self.towers: TowerCache | None = None
+        self.fusion_batches: list[_Batches] = []
+
+    def phases(self) -> list[Phase]:
+        cfg = self.cfg
+        towers = Phase("towers", cfg.steps, cfg.lr, warmup_steps=cfg.warmup_steps,
+                       make_optimizer=lambda: _optimizer(self.model, cfg, fusion_phase=False, proxies=self.aux),
+                       training_forward=self.tower_forward)
+        fusion = Phase("fusion", self.fusion_steps, cfg.fusion_lr, begin=self.begin_fusion,
+                       make_optimizer=lambda: _optimizer(self.model, cfg, fusion_phase=True, proxies=self.aux),
+                       training_forward=self.fusion_forward)
+        return [towers, fusion]
+
+    def after_step(self) -> None:
+        clamp_logit_scale_(self.model)
+
+    def tower_forward(self, step: int) -> dict[str, torch.Tensor | float]:
+        return _tower_losses(self.model, self.batches, step, self.cfg, self.dataset, self.text, self.aux)
+
+    def begin_fusion(self, fresh: bool) -> None:
+        if fresh and self.cfg.fusion_reinit:
+            _reinit_fusion(self.model, self.model_cfg, self.cfg.seed)
+        self.towers = TowerCache.build(self.model, self.dataset, self.text, self.batches.train_rows)
+        # Each head sees its own draw of pins (head 0 the draw a single head would see).
+        self.fusion_batches = [_Batches(self.batches.train_rows, self.pairs, replace(
+            self.cfg, seed=self.cfg.seed + head, batch_size=self.cfg.fusion_batch_size,
+            pair_batch_size=self.cfg.fusion_pair_batch_size)) for head in range(self.model_cfg.n_fusion_heads)]
+
+    def fusion_forward(self, step: int) -> dict[str, torch.Tensor | float]:
+        return _fusion_losses(self.model, self.fusion_batches, self.towers, step, self.cfg, self.aux)
+
+
 def train_pinclip(
     model_cfg: PinCLIPConfig,
     cfg: PinCLIPTrainConfig,
@@ -201,76 +251,44 @@ def train_pinclip(
     out_dir: Path | None = None,
     resume: bool = True,
     stop_after: int | None = None,
-    log: Callable[[int, dict[str, float]], None] | None = None,
+    log: Logger | None = None,
     progress: bool = False,
+    text_max_length: int | None = None,
 ) -> TrainResult:
-    """Train (or resume) a PinCLIP; checkpoints go to ``out_dir/checkpoint``.
-
-    Steps ``[0, cfg.steps)`` train everything on both losses; steps ``[cfg.steps,
-    cfg.steps + cfg.fusion_steps)`` train the fusion module alone on neighbor alignment
-    over cached tower outputs (see the module doc). ``stop_after`` ends the run early at
-    that step (with a checkpoint), as an interrupted run would; calling again with
-    ``resume=True`` continues it, in either phase.
+    """Train (or resume) a PinCLIP with the shared loop; checkpoints go to
+    ``out_dir/checkpoint``. ``stop_after`` ends the run early at that step (with a
+    checkpoint), as an interrupted run would; ``resume=True`` continues it, in either phase.
+    The checkpoint records the settings (with ``text_max_length``, the cache's caption length).
     """
-    if len(text) != len(dataset):
-        raise ValueError(f"text cache has {len(text)} rows, dataset {len(dataset)}")
-    torch.manual_seed(cfg.seed)
-    model = PinCLIP(model_cfg)
-    batches = _Batches(train_rows, pairs, cfg)
-    fusion_steps = cfg.fusion_steps if batches.sampler is not None else 0
-    total = cfg.steps + fusion_steps
-    checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
-    proxies = _board_proxies(model_cfg, cfg, pairs, tower_phase=batches.sampler is not None,
-                             fusion_phase=fusion_steps > 0)
-    start = 0
-    if resume and checkpoint is not None and checkpoint.exists():
-        start = read_trainer_state(checkpoint)["step"]
-    optimizer = _optimizer(model, cfg, fusion_phase=start > cfg.steps, proxies=proxies)
-    if start:
-        # Proxies untouched so far (tower phase on another neighbor loss) are still their seeded init.
-        proxies_trained = start > cfg.steps or cfg.neighbor_loss == "proxies"
-        load_checkpoint(checkpoint, model, optimizer, aux=proxies if proxies_trained else None)
+    task = PinCLIPTask(model_cfg, cfg, dataset, text, train_rows, pairs)
+    record = {"model": model_cfg.to_dict(), "train": asdict(cfg)}
+    if text_max_length is not None:
+        record["text_max_length"] = text_max_length
+    result = fit(task, out_dir, resume=resume, stop_after=stop_after, config_record=record,
+                 loop=LoopConfig(cfg.checkpoint_every, cfg.log_every, cfg.grad_clip_norm),
+                 log=log, progress=progress, desc="pinclip")
+    return TrainResult(task.model, result.steps, result.final, result.history, result.seconds)
 
-    end = total if stop_after is None else min(total, stop_after)
-    config_record = {"model": model_cfg.to_dict(), "train": asdict(cfg)}
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
 
-    def finish_step(step: int, metrics: dict[str, float]) -> None:
-        history.append({"step": step + 1, **metrics})
-        if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == end):
-            log(step + 1, metrics)
-        if checkpoint is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
-            save_checkpoint(checkpoint, model, optimizer, step + 1, config_record,
-                            aux=proxies)
+def train(settings: PinCLIPSettings, inputs: PinCLIPInputs, out_dir: Path | None = None,
+          resume: bool = True, log: Logger | None = None) -> Trained:
+    """The lifecycle's entry point: PinCLIP on the inputs' training pins."""
+    result = train_pinclip(settings.model, settings.train, inputs.dataset, inputs.text, inputs.train_rows,
+                           inputs.pairs, out_dir=out_dir, resume=resume, log=log,
+                           text_max_length=settings.text_max_length)
+    # cutoff_date and train_pins are what the retraining sensor reads back from the champion's run.
+    params = {**settings.model.to_dict(), **asdict(settings.train), "text_max_length": settings.text_max_length,
+              "train_pins": len(inputs.train_rows), "train_pairs": len(inputs.pairs),
+              "cutoff_date": inputs.split.cutoff_date}
+    return Trained(result.model, result.steps, result.seconds, result.final, params)
 
-    model.train()
-    bar = tqdm(total=total, initial=start, disable=not progress, desc="pinclip")
-    for step in range(start, min(end, cfg.steps)):
-        finish_step(step, _tower_step(model, optimizer, batches, step, cfg, dataset, text, proxies))
-        bar.update()
-    if end > cfg.steps:
-        if start <= cfg.steps:
-            if cfg.fusion_reinit:
-                _reinit_fusion(model, model_cfg, cfg.seed)
-            optimizer = _optimizer(model, cfg, fusion_phase=True, proxies=proxies)
-        towers = TowerCache.build(model, dataset, text, batches.train_rows)
-        # Each head sees its own draw of pins (head 0 the draw a single head would see).
-        fusion_batches = [_Batches(train_rows, pairs, replace(
-            cfg, seed=cfg.seed + head, batch_size=cfg.fusion_batch_size,
-            pair_batch_size=cfg.fusion_pair_batch_size)) for head in range(model_cfg.n_fusion_heads)]
-        model.train()
-        for step in range(max(start, cfg.steps), end):
-            finish_step(step, _fusion_step(model, optimizer, fusion_batches, towers, step, cfg, proxies))
-            bar.update()
-    bar.close()
-    model.eval()
-    # The last metrics of each phase: a run that ends in the fusion phase still reports
-    # the image-text loss its towers ended with.
-    final: dict[str, float] = {}
-    for record in history:
-        final.update(record)
-    return TrainResult(model, end, final, history, time.perf_counter() - started)
+
+def load_trained(out_dir: Path) -> PinCLIP:
+    """The PinCLIP a training run left in ``out_dir`` (its last checkpoint), in eval mode."""
+    checkpoint = Path(out_dir) / CHECKPOINT_DIR
+    model = PinCLIP(PinCLIPConfig.from_dict(read_trainer_state(checkpoint)["config"]["model"]))
+    load_checkpoint(checkpoint, model, restore_rng=False)
+    return model.eval()
 
 
 def _board_proxies(model_cfg: PinCLIPConfig, cfg: PinCLIPTrainConfig, pairs: NeighborPairs | None,
@@ -317,18 +335,17 @@ def _optimizer(model: PinCLIP, cfg: PinCLIPTrainConfig, fusion_phase: bool,
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrainConfig,
-                dataset: PinDataset, text: TextFeatures, proxy_sets: nn.ModuleList | None) -> dict[str, float]:
-    tick = time.perf_counter()
-    lr = lr_at(step, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+def _tower_losses(model: PinCLIP, batches: _Batches, step: int, cfg: PinCLIPTrainConfig,
+                  dataset: PinDataset, text: TextFeatures, proxy_sets: nn.ModuleList | None
+                  ) -> dict[str, torch.Tensor | float]:
+    """Image-text InfoNCE over the step's pins plus the ramped neighbor alignment of their
+    fused (and, with ``text_neighbor_weight``, text) embeddings, from one forward pass."""
     batch, rng = batches.step_batch(step)
     rows = torch.from_numpy(batch.rows)
     pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
     out = model(pixels, text.hidden[rows], text.mask[rows])
     loss = loss_clip = ClipLoss()(out.image_emb, out.text_emb, out.logit_scale)
-    metrics = {"loss_clip": loss_clip.item()}
+    losses: dict[str, torch.Tensor | float] = {"loss_clip": loss_clip.detach()}
     proxies = proxy_sets[0] if proxy_sets is not None else None
     if batch.pairs is not None:
         loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch,
@@ -336,18 +353,13 @@ def _tower_step(model, optimizer, batches: _Batches, step: int, cfg: PinCLIPTrai
         if cfg.text_neighbor_weight:
             loss_text = proxies(out.text_emb, batches.pairs.board_membership(batch.rows))
             loss_neighbor = loss_neighbor + cfg.text_neighbor_weight * loss_text
-            metrics["loss_text_neighbor"] = loss_text.item()
+            losses["loss_text_neighbor"] = loss_text.detach()
         weight = neighbor_weight_at(step, cfg)
         loss = loss + weight * loss_neighbor
-        metrics.update(loss_neighbor=loss_neighbor.item(), neighbor_weight=weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    clamp_logit_scale_(model)
-    return {**metrics, "loss": loss.item(), "lr": lr,
-            "temperature": float(1 / out.logit_scale.item()),
-            "neighbor_temperature": float(1 / out.neighbor_logit_scale.item()),
-            "images_per_s": len(rows) / (time.perf_counter() - tick)}
+        losses.update(loss_neighbor=loss_neighbor.detach(), neighbor_weight=weight)
+    return {**losses, "loss": loss, "images": len(rows),
+            "temperature": 1 / out.logit_scale.detach(),
+            "neighbor_temperature": 1 / out.neighbor_logit_scale.detach()}
 
 
 def _neighbor_loss(fused: torch.Tensor, logit_scale: torch.Tensor, batches: _Batches,
@@ -360,15 +372,10 @@ def _neighbor_loss(fused: torch.Tensor, logit_scale: torch.Tensor, batches: _Bat
                                    batch.pairs.false_negative_mask)
 
 
-def _fusion_step(model, optimizer, batches: list[_Batches], towers: TowerCache, step: int,
-                 cfg: PinCLIPTrainConfig, proxy_sets: nn.ModuleList | None) -> dict[str, float]:
-    """One step of every fusion head, each on its own batch (and proxies): the mean of
-    their losses, so a head's gradient does not depend on how many there are."""
-    tick = time.perf_counter()
-    phase_step = step - cfg.steps
-    lr = lr_at(phase_step, replace(cfg, steps=cfg.fusion_steps, lr=cfg.fusion_lr, warmup_steps=0))
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+def _fusion_losses(model: PinCLIP, batches: list[_Batches], towers: TowerCache, step: int,
+                   cfg: PinCLIPTrainConfig, proxy_sets: nn.ModuleList | None) -> dict[str, torch.Tensor | float]:
+    """Every fusion head on its own batch (and proxies): the mean of their losses, so a
+    head's gradient does not depend on how many there are."""
     uses_proxies = cfg.fusion_loss == "proxies"
     scale = model.neighbor_logit_scale.exp()
     losses, pins = [], 0
@@ -379,13 +386,8 @@ def _fusion_step(model, optimizer, batches: list[_Batches], towers: TowerCache, 
         losses.append(_neighbor_loss(fused, scale, head_batches, batch, cfg.fusion_loss, proxies))
         pins += len(batch.rows)
     loss = torch.stack(losses).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    clamp_logit_scale_(model)
-    return {"loss_fusion_neighbor": loss.item(), "fusion_lr": lr,
-            "neighbor_temperature": float(1 / scale.item()),
-            "pins_per_s": pins / (time.perf_counter() - tick)}
+    return {"loss": loss, "loss_fusion_neighbor": loss.detach(), "pins": pins,
+            "neighbor_temperature": 1 / scale.detach()}
 
 
 @dataclass

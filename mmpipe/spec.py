@@ -1,0 +1,86 @@
+"""What a system declares so the shared lifecycle can train, judge, promote and serve it.
+
+Each system package (``mmpipe/systems/<name>/``) exports one :class:`SystemSpec` as
+``SPEC``. The orchestration layer turns a spec into its Dagster assets, checks, jobs and
+sensors (``orchestration/lifecycle.py``) without knowing anything else about the system,
+and shared code reads names and metrics from here instead of spelling them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmpipe.registry.mlflow_registry import RunContext
+
+
+@dataclass
+class Trained:
+    """One finished training run, as the lifecycle logs it."""
+
+    model: Any
+    steps: int
+    seconds: float
+    final: dict[str, float]  # the last logged value of each metric
+    params: dict[str, Any] = field(default_factory=dict)  # what the run trained on, for MLflow
+
+
+@dataclass
+class EvalOutcome:
+    """A system's evaluation of the registered challenger, ready for the report and the gate."""
+
+    metrics: dict[str, dict[str, float]]  # method -> metric -> value
+    markdown: str
+    plots: dict[str, bytes]
+    summary: dict  # the report summary (mmpipe.eval.report.write_report; eval.overview reads it)
+    challenger_value: float  # the primary metric of the challenger
+    champion_value: float | None = None  # the champion re-scored on the same data, when it could be
+    note: str = ""  # why the champion was not re-scored, if it was not
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A system's identity, its judged metric and its entry points (plain functions)."""
+
+    name: str  # package and asset prefix: <name>_model, eval_<name>, <name>_champion
+    registered_model: str  # MLflow registered model name (never renamed: the registry keeps history)
+    settings: type  # the dataclass holding every default; params.yaml[<name>] overrides it
+    primary_metric: str  # a key of EvalOutcome.metrics[model_method], on the validation window
+    higher_is_better: bool
+    model_method: str  # the report row of the model itself
+    baselines: tuple[str, ...]  # report rows the challenger must beat before it may be promoted
+    # (settings, inputs, out_dir, resume, log) -> Trained
+    train: Callable[..., Trained]
+    # (trained, settings, run_context) -> registered version
+    register: Callable[[Trained, Any, RunContext], str]
+    # (inputs, settings, challenger_version, champion_version | None, ablation_dirs) -> EvalOutcome
+    evaluate: Callable[..., EvalOutcome]
+    # trained in the default run beside the model: name -> settings overrides
+    ablations: Mapping[str, Mapping] = field(default_factory=dict)
+    # trained only by the separate ablations job
+    sweeps: Mapping[str, Mapping] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def model_asset(self) -> str:
+        return f"{self.name}_model"
+
+    @property
+    def eval_asset(self) -> str:
+        return f"eval_{self.name}"
+
+    @property
+    def champion_asset(self) -> str:
+        return f"{self.name}_champion"
+
+    def variant_asset(self, variant: str) -> str:
+        return f"{self.name}_{variant}_model"
+
+    def model_dir(self, storage: Path, variant: str | None = None) -> Path:
+        """Where a training run of the model (or of one of its ablations) keeps its checkpoint."""
+        return Path(storage) / "models" / (self.name if variant is None else f"{self.name}_{variant}")
+
+    def report_dir(self, storage: Path) -> Path:
+        return Path(storage) / "reports" / self.name

@@ -1,0 +1,26 @@
+"""PinCLIP: image-text alignment with a hybrid ViT image tower, a pretrained text tower and
+fusion heads, plus neighbor alignment over the pin-board graph (helps cold pins).
+
+``model.py`` the network, ``losses.py`` its objective, ``data.py`` pins, captions and
+neighbor pairs, ``train.py`` its task for the shared loop, ``eval.py`` its protocol against
+baselines and the ceiling, ``serve.py`` the MLflow pyfunc, embeddings and search.
+"""
+
+from mmpipe.spec import SystemSpec
+from mmpipe.systems.pinclip import eval as pinclip_eval
+from mmpipe.systems.pinclip import serve, train
+
+SPEC = SystemSpec(
+    name="pinclip",
+    registered_model=serve.REGISTERED_NAME,
+    settings=train.PinCLIPSettings,
+    primary_metric=pinclip_eval.PRIMARY_METRIC,
+    higher_is_better=pinclip_eval.HIGHER_IS_BETTER,
+    model_method=pinclip_eval.MODEL_NAME,
+    baselines=pinclip_eval.BASELINES,
+    train=train.train,
+    register=serve.register,
+    evaluate=pinclip_eval.evaluate,
+    ablations={"no_neighbor": {"train": {"neighbor_weight": 0.0}}},
+    description="PinCLIP pin embeddings (image, text, fused), registered in MLflow as `pinclip`.",
+)

@@ -1,0 +1,194 @@
+"""The one training loop every system trains with.
+
+A system describes *what* a step computes as a :class:`TrainingTask`: its model, its
+training-only state (``aux``: a loss's learned proxies, say) and one or more
+:class:`Phase` objects, each with its own steps, learning rate, optimizer and
+``training_forward(step) -> {"loss": tensor, ...}``. The loop owns everything else and
+never asks which model it trains:
+
+* the learning-rate schedule (linear warmup, cosine decay to a floor), per phase, scaled
+  per parameter group by its ``lr_scale``;
+* backward, optional gradient clipping, the optimizer step, the task's ``after_step``
+  (clamping a logit scale, for example);
+* atomic safetensors checkpoints (:mod:`mmpipe.train.checkpoint`) every
+  ``checkpoint_every`` steps and at the end, written by rank 0 only;
+* exact resume: model, aux, optimizer and RNG come back from the checkpoint, a phase
+  resumed mid-way gets its optimizer state back, a phase entered afresh starts its own;
+  with batches that are pure functions of the step, a stopped-and-resumed run ends with
+  the weights of one that never stopped;
+* the progress bar, and metrics every ``log_every`` steps to a callback
+  (:func:`mlflow_logger` sends them to the active MLflow run).
+
+Rank and world size are read here (:func:`world`) and nowhere else, so distributed
+training can come to the loop without touching any system.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmpipe.train.checkpoint import load_checkpoint, load_optimizer_state, read_trainer_state, save_checkpoint
+
+CHECKPOINT_DIR = "checkpoint"
+
+Metrics = dict[str, float]
+Logger = Callable[[int, Metrics], None]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's when initialised, else the
+    launcher's environment (``RANK``/``WORLD_SIZE``, as torchrun sets), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def cosine_lr(step: int, peak: float, steps: int, warmup_steps: int = 0, floor: float = 0.1) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``floor * peak`` at ``steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(steps - warmup_steps, 1)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@dataclass
+class Phase:
+    """A stretch of steps with one optimizer and one learning-rate schedule.
+
+    ``begin(fresh)`` runs when the loop enters the phase, before its optimizer is built:
+    ``fresh`` is False when a run resumes in the middle of it (set up caches, but do not
+    re-initialise what the checkpoint restored).
+    """
+
+    name: str
+    steps: int
+    lr: float
+    make_optimizer: Callable[[], torch.optim.Optimizer]
+    training_forward: Callable[[int], dict[str, torch.Tensor | float]]
+    warmup_steps: int = 0
+    lr_floor: float = 0.1
+    begin: Callable[[bool], None] | None = None
+
+    def lr_at(self, phase_step: int) -> float:
+        return cosine_lr(phase_step, self.lr, self.steps, self.warmup_steps, self.lr_floor)
+
+
+class TrainingTask:
+    """What a system hands the loop. Subclasses set ``model`` (and ``aux``) and define
+    :meth:`phases`; ``after_step`` runs after every optimizer step."""
+
+    model: nn.Module
+    aux: nn.Module | None = None
+
+    def phases(self) -> Sequence[Phase]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (e.g. to clamp a learned temperature)."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    checkpoint_every: int = 100
+    log_every: int = 10
+    grad_clip_norm: float = 0.0  # 0: no clipping
+
+
+@dataclass
+class FitResult:
+    steps: int  # the step the run stopped at (the total, unless stopped early)
+    final: Metrics  # the last metrics of every phase that ran, merged
+    history: list[Metrics] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def mlflow_logger() -> Logger:
+    """Metrics to the active MLflow run, at their step."""
+    import mlflow
+
+    return lambda step, metrics: mlflow.log_metrics(metrics, step=step)
+
+
+def _scalar(value) -> float:
+    return float(value.detach().item()) if torch.is_tensor(value) else float(value)
+
+
+def fit(
+    task: TrainingTask,
+    out_dir: Path | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    config_record: dict | None = None,
+    loop: LoopConfig = LoopConfig(),
+    log: Logger | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> FitResult:
+    """Run ``task``'s phases one after another (global step numbers run on across
+    phases); checkpoints go to ``out_dir/checkpoint``. ``stop_after`` ends the run at that
+    step, with a checkpoint, as an interrupted run would; calling again with
+    ``resume=True`` continues it."""
+    phases = list(task.phases())
+    total = sum(phase.steps for phase in phases)
+    checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
+    rank, _ = world()
+    start = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        start = read_trainer_state(checkpoint)["step"]
+    end = total if stop_after is None else min(total, stop_after)
+    history: list[Metrics] = []
+    started = time.perf_counter()
+    bar = tqdm(total=total, initial=start, disable=not progress or rank != 0, desc=desc)
+
+    if start:  # weights, aux and RNG; optimizer state below, for the phase it belongs to
+        load_checkpoint(checkpoint, task.model, aux=task.aux)
+    offset = 0
+    for phase in phases:
+        first, last = offset, offset + phase.steps
+        offset = last
+        if end <= first or start >= last:
+            continue
+        if phase.begin is not None:
+            phase.begin(start <= first)
+        optimizer = phase.make_optimizer()
+        if start > first:  # resumed mid-phase; a phase entered afresh starts its own state
+            load_optimizer_state(checkpoint, optimizer)
+        task.model.train()
+        for step in range(max(start, first), min(end, last)):
+            tick = time.perf_counter()
+            lr = phase.lr_at(step - first)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            outputs = phase.training_forward(step)
+            optimizer.zero_grad(set_to_none=True)
+            outputs["loss"].backward()
+            if loop.grad_clip_norm:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, loop.grad_clip_norm)
+            optimizer.step()
+            task.after_step()
+            metrics = {name: _scalar(value) for name, value in outputs.items()}
+            metrics.setdefault("lr", lr)
+            metrics["step_seconds"] = time.perf_counter() - tick
+            history.append({"step": step + 1, **metrics})
+            done = step + 1
+            if log is not None and rank == 0 and (done % loop.log_every == 0 or done == end):
+                log(done, metrics)
+            if checkpoint is not None and rank == 0 and (done % loop.checkpoint_every == 0 or done == end):
+                save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux)
+            bar.update()
+    bar.close()
+    task.model.eval()
+    final: Metrics = {}
+    for record in history:  # the last metrics of each phase: a fusion run still reports its towers' loss
+        final.update(record)
+    return FitResult(end, final, history, time.perf_counter() - started)

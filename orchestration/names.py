@@ -1,0 +1,18 @@
+"""Every shared asset's name, defined once. A system's lifecycle assets are named by its
+SPEC (``SPEC.model_asset``, ``SPEC.eval_asset``, ``SPEC.champion_asset``)."""
+
+
+def raw(table: str) -> str:
+    return f"raw_{table}"
+
+
+def validated(table: str) -> str:
+    return f"validated_{table}"
+
+
+VALIDATED_FRAMES = "validated_frames"
+GRAPH_NEIGHBOR_PAIRS = "graph_neighbor_pairs"
+PIN_TEXT_FEATURES = "pin_text_features"
+PIN_EMBEDDINGS = "pin_embeddings"
+FAISS_PIN_INDEX = "faiss_pin_index"
+EVAL_OVERVIEW = "eval_overview"
