@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run world version materialize day test ui clean
+.PHONY: setup run world version materialize ablations day test ui clean
 
 setup: $(VENV)/.installed
 
@@ -41,10 +41,15 @@ version: setup
 	$(BIN)/dvc add -q data
 	$(BIN)/dvc push -q
 
-# Register the landing zone's days as partitions, then the whole graph over all of them in one run.
+# Register the landing zone's days as partitions, then the whole graph over all of them in one run
+# (every asset but the sweeps of the ablations group: `make ablations`).
 materialize: setup $(DAGSTER_HOME)/dagster.yaml
 	days=$$($(BIN)/python -m orchestration.ingest sync) && \
-	$(BIN)/dagster asset materialize --select '*' -m orchestration.definitions --partition-range $$days
+	$(BIN)/dagster asset materialize --select 'not group:ablations' -m orchestration.definitions --partition-range $$days
+
+# Each system's sweeps and their report (storage/reports/<system>_ablations/), after `make run`.
+ablations: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize --select 'group:ablations' -m orchestration.definitions
 
 # A new day: advance the generated world by one day and ingest only that day (no training).
 day: setup $(DAGSTER_HOME)/dagster.yaml

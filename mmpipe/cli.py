@@ -141,7 +141,33 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_GROUPS = [add_world_commands, add_search_commands]
+def add_registry_commands(subparsers) -> None:
+    registry = subparsers.add_parser("registry", help="the MLflow model registry")
+    commands = registry.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    rollback = commands.add_parser(
+        "rollback", help="move a system's champion alias back (recorded like a promotion)")
+    rollback.add_argument("system", help="a system name, e.g. pinclip")
+    rollback.add_argument("--to", default=None, help="the version to serve; default: the champion before this one")
+    rollback.set_defaults(func=run_registry_rollback)
+
+
+def run_registry_rollback(args: argparse.Namespace) -> int:
+    from mmpipe.registry.mlflow_registry import configure
+    from mmpipe.registry.promotion import rollback
+    from mmpipe.systems import spec_named
+
+    try:
+        spec = spec_named(args.system)
+        decision = rollback(configure(), spec.registered_model, args.to)
+    except (KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    print(f"{decision.name}@champion: version {decision.previous_champion} -> version {decision.champion} "
+          f"({decision.reason})")
+    return 0
+
+
+COMMAND_GROUPS = [add_world_commands, add_search_commands, add_registry_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

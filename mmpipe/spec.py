@@ -59,9 +59,15 @@ class SystemSpec:
     evaluate: Callable[..., EvalOutcome]
     # trained in the default run beside the model: name -> settings overrides
     ablations: Mapping[str, Mapping] = field(default_factory=dict)
-    # trained only by the separate ablations job
+    # trained only by the separate ablations job: name -> settings overrides
     sweeps: Mapping[str, Mapping] = field(default_factory=dict)
+    # (inputs, settings, model_dir, {sweep: dir}) -> EvalOutcome of the sweeps against the model
+    evaluate_sweeps: Callable[..., EvalOutcome] | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.sweeps and self.evaluate_sweeps is None:
+            raise ValueError(f"{self.name}: sweeps need evaluate_sweeps to report them")
 
     @property
     def model_asset(self) -> str:

@@ -10,6 +10,7 @@ from orchestration.assets.overview import overview_assets
 from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
 from orchestration.checks import validation_checks
+from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
 from orchestration.resources import PipelinePaths, ValidationPolicy
 from orchestration.sensors import RetrainingThresholds, record_run_failures
@@ -18,7 +19,8 @@ from orchestration.systems import pinclip
 SYSTEMS = [pinclip]
 
 all_assets_job = dg.define_asset_job(
-    "all_assets", selection=dg.AssetSelection.all(), description="Materialize the whole asset graph."
+    "all_assets", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),
+    description="Materialize the whole asset graph but the sweeps (each system's <name>_ablations job)."
 )
 
 assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs, *overview_assets,
@@ -28,7 +30,8 @@ asset_checks = [*validation_checks, *(check for system in SYSTEMS for check in s
 defs = dg.Definitions(
     assets=assets,
     asset_checks=asset_checks,
-    jobs=[all_assets_job, ingest_day_job, *(system.LIFECYCLE.training_job for system in SYSTEMS)],
+    jobs=[all_assets_job, ingest_day_job, *(system.LIFECYCLE.training_job for system in SYSTEMS),
+          *(system.LIFECYCLE.ablations_job for system in SYSTEMS if system.LIFECYCLE.ablations_job)],
     schedules=[daily_ingest_schedule, *(s for system in SYSTEMS for s in system.LIFECYCLE.schedules)],
     sensors=[record_run_failures, new_day_sensor, *(s for system in SYSTEMS for s in system.sensors)],
     resources={"paths": PipelinePaths(), "policy": ValidationPolicy(),

@@ -13,6 +13,8 @@ the SPEC; nothing here knows which system it builds.
 * ``eval_<name>`` scores the registered challenger (the champion re-scored beside it),
   writes the report, tags the version; its blocking check ``beats_baselines`` holds the
   gate closed unless the challenger beats every SPEC baseline on the primary metric.
+* the SPEC's sweeps (``<name>_<sweep>_model``, group ``ablations``) and their report
+  ``ablations_<name>`` form the ``<name>_ablations`` job, outside the default run.
 * ``<name>_champion`` moves the alias when the challenger is at least as good; its data
   version is the champion version, so what a champion feeds (embeddings, indexes, other
   systems' inputs) goes stale exactly when the champion moves.
@@ -57,12 +59,16 @@ class SystemInputs:
     kinds: frozenset[str] = frozenset({"pytorch", "mlflow"})
 
 
+ABLATIONS_GROUP = "ablations"
+
+
 @dataclass
 class Lifecycle:
     assets: list[dg.AssetsDefinition]
     asset_checks: list[dg.AssetChecksDefinition]
     training_job: Any
     schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
+    ablations_job: Any = None  # the SPEC's sweeps and their report; None without sweeps
 
     def asset(self, name: str) -> dg.AssetsDefinition:
         """One of the lifecycle's assets by name (``SPEC.eval_asset``, ...)."""
@@ -98,12 +104,12 @@ def _run_context(context, paths: PipelinePaths) -> RunContext:
 
 
 def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.Config],
-                    variant: str | None, overrides: dict) -> dg.AssetsDefinition:
+                    variant: str | None, overrides: dict, group: str = "models") -> dg.AssetsDefinition:
     registers = variant is None
     what = spec.description if registers else (
         f"Ablation `{variant}` of {spec.name}: the same training with {json.dumps(overrides)}.")
 
-    @dg.asset(name=spec.model_asset if registers else spec.variant_asset(variant), group_name="models",
+    @dg.asset(name=spec.model_asset if registers else spec.variant_asset(variant), group_name=group,
               kinds=set(inputs.kinds), deps=list(inputs.deps), code_version="3", backfill_policy=SINGLE_RUN,
               description=what)
     def train_asset(context: dg.AssetExecutionContext, config: run_config, paths: PipelinePaths):
@@ -176,6 +182,27 @@ def _eval_asset(spec: SystemSpec, inputs: SystemInputs, variants: list[str]) -> 
         })
 
     return eval_asset
+
+
+def _ablations_report_asset(spec: SystemSpec, inputs: SystemInputs) -> dg.AssetsDefinition:
+    sweeps = list(spec.sweeps)
+
+    @dg.asset(name=f"ablations_{spec.name}", group_name=ABLATIONS_GROUP, kinds={"markdown"},
+              deps=[spec.model_asset, *map(spec.variant_asset, sweeps), *inputs.deps], code_version="1",
+              backfill_policy=SINGLE_RUN,
+              description=f"The sweeps of {spec.name} ({', '.join(sweeps)}) against the model they vary, on the "
+                          "validation and test windows, each difference with its bootstrap interval.")
+    def ablations_report(paths: PipelinePaths) -> dg.MaterializeResult:
+        settings = trained_settings(spec, paths)
+        dirs = {variant: spec.model_dir(paths.storage(), variant) for variant in sweeps}
+        outcome = spec.evaluate_sweeps(inputs.load(paths, settings), settings, spec.model_dir(paths.storage()), dirs)
+        files = write_report(spec.report_dir(paths.storage()).with_name(f"{spec.name}_ablations"),
+                             f"{spec.name}_ablations", outcome.markdown, outcome.plots, outcome.summary)
+        return dg.MaterializeResult(metadata={
+            "report": dg.MetadataValue.md(outcome.markdown), "report_path": dg.MetadataValue.path(str(files["markdown"])),
+            **{f"plot_{name}": png_metadata(png, name) for name, png in outcome.plots.items()}})
+
+    return ablations_report
 
 
 def trained_settings(spec: SystemSpec, paths: PipelinePaths) -> Any:
@@ -259,6 +286,23 @@ def _champion_asset(spec: SystemSpec) -> dg.AssetsDefinition:
     return champion_asset
 
 
+def dvc_stage(spec: SystemSpec) -> dict:
+    """``spec``'s stage of ``dvc.yaml``: the default run's lifecycle assets through the same
+    Dagster entry point as every stage; its params section and package are its deps, its
+    models and reports its outputs. Its primary metric reaches ``dvc metrics diff`` through
+    the evaluate stage's ``storage/metrics/<name>.json`` (the eval overview writes it)."""
+    selection = ",".join([spec.model_asset, *map(spec.variant_asset, spec.ablations), spec.eval_asset,
+                          spec.champion_asset])
+    return {
+        "cmd": f"dagster asset materialize -m orchestration.definitions --select {selection}",
+        "deps": ["storage/validated", "storage/graph", "storage/features", f"mmpipe/systems/{spec.name}"],
+        "params": [spec.name],
+        "outs": [{f"storage/models/{spec.name}": {"cache": False}},
+                 *({f"storage/models/{spec.name}_{variant}": {"cache": False}} for variant in spec.ablations),
+                 {f"storage/reports/{spec.name}": {"cache": False, "persist": True}}],
+    }
+
+
 def lifecycle(spec: SystemSpec, inputs: SystemInputs) -> Lifecycle:
     """The Dagster definitions of ``spec``'s lifecycle (see the module doc)."""
     defaults = resolve_settings(spec.settings, spec.name)
@@ -281,4 +325,13 @@ def lifecycle(spec: SystemSpec, inputs: SystemInputs) -> Lifecycle:
         execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Retrain {spec.name} every week whatever the sensors say; the promotion gate still "
                     "decides whether the new version serves.")
-    return Lifecycle(assets, [_baselines_check(spec)], training_job, [weekly])
+    ablations_job = None
+    if spec.sweeps:
+        sweep_assets = [*(_training_asset(spec, inputs, run_config, name, dict(overrides), group=ABLATIONS_GROUP)
+                          for name, overrides in spec.sweeps.items()), _ablations_report_asset(spec, inputs)]
+        assets += sweep_assets
+        ablations_job = dg.define_asset_job(
+            f"{spec.name}_ablations", selection=dg.AssetSelection.assets(*(a.key for a in sweep_assets)),
+            description=f"Train {spec.name}'s sweeps ({', '.join(spec.sweeps)}) and report them against the model.",
+            tags={"mmpipe/job": "ablations", "mmpipe/system": spec.name})
+    return Lifecycle(assets, [_baselines_check(spec)], training_job, [weekly], ablations_job)

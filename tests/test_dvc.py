@@ -42,6 +42,15 @@ def test_dvc_yaml_stages_call_the_dagster_entry_point():
 
 
 @pytest.mark.slow
+def test_every_system_has_its_dvc_stage_from_the_factory():
+    from mmpipe.systems import SPECS
+    from orchestration.lifecycle import dvc_stage
+
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    for spec in SPECS:
+        assert stages.get(spec.name) == dvc_stage(spec), f"dvc.yaml's {spec.name} stage differs from dvc_stage(SPEC)"
+
+
 def test_add_push_wipe_pull_round_trip(tiny_world, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

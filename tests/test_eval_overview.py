@@ -20,7 +20,6 @@ from mmpipe.eval.overview import (
     read_history,
     write_overview,
 )
-from mmpipe.systems.pinclip.eval import pinclip_report
 from mmpipe.eval.report import write_report
 from mmpipe.registry.promotion import GateEvidence
 from tests.conftest import PROJECT_ROOT
@@ -49,15 +48,21 @@ def alpha_summary(r10: float = 0.3, promotion: dict | None = None) -> dict:
 
 
 def beta_summary() -> dict:
-    """The summary PinCLIP's own report code writes (gains + best_baseline, no primary list)."""
+    """A summary in the shape of an older PinCLIP report (gains + best_baseline, no primary list)."""
     rows = {
         "fused": {"neighbor_R@10/heldout": 0.02, "neighbor_R@10/cold": 0.01},
         "minilm": {"neighbor_R@10/heldout": 0.016, "neighbor_R@10/cold": 0.012},
         "random": {"neighbor_R@10/heldout": 0.001, "neighbor_R@10/cold": 0.001},
         "attribute_oracle": {"neighbor_R@10/heldout": 0.05, "neighbor_R@10/cold": 0.04},
     }
-    _, _, summary = pinclip_report(rows, "fused", ["minilm", "random"], "attribute_oracle")
-    return summary
+    keys = ("neighbor_R@10/heldout", "neighbor_R@10/cold")
+    return {
+        "model": "fused", "baselines": ["minilm", "random"], "oracle": "attribute_oracle", "metrics": rows,
+        "best_baseline": dict.fromkeys(keys, "minilm"),
+        "gains": {key: rows["fused"][key] / rows["minilm"][key] - 1 for key in keys},
+        "gap_closed": {key: (rows["fused"][key] - rows["minilm"][key])
+                       / (rows["attribute_oracle"][key] - rows["minilm"][key]) for key in keys},
+    }
 
 
 def write_summary(reports_root: Path, family: str, summary: dict) -> Path:

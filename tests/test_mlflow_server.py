@@ -145,7 +145,7 @@ def test_runs_versions_and_aliases_are_on_the_server(tracking_server, promoted):
     assert promoted.decision.promote and promoted.decision.outcome == FIRST
 
     tags = client.get_model_version("pinclip", promoted.version).tags
-    assert float(tags["eval.neighbor_R_at_10/heldout"]) == 0.125
+    assert float(tags["eval.nDCG_at_10/validation"]) == 0.125
     assert tags["promotion.outcome"] == FIRST and tags["promotion.promoted"] == "true"
     # The server, not the client, chose where the artifacts live: its --default-artifact-root.
     assert list((tracking_server.root / "artifacts").rglob("MLmodel"))

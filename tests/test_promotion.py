@@ -235,3 +235,38 @@ def test_gate_evidence_from_an_eval_report_drives_the_same_decision(registry):
     assert "challenger 0.18 < champion 0.21" in decision.reason
     assert champion_version(client, name) == v1
     assert "not promoted" in decision.markdown() and f"after: version {v1}" in decision.markdown()
+
+
+def test_rollback_moves_the_champion_back_and_records_it_like_a_promotion(registry):
+    from mmpipe.registry.promotion import ROLLED_BACK, rollback
+
+    client, name, new_version = registry
+    with pytest.raises(ValueError, match="no champion to roll back"):
+        rollback(client, name)
+    v1, v2, v3 = new_version(), new_version(), new_version()
+    for version, value in ((v1, 0.20), (v2, 0.25), (v3, 0.30)):
+        record_eval_metric(client, name, version, METRIC, value)
+        assert promote_if_better(client, name, version, METRIC, value).promote
+    assert holder(client, name, CHAMPION) == v3
+
+    back = rollback(client, name)  # to the champion before v3
+    assert back.outcome == ROLLED_BACK and back.champion == v2 and back.previous_champion == v3
+    assert holder(client, name, CHAMPION) == v2
+    tags = client.get_model_version(name, v2).tags
+    assert tags["promotion.outcome"] == ROLLED_BACK and tags["promotion.previous_champion"] == v3
+    assert f"from version {v3} to version {v2}" in tags["promotion.reason"]
+    assert back.challenger_value == pytest.approx(0.25) and back.champion_value == pytest.approx(0.30)
+
+    assert rollback(client, name).champion == v3  # a second rollback undoes the first
+    assert rollback(client, name, to=v1).champion == v1
+    with pytest.raises(ValueError, match="has no version 99"):
+        rollback(client, name, to="99")
+    with pytest.raises(ValueError, match="already holds"):
+        rollback(client, name, to=v1)
+
+
+def test_rollback_command_names_what_is_wrong(monkeypatch, capsys):
+    from mmpipe.cli import main
+
+    assert main(["registry", "rollback", "nosuchsystem"]) == 2
+    assert "unknown system 'nosuchsystem'" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmpipe.graph.pairs import derive_cutoff_date
+from mmpipe.registry.retraining import training_cutoff
 from mmpipe.registry.mlflow_registry import CHAMPION, RunContext, configure, start_run
 from mmpipe.systems.pinclip.serve import REGISTERED_NAME
 from mmpipe.registry.retraining import (
@@ -96,7 +96,7 @@ def test_same_distribution_reads_chance_level_and_a_shift_passes_the_threshold()
 def champion_trained_on(pins: pd.DataFrame, version: str = "1") -> ChampionState:
     """The champion a training run on ``pins`` would give: its derived cut-off and count."""
     pins = read_pin_dates_frame(pins)
-    cutoff = derive_cutoff_date(pins)
+    cutoff = training_cutoff(pins)
     return ChampionState(version, cutoff, int((pins["created_at"] < pd.Timestamp(cutoff)).sum()))
 
 
@@ -107,22 +107,22 @@ def read_pin_dates_frame(pins: pd.DataFrame) -> pd.DataFrame:
 def test_new_training_pins_count_the_days_the_cutoff_moved_past_plus_late_pins():
     first = read_pin_dates_frame(pin_table(20, 10))
     champion = champion_trained_on(first)
-    assert champion.cutoff_date == day(17) and champion.train_pins == 160  # 4 of 20 days held out
+    assert champion.cutoff_date == day(15) and champion.train_pins == 140  # 4 test and 2 validation days of 20
 
     same = data_since(first, champion)
     assert same.new_train_pins == 0 and same.next_cutoff == champion.cutoff_date  # no retrain loop
-    assert same.unseen_pins == 40 and same.newest_day == day(20)
+    assert same.unseen_pins == 60 and same.newest_day == day(20)
 
     grown = data_since(read_pin_dates_frame(pin_table(30, 10)), champion)
-    assert grown.next_cutoff == day(25)  # 6 of 30 days held out
-    assert grown.new_train_pins == 80  # days 17..24
-    assert grown.next_train_pins == 240 and grown.pins == 300
+    assert grown.next_cutoff == day(22)  # 6 test and 3 validation days of 30
+    assert grown.new_train_pins == 70  # days 15..21
+    assert grown.next_train_pins == 210 and grown.pins == 300
 
     late = pd.concat([pin_table(30, 10), pd.DataFrame({"pin_id": ["late1", "late2"], "created_at": [day(3)] * 2})])
-    assert data_since(read_pin_dates_frame(late), champion).new_train_pins == 82
+    assert data_since(read_pin_dates_frame(late), champion).new_train_pins == 72
 
-    unknown_cutoff = ChampionState("1", None, 160)
-    assert data_since(read_pin_dates_frame(pin_table(30, 10)), unknown_cutoff).new_train_pins == 80
+    unknown_cutoff = ChampionState("1", None, 140)
+    assert data_since(read_pin_dates_frame(pin_table(30, 10)), unknown_cutoff).new_train_pins == 70
 
 
 def test_validated_pins_read_from_one_file_or_a_directory_of_partitions(tmp_path):
@@ -146,19 +146,19 @@ POLICY = RetrainingPolicy(min_new_pins=50, drift_threshold=0.5, min_drift_pins=5
 
 
 def test_decision_fires_once_per_trigger_and_resets_with_a_new_champion():
-    champion = ChampionState("3", day(17), 160)
+    champion = ChampionState("3", day(15), 140)
     data = data_since(read_pin_dates_frame(pin_table(30, 10)), champion)
-    calm = DriftState(day(30), 10, 160, 0.1, 0.3)
+    calm = DriftState(day(30), 10, 140, 0.1, 0.3)
 
     assert not decide_retraining(None, None, None, POLICY, RetrainCursor()).fire
 
-    few = decide_retraining(champion, data, calm, RetrainingPolicy(min_new_pins=81), RetrainCursor())
-    assert not few.fire and "80 new training pins" in few.reason and "min_new_pins 81" in few.reason
+    few = decide_retraining(champion, data, calm, RetrainingPolicy(min_new_pins=71), RetrainCursor())
+    assert not few.fire and "70 new training pins" in few.reason and "min_new_pins 71" in few.reason
 
     fired = decide_retraining(champion, data, calm, POLICY, RetrainCursor())
     assert fired.fire and [t.kind for t in fired.triggers] == [NEW_DATA]
-    assert fired.run_key == f"pinclip-retrain-v3-data-{day(25)}"
-    assert fired.cursor == RetrainCursor(champion="3", new_data_cutoff=day(25), requested=1)
+    assert fired.run_key == f"pinclip-retrain-v3-data-{day(22)}"
+    assert fired.cursor == RetrainCursor(champion="3", new_data_cutoff=day(22), requested=1)
     assert RetrainCursor.from_json(fired.cursor.to_json()) == fired.cursor
 
     again = decide_retraining(champion, data, calm, POLICY, fired.cursor)
@@ -168,13 +168,13 @@ def test_decision_fires_once_per_trigger_and_resets_with_a_new_champion():
     drift = decide_retraining(champion, data, drifted, POLICY, fired.cursor)
     assert drift.fire and [t.kind for t in drift.triggers] == [DRIFT]
     assert drift.run_key == f"pinclip-retrain-v3-drift-{day(30)}" != fired.run_key
-    small_day = decide_retraining(champion, data, DriftState(day(30), 3, 160, 0.9, 0.5), POLICY, fired.cursor)
+    small_day = decide_retraining(champion, data, DriftState(day(30), 3, 140, 0.9, 0.5), POLICY, fired.cursor)
     assert not small_day.fire and "not judged" in small_day.reason
 
     both = decide_retraining(champion, data, drifted, POLICY, RetrainCursor())
-    assert both.run_key == f"pinclip-retrain-v3-data-{day(25)}-drift-{day(30)}"  # one run for both
+    assert both.run_key == f"pinclip-retrain-v3-data-{day(22)}-drift-{day(30)}"  # one run for both
 
-    new_champion = ChampionState("4", day(25), 240)
+    new_champion = ChampionState("4", day(22), 210)
     fresh = decide_retraining(new_champion, data_since(read_pin_dates_frame(pin_table(30, 10)), new_champion),
                               calm, POLICY, drift.cursor)
     assert not fresh.fire and fresh.cursor == RetrainCursor(champion="4")
@@ -274,7 +274,7 @@ def test_retraining_sensor_fires_when_it_should_and_only_then(registry, storage)
     requests, skip, cursor = evaluate(instance, storage)
     assert not requests and "no pinclip@champion" in skip
 
-    v1 = registry(day(17), 160)  # trained on 20 days: the 160 pins before the day-17 cut-off
+    v1 = registry(day(15), 140)  # trained on 20 days: the 140 pins before the day-17 cut-off
     storage.write(days=20, per_day=10, model_version=v1)
     requests, skip, cursor = evaluate(instance, storage, cursor)
     assert not requests and f"0 new training pins since version {v1}" in skip
@@ -282,15 +282,15 @@ def test_retraining_sensor_fires_when_it_should_and_only_then(registry, storage)
     assert json.loads(cursor)["champion"] == v1
 
     storage.write(days=30, per_day=10, model_version=v1, partitioned=True)  # ten more days, as partitions
-    requests, skip, cursor = evaluate(instance, storage, cursor, min_new_pins=81)
-    assert not requests and "80 new training pins" in skip and "min_new_pins 81" in skip
+    requests, skip, cursor = evaluate(instance, storage, cursor, min_new_pins=71)
+    assert not requests and "70 new training pins" in skip and "min_new_pins 71" in skip
 
     requests, skip, cursor = evaluate(instance, storage, cursor)
     assert len(requests) == 1 and skip is None
     first = requests[0]
-    assert first.run_key == f"pinclip-retrain-v{v1}-data-{day(25)}"
+    assert first.run_key == f"pinclip-retrain-v{v1}-data-{day(22)}"
     assert first.tags["mmpipe/retrain_triggers"] == NEW_DATA
-    assert "80 new training pins" in first.tags["mmpipe/retrain_reason"]
+    assert "70 new training pins" in first.tags["mmpipe/retrain_reason"]
 
     requests, skip, cursor = evaluate(instance, storage, cursor)  # the same trigger: no second run
     assert not requests and "already requested" in skip
@@ -305,7 +305,7 @@ def test_retraining_sensor_fires_when_it_should_and_only_then(registry, storage)
 
     # The retrain is promoted (trained on the days before day 25): nothing new, and the
     # requests start over. Day 30, still embedded by version 1, is not judged against it.
-    v2 = registry(day(25), 240)
+    v2 = registry(day(22), 210)
     requests, skip, cursor = evaluate(instance, storage, cursor)
     assert not requests and f"0 new training pins since version {v2}" in skip
     assert f"not embedded by version {v2}" in skip
@@ -319,7 +319,7 @@ def test_retraining_sensor_fires_when_it_should_and_only_then(registry, storage)
 
 def test_retraining_sensor_waits_while_a_training_run_is_in_progress(registry, storage):
     instance = dg.DagsterInstance.ephemeral()
-    version = registry(day(17), 160)
+    version = registry(day(15), 140)
     storage.write(days=30, per_day=10, model_version=version)
     instance.add_run(dg.DagsterRun(job_name=pinclip_training_job.name, run_id=str(uuid.uuid4()),
                                    status=dg.DagsterRunStatus.STARTED))

@@ -83,3 +83,39 @@ def test_gradient_clipping_bounds_the_update():
         fit(task, loop=LoopConfig(grad_clip_norm=clip))
         task.moved = (task.model.weight.detach() - start).abs().item()
     assert clipped.moved <= 1e-3 + 1e-9 < free.moved
+
+
+class ScoredRegression(LinearRegression):
+    """One phase scored on a fixed validation set; a score that peaks and then falls."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = iter(scores)
+        self.weights_when_scored: list[float] = []
+
+    def validate(self) -> float:
+        self.weights_when_scored.append(self.model.weight.item())
+        assert not self.model.training  # scored in eval mode
+        return next(self.scores)
+
+    def phases(self):
+        return [Phase("all", 40, 0.1, training_forward=self.forward_all, validate=self.validate,
+                      validate_every=5, patience=2,
+                      make_optimizer=lambda: torch.optim.SGD(self.model.parameters())),
+                Phase("bias", 5, 0.05, training_forward=self.forward_bias,
+                      make_optimizer=lambda: torch.optim.SGD([self.model.bias]))]
+
+
+def test_early_stopping_keeps_the_best_weights_and_goes_on_with_the_next_phase(tmp_path):
+    task = ScoredRegression([0.1, 0.5, 0.4, 0.3, 0.9])  # best at step 10, stops at 20
+    result = fit(task, tmp_path / "run")
+    assert result.validation["all"]["best_step"] == 10 and result.validation["all"]["stopped_at"] == 20
+    assert [step for step, _ in result.validation["all"]["scores"]] == [5, 10, 15, 20]
+    steps = [h["step"] for h in result.history]
+    assert steps == [*range(1, 21), *range(41, 46)]  # the rest of phase one is skipped
+    assert result.history[9]["validation_all"] == 0.5
+    # The second phase started from the weights scored at step 10 (it trains the bias only).
+    assert task.model.weight.item() == pytest.approx(task.weights_when_scored[1], abs=0)
+    assert read_trainer_state(tmp_path / "run" / "checkpoint")["step"] == 45
+    # Resuming a finished run trains nothing more.
+    assert fit(ScoredRegression([]), tmp_path / "run").history == []

@@ -11,8 +11,11 @@ from torch import nn
 class Attention(nn.Module):
     """Multi-head attention of queries ``x`` over ``context`` with a key padding mask."""
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    def __init__(self, width: int, heads: int, dropout: float, explicit: bool = False):
         super().__init__()
+        # explicit: softmax(q k^T) v written out, which torch.vmap batches natively (its SDPA
+        # kernel falls back to a loop there); for short sequences it costs the same.
+        self.explicit = explicit
         self.heads = heads
         self.dropout = dropout
         self.query = nn.Linear(width, width)
@@ -26,23 +29,31 @@ class Attention(nn.Module):
         q = self.query(x).view(batch, n_query, self.heads, head_dim).transpose(1, 2)
         k, v = self.key_value(context).view(batch, -1, 2, self.heads, head_dim).unbind(2)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if self.explicit:
+            scores = (q @ k.transpose(-2, -1)) / head_dim**0.5
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            y = F.dropout(scores.softmax(-1), self.dropout, self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, n_query, width))
 
 
 class Block(nn.Module):
     """Pre-LN transformer block: self-attention, optional cross-attention, MLP."""
 
-    def __init__(self, width: int, heads: int, mlp: int, dropout: float, cross_attention: bool = False):
+    def __init__(self, width: int, heads: int, mlp: int, dropout: float, cross_attention: bool = False,
+                 explicit_attention: bool = False):
         super().__init__()
         self.ln_self = nn.LayerNorm(width)
-        self.self_attn = Attention(width, heads, dropout)
+        self.self_attn = Attention(width, heads, dropout, explicit_attention)
         self.cross_attention = cross_attention
         if cross_attention:
             self.ln_query = nn.LayerNorm(width)
             self.ln_context = nn.LayerNorm(width)
-            self.cross_attn = Attention(width, heads, dropout)
+            self.cross_attn = Attention(width, heads, dropout, explicit_attention)
         self.ln_mlp = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Linear(mlp, width),
                                  nn.Dropout(dropout))

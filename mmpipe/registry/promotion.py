@@ -31,6 +31,7 @@ BELOW_MIN_DELTA = "below_min_delta"  # better, but by less than min_delta: refus
 UNSCORED_CHALLENGER = "unscored_challenger"  # the challenger's metric is not a number: refused
 UNSCORED_CHAMPION = "unscored_champion"  # the champion has no recorded metric: refused
 ALREADY_CHAMPION = "already_champion"  # the version already holds the alias: nothing to do
+ROLLED_BACK = "rolled_back"  # an operator moved the alias back (``mmpipe registry rollback``)
 
 EVAL_TAG_PREFIX = "eval."
 PROMOTION_TAG_PREFIX = "promotion."
@@ -310,3 +311,38 @@ def promote_from_evidence(client: MlflowClient, evidence: GateEvidence, min_delt
         evidence.challenger_value, higher_is_better=evidence.higher_is_better, min_delta=min_delta,
         champion_value=evidence.champion_value, scored_champion=evidence.champion_version,
     )
+
+
+def rollback(client: MlflowClient, name: str, to: str | None = None) -> PromotionDecision:
+    """Move ``name@champion`` back to version ``to``, by default to the champion before the
+    current one (the ``promotion.previous_champion`` the current champion's promotion
+    recorded). Recorded like a promotion: ``promotion.*`` tags on the version that now
+    holds the alias (outcome ``rolled_back``, the version it replaced as previous
+    champion), so a second rollback undoes the first. Refuses, with a message, when there
+    is no champion, no earlier one, or ``to`` is not a version of ``name``."""
+    current = champion_version(client, name)
+    if current is None:
+        raise ValueError(f"{name} has no {CHAMPION} to roll back")
+    if to is None:
+        tags = client.get_model_version(name, current).tags
+        to = tags.get(PROMOTION_TAG_PREFIX + "previous_champion", "none")
+        if to == "none":
+            raise ValueError(f"{name}@{CHAMPION} (version {current}) recorded no earlier champion; "
+                             "name the version with --to")
+    to = str(to)
+    versions = {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
+    if to not in versions:
+        raise ValueError(f"{name} has no version {to}; it has {sorted(versions, key=int)}")
+    if to == current:
+        raise ValueError(f"version {to} already holds {name}@{CHAMPION}")
+    metric = client.get_model_version(name, current).tags.get(PROMOTION_TAG_PREFIX + "metric", "")
+    value = recorded_metric(client, name, to, metric) if metric else None
+    current_value = recorded_metric(client, name, current, metric) if metric else None
+    decision = PromotionDecision(
+        True, ROLLED_BACK, metric, math.nan if value is None else value, current_value, True,
+        f"rolled back by an operator from version {current} to version {to}",
+        name=name, version=to, previous_champion=current, champion=to)
+    client.set_registered_model_alias(name, CHAMPION, to)
+    for key, text in decision.tags().items():
+        client.set_model_version_tag(name, to, key, text)
+    return decision

@@ -3,7 +3,7 @@
 The model in production is the registered version holding ``champion``. Its training run
 logged ``cutoff_date`` (it trained on the validated pins created before it) and
 ``train_pins``. A retrain now would derive its own cut-off from today's validated pins
-(:func:`mmpipe.graph.pairs.derive_cutoff_date`), so the pins it would *add* are those
+(the train window's end, :func:`mmpipe.eval.splits.date_windows`), so the pins it would *add* are those
 created between the champion's cut-off and the new one, plus any late pins dated before
 the champion's cut-off beyond the ones it trained on (:func:`data_since`). Retraining on
 unchanged data adds nothing, so a retrain can never trigger the next one by itself.
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.embeddings import EmbeddingsNotFoundError, read_embeddings
-from mmpipe.graph.pairs import derive_cutoff_date
+from mmpipe.eval.splits import date_windows
 
 NEW_DATA = "new_data"
 DRIFT = "drift"
@@ -130,6 +130,11 @@ def _day(value) -> str:
     return pd.Timestamp(value).strftime("%Y-%m-%d")
 
 
+def training_cutoff(pins: pd.DataFrame) -> str:
+    """The cut-off a training run on ``pins`` uses: the end of the train window."""
+    return date_windows(pins["created_at"]).train_end
+
+
 def data_since(pins: pd.DataFrame, champion: ChampionState) -> DataState:
     """How many pins a retrain now would add to the champion's training set.
 
@@ -141,7 +146,7 @@ def data_since(pins: pd.DataFrame, champion: ChampionState) -> DataState:
     dated = pins["created_at"].dropna()
     if dated.empty:
         return DataState(len(pins), None, None, 0, 0, 0)
-    next_cutoff = derive_cutoff_date(pins)
+    next_cutoff = training_cutoff(pins)
     next_start = pd.Timestamp(next_cutoff)
     next_train = int((dated < next_start).sum())
     if champion.cutoff_date is None:

@@ -17,7 +17,12 @@ never asks which model it trains:
   with batches that are pure functions of the step, a stopped-and-resumed run ends with
   the weights of one that never stopped;
 * the progress bar, and metrics every ``log_every`` steps to a callback
-  (:func:`mlflow_logger` sends them to the active MLflow run).
+  (:func:`mlflow_logger` sends them to the active MLflow run);
+* early stopping: a phase with ``validate`` (a score on held-out data, higher is better)
+  is scored every ``validate_every`` steps and at its end; after ``patience`` scores
+  without a new best it stops, and the phase ends with the weights of its best score
+  (model and aux). The checkpoint then marks the phase done, so a resumed run goes on
+  with the next one.
 
 Rank and world size are read here (:func:`world`) and nowhere else, so distributed
 training can come to the loop without touching any system.
@@ -77,6 +82,9 @@ class Phase:
     warmup_steps: int = 0
     lr_floor: float = 0.1
     begin: Callable[[bool], None] | None = None
+    validate: Callable[[], float] | None = None  # held-out score of the current weights, higher is better
+    validate_every: int = 0
+    patience: int = 2  # scores without a new best before the phase stops
 
     def lr_at(self, phase_step: int) -> float:
         return cosine_lr(phase_step, self.lr, self.steps, self.warmup_steps, self.lr_floor)
@@ -109,6 +117,49 @@ class FitResult:
     final: Metrics  # the last metrics of every phase that ran, merged
     history: list[Metrics] = field(default_factory=list)
     seconds: float = 0.0
+    # per validated phase: {"best_step", "best_score", "stopped_at", "scores": [[step, score], ...]}
+    validation: dict[str, dict] = field(default_factory=dict)
+
+
+class _EarlyStopping:
+    """Best score and weights of one phase so far; says when to stop."""
+
+    def __init__(self, phase: Phase, task: TrainingTask):
+        self.phase, self.task = phase, task
+        self.best_score, self.best_step, self.best_state = -math.inf, None, None
+        self.scores: list[list[float]] = []
+        self.since_best = 0
+
+    def due(self, phase_step: int) -> bool:
+        every = self.phase.validate_every
+        return self.phase.validate is not None and every > 0 and (phase_step % every == 0
+                                                                  or phase_step == self.phase.steps)
+
+    def score(self, step: int) -> bool:
+        """Score the current weights at global ``step``; True when the phase should stop."""
+        self.task.model.eval()
+        with torch.no_grad():
+            value = float(self.phase.validate())
+        self.task.model.train()
+        self.scores.append([step, value])
+        if value > self.best_score:
+            self.best_score, self.best_step, self.since_best = value, step, 0
+            modules = [self.task.model] + ([self.task.aux] if self.task.aux is not None else [])
+            self.best_state = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+        else:
+            self.since_best += 1
+        return self.since_best >= self.phase.patience
+
+    def restore_best(self) -> None:
+        if self.best_state is None:
+            return
+        modules = [self.task.model] + ([self.task.aux] if self.task.aux is not None else [])
+        for module, state in zip(modules, self.best_state):
+            module.load_state_dict(state)
+
+    def summary(self, stopped_at: int) -> dict:
+        return {"best_step": self.best_step, "best_score": self.best_score, "stopped_at": stopped_at,
+                "scores": self.scores}
 
 
 def mlflow_logger() -> Logger:
@@ -146,6 +197,7 @@ def fit(
         start = read_trainer_state(checkpoint)["step"]
     end = total if stop_after is None else min(total, stop_after)
     history: list[Metrics] = []
+    validation: dict[str, dict] = {}
     started = time.perf_counter()
     bar = tqdm(total=total, initial=start, disable=not progress or rank != 0, desc=desc)
 
@@ -163,6 +215,8 @@ def fit(
         if start > first:  # resumed mid-phase; a phase entered afresh starts its own state
             load_optimizer_state(checkpoint, optimizer)
         task.model.train()
+        stopping = _EarlyStopping(phase, task)
+        stopped_at = None
         for step in range(max(start, first), min(end, last)):
             tick = time.perf_counter()
             lr = phase.lr_at(step - first)
@@ -179,16 +233,32 @@ def fit(
             metrics = {name: _scalar(value) for name, value in outputs.items()}
             metrics.setdefault("lr", lr)
             metrics["step_seconds"] = time.perf_counter() - tick
-            history.append({"step": step + 1, **metrics})
             done = step + 1
-            if log is not None and rank == 0 and (done % loop.log_every == 0 or done == end):
+            if stopping.due(done - first) and stopping.score(done):
+                stopped_at = done
+            if stopping.scores and stopping.scores[-1][0] == done:
+                metrics[f"validation_{phase.name}"] = stopping.scores[-1][1]
+            history.append({"step": done, **metrics})
+            if log is not None and rank == 0 and (done % loop.log_every == 0 or done == end
+                                                  or stopped_at is not None):
                 log(done, metrics)
+            if stopped_at is not None:
+                break
             if checkpoint is not None and rank == 0 and (done % loop.checkpoint_every == 0 or done == end):
                 save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux)
             bar.update()
+        if stopping.scores:
+            stopping.restore_best()
+            validation[phase.name] = stopping.summary(stopped_at or stopping.scores[-1][0])
+            if stopped_at is not None:  # the phase is over: the checkpoint says so
+                bar.update(last - stopped_at + 1)
+                if checkpoint is not None and rank == 0:
+                    save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux)
+            elif checkpoint is not None and rank == 0 and min(end, last) == last:
+                save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux)
     bar.close()
     task.model.eval()
     final: Metrics = {}
     for record in history:  # the last metrics of each phase: a fusion run still reports its towers' loss
         final.update(record)
-    return FitResult(end, final, history, time.perf_counter() - started)
+    return FitResult(end, final, history, time.perf_counter() - started, validation)

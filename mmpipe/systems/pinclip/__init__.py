@@ -22,5 +22,9 @@ SPEC = SystemSpec(
     register=serve.register,
     evaluate=pinclip_eval.evaluate,
     ablations={"no_neighbor": {"train": {"neighbor_weight": 0.0}}},
+    # Outside the default run (`make ablations`): what each part of the recipe is worth.
+    sweeps={"one_fusion_head": {"model": {"n_fusion_heads": 1}},
+            "no_text_neighbor": {"train": {"text_neighbor_weight": 0.0}}},
+    evaluate_sweeps=pinclip_eval.evaluate_sweeps,
     description="PinCLIP pin embeddings (image, text, fused), registered in MLflow as `pinclip`.",
 )

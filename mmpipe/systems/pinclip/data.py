@@ -22,11 +22,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mmpipe.graph.pairs import derive_cutoff_date
+from mmpipe.eval.related_ceiling import board_mate_relevance, board_membership
+from mmpipe.eval.splits import WINDOWS, DateWindows, cold_items, date_windows
 from mmpipe.layout import resolve_inside
 from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts, load_text_encoder
 
@@ -343,50 +345,106 @@ def _rank_within_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 @dataclass(frozen=True)
 class HoldoutSplit:
-    cutoff_date: str  # pins created on/after this are held out (train on earlier days)
-    train_ids: list[str]
-    heldout_ids: list[str]
-    cold_ids: list[str]  # held out AND never shown to anyone (no interaction rows)
+    """Validated pins by creation date into the three windows of :mod:`mmpipe.eval.splits`."""
+
+    windows: DateWindows
+    train_ids: list[str]  # created before windows.train_end: the only pins training sees
+    validation_ids: list[str]  # early stopping, model selection and the promotion gate
+    test_ids: list[str]  # the report; nothing is selected on them
+
+    @property
+    def cutoff_date(self) -> str:
+        """The training cut-off: the model trained on pins created before it."""
+        return self.windows.train_end
 
 
-def holdout_split(
-    pins: pd.DataFrame, interactions: pd.DataFrame, cutoff_date: str | None = None
-) -> HoldoutSplit:
+def holdout_split(pins: pd.DataFrame, windows: DateWindows | None = None) -> HoldoutSplit:
     """Split validated pins by creation date; ids keep the order of ``pins``.
 
-    The cutoff defaults to :func:`mmpipe.graph.pairs.derive_cutoff_date`, the one the
-    neighbor pairs were split with, so no evaluation pin was a training pin. A pin whose
-    date is missing cannot be shown to predate the cutoff and is held out, as there.
+    The windows default to :func:`mmpipe.eval.splits.date_windows` over the pins' dates,
+    whose test window is the one the graph's neighbor pairs were split with. A pin whose
+    date is missing cannot be shown to predate anything and goes to test, as there.
     """
-    if cutoff_date is None:
-        cutoff_date = derive_cutoff_date(pins)
     pin_ids = pins["pin_id"].astype(str)
     if pin_ids.duplicated().any():
         duplicated = pin_ids[pin_ids.duplicated()].head().tolist()
         raise ValueError(f"pin ids must be unique; duplicated: {duplicated}")
-    created = pd.to_datetime(pins["created_at"], format="ISO8601").dt.normalize()
-    # NaT < cutoff is False: an undated pin lands on the held-out side.
-    is_train = (created < pd.Timestamp(cutoff_date).normalize()).to_numpy(dtype=bool)
-    seen = set(interactions["pin_id"].astype(str))
-    heldout = pin_ids[~is_train].tolist()
-    return HoldoutSplit(
-        cutoff_date=str(cutoff_date),
-        train_ids=pin_ids[is_train].tolist(),
-        heldout_ids=heldout,
-        cold_ids=[pin for pin in heldout if pin not in seen],
-    )
+    if windows is None:
+        windows = date_windows(pins["created_at"])
+    window = windows.window_of(pins["created_at"])
+    return HoldoutSplit(windows, *(pin_ids[window == name].tolist() for name in WINDOWS))
+
+
+# Query subsets of related-pins evaluation (the validation window drives early stopping and the gate).
+VALIDATION, TEST, COLD, UNSEEN = "validation", "test", "cold", "unseen"
+
+
+@dataclass
+class QuerySet:
+    """The evaluable queries of one subset: corpus rows and graded board-mate relevance."""
+
+    rows: np.ndarray  # [Q] corpus rows of the query pins
+    relevance: sp.csr_matrix  # [Q, N] boards each corpus pin shares with the query
+    candidates: int  # query pins of the subset before dropping those without a board-mate
+
+
+@dataclass
+class RelatedPinsProtocol:
+    ids: list[str]  # the corpus: every validated pin
+    windows: DateWindows
+    membership: sp.csr_matrix  # [N, n_boards] board saves
+    board_ids: list[str]
+    query_sets: dict[str, QuerySet]
+    window_pins: dict[str, np.ndarray]  # corpus rows created in each window (train, validation, test)
+
+    def check(self, embeddings: EmbeddingSet) -> None:
+        if embeddings.ids != self.ids:
+            missing = set(self.ids) - set(embeddings.ids)
+            raise ValueError(f"{embeddings.name} must embed exactly the protocol's {len(self.ids)} pins in its "
+                             f"order ({len(missing)} missing, e.g. {sorted(missing)[:3]})")
+
+
+def related_pins_protocol(pins: pd.DataFrame, board_pins: pd.DataFrame, interactions: pd.DataFrame,
+                          windows: DateWindows | None = None) -> RelatedPinsProtocol:
+    """Queries of every subset over the corpus of ``pins`` (in their order).
+
+    Validation and test are the pins created in those windows; cold the test pins cold by
+    :func:`mmpipe.eval.splits.cold_items` (with pins split by creation date, every test pin
+    is, and the report says so); unseen the test pins no user was ever shown.
+    """
+    split = holdout_split(pins, windows)
+    ids = pins["pin_id"].astype(str).tolist()
+    row_of = pd.Index(ids)
+    board_ids = sorted(board_pins["board_id"].astype(str).unique())
+    saves = board_pins.assign(pin_id=board_pins["pin_id"].astype(str), board_id=board_pins["board_id"].astype(str))
+    membership = board_membership(saves, ids, board_ids)
+    window_pins = {name: row_of.get_indexer(group) for name, group in
+                   (("train", split.train_ids), (VALIDATION, split.validation_ids), (TEST, split.test_ids))}
+    test = window_pins[TEST]
+    cold = cold_items(np.asarray(ids)[test], interactions, board_pins, split.windows.train_end)
+    shown = np.asarray(ids)[test].astype(object)
+    unseen = ~pd.Series(shown).isin(set(interactions["pin_id"].astype(str))).to_numpy()
+    candidates = {VALIDATION: window_pins[VALIDATION], TEST: test, COLD: test[cold], UNSEEN: test[unseen]}
+    query_sets = {}
+    for name, rows in candidates.items():
+        relevance = board_mate_relevance(membership, rows)
+        evaluable = np.diff(relevance.indptr) > 0
+        query_sets[name] = QuerySet(rows[evaluable], relevance[evaluable], len(rows))
+    return RelatedPinsProtocol(ids, split.windows, membership, board_ids, query_sets, window_pins)
 
 
 @dataclass
 class PinCLIPInputs:
     dataset: PinDataset  # every validated pin, images decoded once
     text: TextFeatures  # row i = caption of dataset row i
-    split: HoldoutSplit  # by date: train on early days, evaluate on later ones
-    train_rows: np.ndarray  # dataset rows of pins created before the cut-off
-    pairs: NeighborPairs  # train-split neighbor pairs (both pins before the cut-off)
+    split: HoldoutSplit  # by date: train, validation and test windows
+    train_rows: np.ndarray  # dataset rows of the train window's pins
+    pairs: NeighborPairs  # neighbor pairs and board saves of train-window pins only
     pins: pd.DataFrame  # the validated pins, in dataset order
     board_pins: pd.DataFrame  # the validated saves (every board, for evaluation's neighbors)
-    raw_root: Path  # the landing zone (images; ``_truth/`` for evaluation only)
+    interactions: pd.DataFrame  # the validated impressions (evaluation's cold pins)
+    raw_root: Path
+    protocol: RelatedPinsProtocol  # related-pins queries of every window (validation: early stopping)  # the landing zone (images; ``_truth/`` for evaluation only)
 
 
 def caption_key(caption: str) -> str:
@@ -463,14 +521,16 @@ def pinclip_inputs(
         raise ValueError(f"text cache has {len(text)} rows but there are {len(pins)} pins; "
                          "rebuild the text features after validation changes")
     dataset = PinDataset(pins, raw_root, image_size).predecode()
-    split = holdout_split(pins, interactions)
-    # Only pairs whose pins both predate the cut-off: held-out pins stay unseen.
-    pairs = neighbor_pairs_for_training(
-        neighbor_pairs[neighbor_pairs["source"].isin(pair_sources)], dataset.pin_ids, board_pins,
-        split="train",
-    )
+    split = holdout_split(pins)
+    # Only pairs and saves of training-window pins: validation and test pins stay unseen.
+    train_ids = set(split.train_ids)
+    pairs = neighbor_pairs[neighbor_pairs["source"].isin(pair_sources) & neighbor_pairs["pin_a"].isin(train_ids)
+                           & neighbor_pairs["pin_b"].isin(train_ids)]
+    pairs = neighbor_pairs_for_training(pairs, dataset.pin_ids, board_pins[board_pins["pin_id"].isin(train_ids)],
+                                        split=None)
+    protocol = related_pins_protocol(pins, board_pins, interactions, split.windows)
     return PinCLIPInputs(dataset, text, split, dataset.rows_of(split.train_ids), pairs, pins, board_pins,
-                         Path(raw_root))
+                         interactions, Path(raw_root), protocol)
 
 
 def day_text_features(text: TextFeatures, all_pins: pd.DataFrame, day_pins: pd.DataFrame) -> TextFeatures:

@@ -1,19 +1,26 @@
-"""PinCLIP's evaluation protocol: held out by date, board-neighbor retrieval over the corpus.
+"""PinCLIP's evaluation: related pins and text search, by date window, against baselines and
+the world's true ceiling.
 
 The protocol never sees a model, only embeddings (:class:`EmbeddingSet`), so the trained
-fused tower, its image-only and text-only heads, the ablation, the untrained tower and
-the baselines below are all scored by the same code on the same queries and corpus:
+fused tower, its image-only and text-only heads, the ablation, the untrained tower and the
+baselines are all scored by the same code on the same queries and corpus:
 
-* **Split**: pins created on or after the cutoff date are held out (the model trained on
-  earlier days); *cold* pins are held-out pins that no user was ever shown.
-* **Neighbor retrieval**: a held-out pin's neighbors are all pins sharing a board with
-  it. It queries the whole corpus (every validated pin but itself) and scores Recall@k
-  of those neighbors, as a user of the index would see it.
-* **Text ↔ image retrieval**, for methods with both towers: each held-out pin's caption
-  finds its own image among the held-out images, and the other way round.
-
-The attribute oracle reads the generator's truth and the floor is random vectors, so
-every report spans chance to ceiling.
+* **Windows** (:mod:`mmpipe.eval.splits`): the model trained on pins created in the train
+  window; pins created in the validation window are the queries of the promotion gate and
+  of model selection, pins of the test window those of the report. *Cold* is the shared
+  definition (no impression and no board save before the training cut-off); *unseen* test
+  pins were never shown to any user at all.
+* **Related pins**: a query pin searches the whole corpus (every validated pin but
+  itself); a result is relevant when it shares a board with the query (graded by the
+  number of boards shared). nDCG@10 is the headline, with P@10, hit@10 and R@10 beside
+  it (:mod:`mmpipe.eval.ranking`, one definition each). Queries without a board-mate have
+  no defined nDCG and are not evaluable.
+* **True ceiling**: candidates ranked by the probability, under the generator's own save
+  model, of being saved to one of the query's boards (:mod:`mmpipe.eval.related_ceiling`).
+  Random vectors are the floor.
+* **Text search**: each test pin's caption finds its own image among the test images
+  (text->image R@1/5/10, the search path's direction), and attribute-composed queries
+  ("a blue striped star") find the test pins whose main object has those attributes.
 """
 
 from __future__ import annotations
@@ -25,82 +32,67 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
+from mmpipe.eval.ranking import metric_key, ranking_metrics_per_query, summarise, top_k, top_k_from_scores
+from mmpipe.eval.related_ceiling import SaveProbabilities, ceiling_scores, load_save_probabilities
 from mmpipe.eval.report import bar_plot_png, metrics_table_markdown
-from mmpipe.eval.retrieval import (
-    bidirectional_retrieval,
-    neighbor_hits_per_query,
-    paired_bootstrap_gain,
-    relative_gain,
-    summarise_neighbor_hits,
-)
+from mmpipe.eval.retrieval import paired_bootstrap_gain, relative_gain, retrieval_metrics
 from mmpipe.layout import truth_path
+from mmpipe.nn.text_tower import TextFeatures, encode_texts, load_text_encoder
 from mmpipe.spec import EvalOutcome
-from mmpipe.systems.pinclip.data import HoldoutSplit, PinCLIPInputs
+from mmpipe.systems.pinclip.data import (COLD, TEST, UNSEEN, VALIDATION, PinCLIPInputs, QuerySet,  # noqa: F401
+                                         RelatedPinsProtocol, related_pins_protocol)
 from mmpipe.systems.pinclip.model import PinCLIP
 from mmpipe.systems.pinclip.serve import load_version_model
 from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins, load_trained
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 
-HELDOUT = "heldout"
-COLD = "cold"
-SUBSETS = (HELDOUT, COLD)
+SUBSETS = (VALIDATION, TEST, COLD, UNSEEN)
+REPORTED = (TEST, COLD, UNSEEN)  # the report's tables; validation is what the gate reads
+K = 10
+RANKING_METRICS = ("ndcg", "ndcg_graded", "precision", "hit", "recall")
+
+# The gate's and the baselines check's metric: nDCG@10 of related pins on the validation
+# window, so promotion never looks at test. The report leads with the same metric on test.
+PRIMARY_METRIC = metric_key("ndcg", VALIDATION, K)  # "nDCG@10/validation"
+HEADLINE_METRIC = metric_key("ndcg", TEST, K)  # "nDCG@10/test"
+HIGHER_IS_BETTER = True
+TEXT_SEARCH_PREFIX = "attribute_query"  # attribute_query/nDCG@10, attribute_query/P@10
+COMPOSED_ATTRIBUTES = ("color", "pattern", "shape")
 
 RANDOM_NAME = "random"
 MINILM_NAME = "minilm_captions"
-ORACLE_NAME = "attribute_oracle"
-_TIE_BREAK_DIM = 16
+ATTRIBUTE_MATCH_NAME = "attribute_match"
+CEILING_NAME = "true_ceiling"
+MODEL_NAME = "pinclip_fused"
+# What the fused embedding must beat before it may be promoted: its own towers alone, the
+# ablation without the neighbor loss, an untrained tower, MiniLM on captions, and chance.
+BASELINES = ("pinclip_image_tower", "pinclip_text_tower", "no_neighbor_loss_fused", "no_neighbor_loss_image",
+             "untrained_image_tower", MINILM_NAME, RANDOM_NAME)
 
-DEFAULT_DESCRIPTIONS = {
-    RANDOM_NAME: "random unit vectors: chance level, the floor every method must clear.",
-    MINILM_NAME: (
-        "off-the-shelf all-MiniLM-L6-v2 sentence embedding of the caption (title + "
-        "description), untrained on this data: the foundation-model baseline."
-    ),
-    ORACLE_NAME: (
-        "one-hot of the main object's true attribute values, weighted toward the "
-        "attributes board themes use, ties broken at random: retrieval by the world's "
-        "truth, the ceiling."
-    ),
+DESCRIPTIONS = {
+    MODEL_NAME: "PinCLIP fused pin embedding (image↔text + neighbor alignment).",
+    "pinclip_image_tower": "image tower of the trained model alone.",
+    "pinclip_text_tower": "text tower of the trained model alone.",
+    "no_neighbor_loss_fused": "ablation: the same training without the neighbor loss (fused).",
+    "no_neighbor_loss_image": "ablation: its image tower.",
+    "untrained_image_tower": "randomly initialised image tower.",
+    MINILM_NAME: "off-the-shelf all-MiniLM-L6-v2 sentence embedding of the caption (title + description), "
+                 "untrained on this data: the foundation-model baseline.",
+    RANDOM_NAME: "random unit vectors: chance level, the floor.",
+    ATTRIBUTE_MATCH_NAME: "reference, reads the truth: the number of the main object's true attribute values "
+                          "two pins share, weighted by how often boards theme on each attribute, ties at random. "
+                          "Not a ceiling: it does not know board sizes or which boards the query is on.",
+    CEILING_NAME: "the true ceiling: candidates ranked by P(saved to one of the query's boards) under the "
+                  "world's own save model (board themes, popularity, the off-theme rate). It knows the query's "
+                  "boards, which no content model does; no model may beat it beyond its interval.",
 }
 
 
-def neighbor_metric(name: str, subset: str, k: int = 10) -> str:
-    """Metric key, e.g. ``neighbor_metric("R", "cold")`` -> ``"neighbor_R@10/cold"``."""
-    return f"neighbor_{name}@{k}/{subset}"
-
-
-# The gate's metric: held-out board-neighbor Recall@10 of the fused embedding.
-PRIMARY_METRIC = neighbor_metric("R", HELDOUT, 10)  # "neighbor_R@10/heldout"
-HIGHER_IS_BETTER = True
-
-
 # ---------------------------------------------------------------------------------------
-# split and neighbors
-
-
-def board_neighbors(board_pins: pd.DataFrame) -> dict[str, set[str]]:
-    """Every pin's neighbors: all other pins sharing at least one board with it.
-
-    Unlike ``graph_neighbor_pairs``, nothing is capped, since Recall@k must count every
-    neighbor. The sets are built as unions of board member lists rather than through
-    :func:`~mmpipe.eval.retrieval.neighbors_from_pairs`, which would need a board's
-    n(n-1)/2 pairs as a table. Symmetric, never self; pins alone on their boards are absent.
-    """
-    saves = board_pins[["board_id", "pin_id"]].dropna().astype(str).drop_duplicates()
-    members = saves.groupby("board_id", sort=True)["pin_id"].agg(list).to_dict()
-    neighbors: dict[str, set[str]] = {}
-    for pin, boards in saves.groupby("pin_id", sort=True)["board_id"]:
-        others = set().union(*(members[board] for board in boards))
-        others.discard(pin)
-        if others:
-            neighbors[pin] = others
-    return neighbors
-
-
-# ---------------------------------------------------------------------------------------
-# embeddings and scoring
+# embeddings
 
 
 def _unit_rows(x, name: str, n_rows: int) -> np.ndarray:
@@ -114,17 +106,19 @@ def _unit_rows(x, name: str, n_rows: int) -> np.ndarray:
 
 @dataclass
 class EmbeddingSet:
-    """One method's embeddings for every validated pin: the queries and the whole corpus.
+    """One method's embeddings for every validated pin, in the protocol's corpus order.
 
-    Rows are L2-normalised on construction, so inner products are cosines whatever
-    the method produced.
+    ``pin`` is what related-pins search uses; ``image`` and ``text`` (both, or neither)
+    enable text search. Rows are L2-normalised on construction, so inner products are cosines.
+    ``text_queries`` embeds free text into the space of ``image`` (the search path).
     """
 
     name: str
     ids: list[str]
-    pin: np.ndarray  # [N, D] what neighbor retrieval uses
-    image: np.ndarray | None = None  # with text: enables text <-> image retrieval
+    pin: np.ndarray  # [N, D]
+    image: np.ndarray | None = None
     text: np.ndarray | None = None
+    text_queries: object = None  # Callable[[list[str]], np.ndarray], with image
 
     def __post_init__(self) -> None:
         self.ids = [str(pin) for pin in self.ids]
@@ -137,75 +131,53 @@ class EmbeddingSet:
         if self.text is not None:
             self.text = _unit_rows(self.text, f"{self.name}.text", n)
 
-    def rows(self, ids: Sequence[str]) -> np.ndarray:
-        row_of = {pin: row for row, pin in enumerate(self.ids)}
-        return np.array([row_of[pin] for pin in ids], dtype=np.int64)
+
+# ---------------------------------------------------------------------------------------
+# the protocol: queries and their relevance, per subset
 
 
-def evaluate_embeddings(
-    sets: list[EmbeddingSet],
-    split: HoldoutSplit,
-    neighbors: dict[str, set[str]],
-    k: int = 10,
-    per_query: dict[str, dict[str, np.ndarray]] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Score every method on the same queries against the same corpus.
+def score_ranked(ranked: Mapping[str, np.ndarray], protocol: RelatedPinsProtocol,
+                 k: int = K) -> dict[str, dict[str, np.ndarray]]:
+    """Per-query ranking metrics of each subset's ``ranked`` [Q, k] corpus rows."""
+    return {subset: ranking_metrics_per_query(ranked[subset], protocol.query_sets[subset].relevance, k)
+            for subset in ranked}
 
-    Per method: ``neighbor_R@k``, ``neighbor_hit@k``, ``neighbor_max_R@k`` (what a
-    perfect ranking scores: pins with more than k neighbors cannot find them all) and
-    ``neighbor_queries``, each for ``/heldout`` and ``/cold``; with image and text
-    embeddings also ``text_to_image/R@1`` ... ``image_to_text/mean_rank`` over the
-    held-out pins (see :func:`~mmpipe.eval.retrieval.bidirectional_retrieval`).
 
-    Every set must cover exactly the split's pins, so no method is scored on an easier
-    corpus than another. A ``per_query`` dict is filled with each method's per-query
-    neighbor recall, ``per_query[name][subset]``, in the same query order for every
-    method (what :func:`pinclip_report` needs for confidence intervals).
-    """
-    corpus = set(split.train_ids) | set(split.heldout_ids)
-    queries = {HELDOUT: split.heldout_ids, COLD: split.cold_ids}
-    results: dict[str, dict[str, float]] = {}
-    for embeddings in sets:
-        if embeddings.name in results:
-            raise ValueError(f"two embedding sets are named {embeddings.name!r}")
-        if set(embeddings.ids) != corpus:
-            missing, extra = corpus - set(embeddings.ids), set(embeddings.ids) - corpus
-            raise ValueError(
-                f"{embeddings.name} must embed exactly the split's {len(corpus)} pins: "
-                f"{len(missing)} missing (e.g. {sorted(missing)[:3]}), "
-                f"{len(extra)} not in the split (e.g. {sorted(extra)[:3]})"
-            )
-        metrics: dict[str, float] = {}
-        for subset, ids in queries.items():
-            hits, total = neighbor_hits_per_query(
-                embeddings.pin[embeddings.rows(ids)], ids,
-                embeddings.pin, embeddings.ids, neighbors, k=k,
-            )
-            found = summarise_neighbor_hits(hits, total, k)
-            metrics[neighbor_metric("R", subset, k)] = found[f"recall@{k}"]
-            metrics[neighbor_metric("hit", subset, k)] = found[f"hit_rate@{k}"]
-            metrics[neighbor_metric("max_R", subset, k)] = found[f"max_recall@{k}"]
-            metrics[f"neighbor_queries/{subset}"] = found["n_queries"]
-            if per_query is not None:
-                per_query.setdefault(embeddings.name, {})[subset] = hits / total
-        if embeddings.image is not None and embeddings.text is not None and split.heldout_ids:
-            rows = embeddings.rows(split.heldout_ids)
-            metrics.update(bidirectional_retrieval(embeddings.image[rows], embeddings.text[rows]))
-        results[embeddings.name] = metrics
-    return results
+def rank_embeddings(embeddings: EmbeddingSet, protocol: RelatedPinsProtocol, k: int = K,
+                    subsets: Sequence[str] = SUBSETS) -> dict[str, np.ndarray]:
+    """Each subset's queries' top ``k`` corpus rows by cosine, the query itself excluded."""
+    protocol.check(embeddings)
+    return {subset: top_k(embeddings.pin[protocol.query_sets[subset].rows], embeddings.pin, k,
+                          exclude=protocol.query_sets[subset].rows) for subset in subsets}
+
+
+def ceiling_ranked(protocol: RelatedPinsProtocol, probs: SaveProbabilities, k: int = K,
+                   subsets: Sequence[str] = SUBSETS) -> dict[str, np.ndarray]:
+    """The true ceiling's top ``k`` per query (see :data:`DESCRIPTIONS`)."""
+    columns = pd.Index(probs.pin_ids).get_indexer(protocol.ids)
+    if (columns < 0).any():
+        raise ValueError(f"{(columns < 0).sum()} corpus pins are not in the truth's save probabilities")
+    truth_boards = pd.Index(probs.board_ids).get_indexer(protocol.board_ids)
+    if (truth_boards < 0).any():
+        raise ValueError("validated boards the truth does not have: the ceiling cannot score them")
+    to_truth = sp.csr_matrix((np.ones(len(truth_boards)), (np.arange(len(truth_boards)), truth_boards)),
+                             shape=(len(truth_boards), len(probs.board_ids)))
+    ranked = {}
+    for subset in subsets:
+        rows = protocol.query_sets[subset].rows
+        boards = protocol.membership[rows] @ to_truth
+        ranked[subset] = top_k_from_scores(lambda start, stop: ceiling_scores(boards[start:stop], probs)[:, columns],
+                                           len(rows), k, exclude=rows)
+    return ranked
 
 
 # ---------------------------------------------------------------------------------------
-# oracle and baselines
+# baselines
 
 
 def attribute_weights(board_themes: pd.DataFrame | None) -> dict[str, float]:
     """How much each attribute says about board membership: its share of board theme slots.
-
-    Boards theme on one or two attributes, and two pins share a board when they agree on
-    the theme's attributes; agreeing on an attribute no board themes on predicts nothing.
-    Without themes every attribute weighs the same.
-    """
+    Without themes every attribute weighs the same."""
     if board_themes is None or board_themes.empty:
         return dict.fromkeys(ATTRIBUTE_NAMES, 1.0 / len(ATTRIBUTE_NAMES))
     counts = board_themes["attribute"].astype(str).value_counts()
@@ -216,329 +188,305 @@ def attribute_weights(board_themes: pd.DataFrame | None) -> dict[str, float]:
     return {name: float(counts.get(name, 0)) / total for name in ATTRIBUTE_NAMES}
 
 
-def attribute_oracle(
-    pin_ids: list[str],
-    truth_pin_objects: pd.DataFrame,
-    board_themes: pd.DataFrame | None = None,
-    seed: int = 0,
-) -> EmbeddingSet:
-    """Retrieval by the world's true attributes: the ceiling no content model should pass.
-
-    Each pin is the one-hot of its main object's (``object_index`` 0) value for every
-    attribute, the block of attribute a scaled by sqrt(weight_a), so the inner product of
-    two pins is the summed weight of the attributes they agree on (weights from
-    :func:`attribute_weights`). Reads ``_truth``: evaluation code only.
-
-    Pins agreeing on the same attributes tie, often dozens deep, and the retrieval
-    metrics count ties against the model: right for a collapsed model, wrong for the truth,
-    which is merely indifferent among them. So a small random component breaks ties at
-    random, too small to ever reorder pins whose agreement differs.
-    """
+def main_objects(truth_pin_objects: pd.DataFrame, pin_ids: Sequence[str]) -> pd.DataFrame:
+    """The true main object (``object_index`` 0) of each pin, in ``pin_ids`` order."""
     main = truth_pin_objects[truth_pin_objects["object_index"] == 0].copy()
     main["pin_id"] = main["pin_id"].astype(str)
     main = main.drop_duplicates("pin_id").set_index("pin_id")
-    pin_ids = [str(pin) for pin in pin_ids]
     missing = [pin for pin in pin_ids if pin not in main.index]
     if missing:
-        raise ValueError(
-            f"{len(missing)} pins have no main object in the truth, e.g. {missing[:3]}"
-        )
-    main = main.loc[pin_ids]
+        raise ValueError(f"{len(missing)} pins have no main object in the truth, e.g. {missing[:3]}")
+    return main.loc[list(pin_ids)]
 
+
+def attribute_match(pin_ids: list[str], truth_pin_objects: pd.DataFrame, board_themes: pd.DataFrame | None = None,
+                    seed: int = 0) -> EmbeddingSet:
+    """The reference row: pins as the one-hot of their main object's true values, attribute
+    a's block scaled by sqrt(weight_a), so a cosine is the summed weight of the attributes two
+    pins agree on. A small random component breaks the many ties at random, too small to
+    reorder pins whose agreement differs (a quarter of the smallest gap between two sums)."""
+    main = main_objects(truth_pin_objects, pin_ids)
     weights = attribute_weights(board_themes)
     blocks = []
     for name in ATTRIBUTE_NAMES:
         values = pd.Categorical(main[name].astype(str), categories=ATTRIBUTES[name])
         if (values.codes < 0).any():
             raise ValueError(f"truth has {name} values outside {ATTRIBUTES[name]}")
-        one_hot = np.zeros((len(pin_ids), len(ATTRIBUTES[name])), dtype=np.float64)
+        one_hot = np.zeros((len(pin_ids), len(ATTRIBUTES[name])))
         one_hot[np.arange(len(pin_ids)), values.codes] = math.sqrt(weights[name])
         blocks.append(one_hot)
-
-    # Scores are sums of a subset of the weights; the jitter's inner products stay within
-    # +-eps**2, a quarter of the smallest gap between two distinct sums.
-    subset_sums = np.array([
-        sum(w for bit, w in enumerate(weights.values()) if mask >> bit & 1)
-        for mask in range(2 ** len(weights))
-    ])
+    subset_sums = np.array([sum(w for bit, w in enumerate(weights.values()) if mask >> bit & 1)
+                            for mask in range(2 ** len(weights))])
     gaps = np.diff(np.unique(subset_sums.round(9)))
     eps = math.sqrt(gaps.min() / 4) if len(gaps) else 1.0
-    jitter = np.random.default_rng(seed).standard_normal((len(pin_ids), _TIE_BREAK_DIM))
+    jitter = np.random.default_rng(seed).standard_normal((len(pin_ids), 16))
     jitter *= eps / np.linalg.norm(jitter, axis=1, keepdims=True)
-    # Every row has norm sqrt(1 + eps**2), so normalising scales all scores alike.
-    return EmbeddingSet(ORACLE_NAME, pin_ids, np.concatenate([*blocks, jitter], axis=1))
+    return EmbeddingSet(ATTRIBUTE_MATCH_NAME, pin_ids, np.concatenate([*blocks, jitter], axis=1))
 
 
-def minilm_caption_baseline(
-    pins: pd.DataFrame, text_features, name: str = MINILM_NAME
-) -> EmbeddingSet:
-    """The foundation-model baseline: each pin is its caption's MiniLM sentence embedding.
+def minilm_caption_baseline(ids: list[str], text: TextFeatures, text_model_dir: Path | None = None,
+                            max_length: int = 48) -> EmbeddingSet:
+    """Each pin is its caption's MiniLM sentence embedding; a text query is MiniLM's
+    embedding of the query, searched against the captions (it has no image side)."""
+    pooled = text.pooled.detach().cpu().numpy()
 
-    ``text_features`` is :class:`~mmpipe.nn.text_tower.TextFeatures` (or its
-    ``pooled`` matrix) computed from ``pins``' captions, row i for row i. Without an image
-    tower it takes no part in text <-> image retrieval.
-    """
-    pooled = getattr(text_features, "pooled", text_features)
-    pooled = pooled.detach().cpu().numpy() if hasattr(pooled, "detach") else np.asarray(pooled)
-    return EmbeddingSet(name, pins["pin_id"].astype(str).tolist(), pooled, text=pooled)
+    def text_queries(queries: list[str]) -> np.ndarray:
+        tokenizer, model = load_text_encoder(text_model_dir)
+        return encode_texts(queries, tokenizer, model, max_length=max_length).pooled.numpy()
+
+    return EmbeddingSet(MINILM_NAME, ids, pooled, text_queries=text_queries)
 
 
-def random_baseline(
-    ids: Sequence[str], dim: int, seed: int, name: str = RANDOM_NAME
-) -> EmbeddingSet:
-    """Chance level: independent Gaussian directions for the pin, image and text vectors."""
+def random_baseline(ids: Sequence[str], dim: int, seed: int, name: str = RANDOM_NAME) -> EmbeddingSet:
+    """Chance level: independent Gaussian directions for the pin, image, text and query vectors."""
     rng = np.random.default_rng(seed)
     pin, image, text = (rng.standard_normal((len(ids), dim), dtype=np.float32) for _ in range(3))
-    return EmbeddingSet(name, list(ids), pin, image=image, text=text)
+    query_rng = np.random.default_rng(seed + 1)
+    return EmbeddingSet(name, list(ids), pin, image=image, text=text,
+                        text_queries=lambda queries: query_rng.standard_normal((len(queries), dim)))
+
+
+def model_sets(name: str, ids: list[str], embeddings: Mapping[str, np.ndarray], model: PinCLIP | None = None,
+               text_model_dir: Path | None = None, max_length: int = 48) -> EmbeddingSet:
+    """A trained model's fused embedding as a row, with its image/text towers for text search."""
+    text_queries = None
+    if model is not None:
+        def text_queries(queries: list[str]) -> np.ndarray:
+            tokenizer, tower = load_text_encoder(text_model_dir)
+            features = encode_texts(queries, tokenizer, tower, max_length=max_length,
+                                    trainable_top_layers=model.config.text_trainable_layers)
+            with torch.no_grad():
+                return model.eval().encode_text(features.hidden, features.mask)[1].numpy()
+    return EmbeddingSet(name, ids, embeddings["fused"], embeddings["image"], embeddings["text"], text_queries)
 
 
 # ---------------------------------------------------------------------------------------
-# report
+# text search
 
-_RETRIEVAL_COLUMNS = [
-    f"{direction}/{metric}"
-    for direction in ("text_to_image", "image_to_text")
-    for metric in ("R@1", "R@5", "R@10", "median_rank", "mean_rank")
-]
+
+@dataclass
+class AttributeQueries:
+    texts: list[str]  # "a blue striped star"
+    relevance: sp.csr_matrix  # [Q, n_test] 1 where the test pin's main object has the attributes
+
+
+def attribute_queries(main: pd.DataFrame, attributes: Sequence[str] = COMPOSED_ATTRIBUTES,
+                      min_relevant: int = 3) -> AttributeQueries:
+    """One query per combination of ``attributes`` held by at least ``min_relevant`` of the
+    ``main`` objects (rows: the test pins): "a {color} {pattern} {shape}"."""
+    combos = main.groupby(list(attributes), sort=True).indices
+    texts, rows, columns = [], [], []
+    for values, members in combos.items():
+        if len(members) < min_relevant:
+            continue
+        rows += [len(texts)] * len(members)
+        columns += list(members)
+        texts.append("a " + " ".join(values))
+    relevance = sp.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(texts), len(main)))
+    return AttributeQueries(texts, relevance)
+
+
+def text_search_metrics(embeddings: EmbeddingSet, test_rows: np.ndarray, queries: AttributeQueries | None,
+                        k: int = K) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Caption -> own image R@1/5/10 among the test pins (with image and text towers), and the
+    attribute queries' ranking metrics over the test pins (with ``text_queries``: against
+    the images, or for a text-only method such as MiniLM against its caption embeddings)."""
+    metrics: dict[str, float] = {}
+    if embeddings.image is not None and embeddings.text is not None:
+        own = retrieval_metrics(embeddings.text[test_rows], embeddings.image[test_rows])
+        metrics.update({f"text_to_image/{key}": value for key, value in own.items()})
+    per_query: dict[str, np.ndarray] = {}
+    if queries is not None and queries.texts and embeddings.text_queries is not None:
+        corpus = (embeddings.image if embeddings.image is not None else embeddings.pin)[test_rows]
+        query_emb = _unit_rows(embeddings.text_queries(queries.texts), "text queries", len(queries.texts))
+        depth = min(k, len(test_rows))
+        per_query = ranking_metrics_per_query(top_k(query_emb, corpus, depth), queries.relevance, depth)
+        metrics.update({f"{TEXT_SEARCH_PREFIX}/{metric_key(name, TEST, k).split('/')[0]}": value
+                        for name, value in summarise(per_query).items() if name in ("ndcg", "precision", "hit")})
+    return metrics, per_query
+
+
+# ---------------------------------------------------------------------------------------
+# scoring and the report
+
+
+@dataclass
+class Scores:
+    metrics: dict[str, dict[str, float]]  # method -> metric -> value
+    per_query: dict[str, dict[str, dict[str, np.ndarray]]]  # method -> subset -> metric -> [Q]
+
+
+def score_methods(sets: Sequence[EmbeddingSet], protocol: RelatedPinsProtocol,
+                  ceiling: Mapping[str, np.ndarray] | None = None, queries: AttributeQueries | None = None,
+                  k: int = K, subsets: Sequence[str] = SUBSETS) -> Scores:
+    """Every method on the same queries against the same corpus; the ceiling's rankings
+    (``ceiling_ranked``) as the row :data:`CEILING_NAME`."""
+    metrics: dict[str, dict[str, float]] = {}
+    per_query: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    rankings = {embeddings.name: rank_embeddings(embeddings, protocol, k, subsets) for embeddings in sets}
+    if len(rankings) != len(sets):
+        raise ValueError("two embedding sets share a name")
+    if ceiling is not None:
+        rankings[CEILING_NAME] = {subset: ceiling[subset] for subset in subsets}
+    for name, ranked in rankings.items():
+        per_query[name] = score_ranked(ranked, protocol, k)
+        metrics[name] = {metric_key(metric, subset, k): float(np.mean(values))
+                         for subset, by_metric in per_query[name].items() for metric, values in by_metric.items()}
+        metrics[name].update({f"queries/{subset}": len(protocol.query_sets[subset].rows) for subset in subsets})
+    for embeddings in sets:
+        search, search_per_query = text_search_metrics(embeddings, protocol.window_pins[TEST], queries, k)
+        metrics[embeddings.name].update(search)
+        if search_per_query:
+            per_query[embeddings.name][TEXT_SEARCH_PREFIX] = search_per_query
+    return Scores(metrics, per_query)
 
 
 def _finite(value) -> bool:
-    return value is not None and math.isfinite(float(value))
+    return value is not None and isinstance(value, (int, float, np.floating)) and math.isfinite(float(value))
 
 
-def _format(value, percent: bool = False) -> str:
-    # Significant digits, not decimals: neighbor R@10 over big boards lives around 0.005.
-    if not _finite(value):
-        return "n/a"
-    return f"{float(value):.0%}" if percent else f"{float(value):.3g}"
+def _best(metrics: Mapping[str, Mapping[str, float]], methods: Sequence[str], key: str) -> str | None:
+    scored = [name for name in methods if _finite(metrics.get(name, {}).get(key))]
+    return max(scored, key=lambda name: metrics[name][key]) if scored else None
 
 
-def pinclip_report(
-    metrics: dict[str, dict[str, float]],
-    model_name: str,
-    baselines: list[str],
-    oracle: str,
-    *,
-    descriptions: Mapping[str, str] | None = None,
-    split: HoldoutSplit | None = None,
-    k: int = 10,
-    per_query: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-) -> tuple[str, dict[str, bytes], dict]:
-    """The PinCLIP report: markdown, PNG bar plots, and a summary for ``write_report``.
+def _comparison(scores: Scores, model: str, baselines: Sequence[str], subset: str, metric: str,
+                k: int = K) -> dict:
+    """The model against the best baseline on one metric: gain with a paired-bootstrap 90%
+    interval over the queries, and the share of the baseline-to-ceiling distance closed."""
+    key = metric_key(metric, subset, k)
+    best = _best(scores.metrics, baselines, key)
+    model_value = scores.metrics[model].get(key)
+    if best is None or not _finite(model_value):
+        return {"metric": key, "best_baseline": None, "gain": math.nan, "gain_ci": (math.nan, math.nan),
+                "gap_closed": math.nan}
+    baseline_value = scores.metrics[best][key]
+    ceiling_value = scores.metrics.get(CEILING_NAME, {}).get(key)
+    gap = ceiling_value - baseline_value if _finite(ceiling_value) else math.nan
+    return {
+        "metric": key, "best_baseline": best, "model": model_value, "baseline": baseline_value,
+        "ceiling": ceiling_value, "gain": relative_gain(model_value, baseline_value),
+        "gain_ci": paired_bootstrap_gain(scores.per_query[model][subset][metric], scores.per_query[best][subset][metric]),
+        "gap_closed": (model_value - baseline_value) / gap if gap > 0 else math.nan,
+    }
 
-    The model's gain is measured against the best *baseline* for each metric, never
-    the oracle, which reads the truth. ``descriptions`` adds to (or overrides)
-    :data:`DEFAULT_DESCRIPTIONS` for the paragraph saying what each row is.
 
-    Returns ``(markdown, plots, summary)``: summary holds ``best_baseline`` and ``gains``
-    (relative, per neighbor R@k subset), ``gap_closed`` (the share of the best-baseline-
-    to-oracle gap the model covers) and every method's ``metrics``. With ``per_query``
-    (as filled by :func:`evaluate_embeddings`) each gain also gets a paired-bootstrap
-    90% interval over the queries, ``gain_ci``: a few hundred queries make a gain of a
-    few percent indistinguishable from luck, and the report should say so. Pass them on as
-    ``write_report(directory, "pinclip_eval", markdown, plots, summary)``.
+def _percent_interval(low: float, high: float) -> str:
+    return f"90% CI {low:+.1%} to {high:+.1%}" if _finite(low) else "no interval"
+
+
+def pinclip_report(scores: Scores, protocol: RelatedPinsProtocol, model: str = MODEL_NAME,
+                   baselines: Sequence[str] = BASELINES, k: int = K,
+                   descriptions: Mapping[str, str] | None = None) -> tuple[str, dict[str, bytes], dict]:
+    """Markdown, PNG bar plots and the summary (for ``write_report`` and the overview).
+
+    Gains are over the best *baseline* per metric, never the ceiling or the attribute
+    reference, which read the truth; each has a paired-bootstrap 90% interval over queries.
     """
-    named = [model_name, *baselines, oracle]
-    unknown = [name for name in named if name not in metrics]
-    if unknown:
-        raise ValueError(f"no metrics for {unknown}; have {sorted(metrics)}")
-    if model_name in baselines or oracle in baselines or model_name == oracle:
-        raise ValueError("the model, the baselines and the oracle must be different methods")
-    order = list(dict.fromkeys([*named, *metrics]))  # extra methods follow, as given
-    rows = {name: metrics[name] for name in order}
-
-    best_baseline, gains, gap_closed, gain_ci = {}, {}, {}, {}
-    for subset in SUBSETS:
-        key = neighbor_metric("R", subset, k)
-        scored = [name for name in baselines if _finite(metrics[name].get(key))]
-        model_value = metrics[model_name].get(key)
-        if not scored or not _finite(model_value):
-            best_baseline[key], gains[key], gap_closed[key] = None, math.nan, math.nan
-            gain_ci[key] = (math.nan, math.nan)
-            continue
-        best = max(scored, key=lambda name: metrics[name][key])
-        best_baseline[key] = best
-        gains[key] = relative_gain(model_value, metrics[best][key])
-        oracle_value = metrics[oracle].get(key)
-        gap = float(oracle_value) - metrics[best][key] if _finite(oracle_value) else 0.0
-        gap_closed[key] = (model_value - metrics[best][key]) / gap if gap > 0 else math.nan
-        gain_ci[key] = (paired_bootstrap_gain(per_query[model_name][subset], per_query[best][subset])
-                        if per_query is not None else (math.nan, math.nan))
-
-    # Neighbor R@k over big boards is ~0.005, too small for the table's three decimals,
-    # so the neighbor table and plots show percentages; the summary keeps fractions.
-    neighbor_columns = [
-        neighbor_metric(name, subset, k) for subset in SUBSETS for name in ("R", "hit")
+    metrics = scores.metrics
+    missing = [name for name in (model, *baselines) if name not in metrics]
+    if missing:
+        raise ValueError(f"no metrics for {missing}; have {sorted(metrics)}")
+    if model in baselines:
+        raise ValueError("the model cannot be one of its own baselines")
+    described = {**DESCRIPTIONS, **(descriptions or {})}
+    order = list(dict.fromkeys([model, *baselines, *metrics]))
+    comparisons = {f"{metric}/{subset}": _comparison(scores, model, baselines, subset, metric, k)
+                   for subset in (VALIDATION, *REPORTED) for metric in ("ndcg", "hit", "precision")}
+    headline = comparisons[f"ndcg/{TEST}"]
+    queries = {subset: len(qs.rows) for subset, qs in protocol.query_sets.items()}
+    candidates = {subset: qs.candidates for subset, qs in protocol.query_sets.items()}
+    w = protocol.windows
+    lines = [
+        f"# PinCLIP evaluation: {model}", "",
+        f"**Related pins, test window: nDCG@{k} {headline.get('model', math.nan):.3f}** against the best baseline "
+        f"{headline['best_baseline']} {headline.get('baseline', math.nan):.3f} "
+        f"({headline['gain']:+.1%}, {_percent_interval(*headline['gain_ci'])}); true ceiling "
+        f"{headline.get('ceiling', math.nan):.3f}, {headline['gap_closed']:.0%} of the baseline-to-ceiling "
+        "distance closed.", "",
+        f"Windows by pin creation date: train before **{w.train_end}** ({len(protocol.window_pins['train'])} pins, "
+        f"the only ones training saw), validation {w.train_end} to {w.test_start} "
+        f"({len(protocol.window_pins[VALIDATION])} pins: the promotion gate reads `{PRIMARY_METRIC}`), test from "
+        f"**{w.test_start}** ({len(protocol.window_pins[TEST])} pins). Each query pin searches all "
+        f"{len(protocol.ids)} pins; a result is relevant when it shares a board with the query. Queries with a "
+        f"board-mate: validation {queries[VALIDATION]} of {candidates[VALIDATION]}, test {queries[TEST]} of "
+        f"{candidates[TEST]}, cold {queries[COLD]} of {candidates[COLD]} (no impression or save before the "
+        f"training cut-off; pins created after it always are), unseen {queries[UNSEEN]} of {candidates[UNSEEN]} "
+        "(never shown to any user).", "",
     ]
-    in_percent = {
-        name: {f"{column} %": 100 * float(row[column]) for column in neighbor_columns
-               if row.get(column) is not None}
-        for name, row in rows.items()
-    }
-    lines = [f"# PinCLIP evaluation: {model_name}", ""]
-    if split is not None:
-        lines.append(
-            f"Pins created on or after **{split.cutoff_date}** are held out "
-            f"({len(split.heldout_ids)} pins, {len(split.cold_ids)} of them cold: never "
-            f"shown to a user); the corpus is all "
-            f"{len(split.train_ids) + len(split.heldout_ids)} pins."
-        )
+    for subset in (*REPORTED, VALIDATION):
+        table_columns = [metric_key(metric, subset, k) for metric in RANKING_METRICS]
+        lines += [f"## Related pins: {subset} ({queries[subset]} queries)", "",
+                  metrics_table_markdown({name: metrics[name] for name in order}, columns=table_columns,
+                                         highlight=model), ""]
+        for metric in ("ndcg", "hit", "precision"):
+            c = comparisons[f"{metric}/{subset}"]
+            if c["best_baseline"] is None:
+                continue
+            lines.append(f"- {c['metric']}: {c['model']:.3f} vs best baseline {c['best_baseline']} "
+                         f"{c['baseline']:.3f}: {c['gain']:+.1%} ({_percent_interval(*c['gain_ci'])}); ceiling "
+                         f"{c['ceiling']:.3f}, {c['gap_closed']:.0%} of the gap closed")
         lines.append("")
-    model_row = metrics[model_name]
-    queries = {subset: model_row.get(f"neighbor_queries/{subset}", "n/a") for subset in SUBSETS}
-    ceiling = {subset: model_row.get(neighbor_metric("max_R", subset, k)) for subset in SUBSETS}
-    lines += [
-        f"Neighbor retrieval: each held-out pin with a board neighbor ({queries[HELDOUT]} "
-        f"held-out, {queries[COLD]} cold) searches the whole corpus; R@{k} is the share of "
-        f"the pins sharing a board with it found in its top {k}, hit@{k} whether any was. "
-        f"A perfect ranking scores R@{k} = {_format(ceiling[HELDOUT])} held-out / "
-        f"{_format(ceiling[COLD])} cold, since pins on big boards have more than {k} neighbors.",
-        "",
-        "## Neighbor retrieval (%)",
-        "",
-        metrics_table_markdown(
-            in_percent, columns=[f"{column} %" for column in neighbor_columns], highlight=model_name
-        ),
-    ]
-    for subset in SUBSETS:
-        key = neighbor_metric("R", subset, k)
-        if best_baseline[key] is None:
-            lines.append(f"- relative gain of {model_name} over the best baseline on {key}: n/a")
-            continue
-        low, high = gain_ci[key]
-        interval = f" (90% CI {low:+.1%} to {high:+.1%})" if _finite(low) else ""
-        lines.append(
-            f"- relative gain of {model_name} over the best baseline ({best_baseline[key]}) "
-            f"on {key}: {gains[key]:+.1%}{interval} ({_format(metrics[model_name][key])} vs "
-            f"{_format(metrics[best_baseline[key]][key])}, "
-            f"oracle {_format(metrics[oracle].get(key))}; "
-            f"{_format(gap_closed[key], percent=True)} of the gap to it closed)"
-        )
-
-    with_retrieval = {
-        name: row for name, row in rows.items()
-        if any(_finite(row.get(column)) for column in _RETRIEVAL_COLUMNS)
-    }
-    if with_retrieval:
-        lines += [
-            "",
-            "## Text ↔ image retrieval (held-out pins, each caption against all held-out images)",
-            "",
-            metrics_table_markdown(
-                with_retrieval,
-                columns=_RETRIEVAL_COLUMNS,
-                highlight=model_name if model_name in with_retrieval else None,
-            ),
-        ]
-
-    described = {**DEFAULT_DESCRIPTIONS, **(descriptions or {})}
-    lines += ["", "## Rows", ""]
+    search_columns = ["text_to_image/R@1", "text_to_image/R@5", "text_to_image/R@10", "text_to_image/median_rank",
+                      f"{TEXT_SEARCH_PREFIX}/nDCG@{k}", f"{TEXT_SEARCH_PREFIX}/P@{k}", f"{TEXT_SEARCH_PREFIX}/hit@{k}"]
+    with_search = {name: metrics[name] for name in order
+                   if any(column in metrics[name] for column in search_columns)}
+    if with_search:
+        n_attribute = next((len(v[TEXT_SEARCH_PREFIX]["ndcg"]) for v in scores.per_query.values()
+                            if TEXT_SEARCH_PREFIX in v), 0)
+        lines += ["## Text search (test pins)", "",
+                  f"Each test pin's caption against all {len(protocol.window_pins[TEST])} test images (text->image "
+                  f"R@k, the direction `mmpipe search --text` uses), and {n_attribute} attribute-composed queries "
+                  f"(\"a {{{'} {'.join(COMPOSED_ATTRIBUTES)}}}\", e.g. \"a blue striped star\") whose relevant "
+                  "results are the test pins whose main object has all three.", "",
+                  metrics_table_markdown(with_search, columns=search_columns,
+                                         highlight=model if model in with_search else None), ""]
+    lines += ["## Rows", ""]
     for name in order:
-        role = "model" if name == model_name else "oracle" if name == oracle else (
-            "baseline" if name in baselines else "other")
+        role = ("model" if name == model else "baseline" if name in baselines else
+                "ceiling" if name == CEILING_NAME else "reference" if name == ATTRIBUTE_MATCH_NAME else "other")
         text = described.get(name, "")
         lines.append(f"- **{name}** ({role}){': ' + text if text else ''}")
     markdown = "\n".join(lines) + "\n"
 
     plots = {}
-    for subset in SUBSETS:
-        column = f"{neighbor_metric('R', subset, k)} %"
-        if any(_finite(row.get(column)) for row in in_percent.values()):
-            plots[f"neighbor_recall_{subset}"] = bar_plot_png(
-                in_percent, column, f"Board-neighbor R@{k} (%), {subset} pins"
-            )
+    for subset in (TEST, UNSEEN):
+        column = metric_key("ndcg", subset, k)
+        if any(_finite(row.get(column)) for row in metrics.values()):
+            plots[f"related_ndcg_{subset}"] = bar_plot_png(metrics, column, f"Related pins nDCG@{k}, {subset}")
+    reported = [metric_key(metric, subset, k) for subset in REPORTED for metric in ("ndcg", "hit")]
     summary = {
-        "model": model_name,
-        "baselines": list(baselines),
-        "oracle": oracle,
-        "best_baseline": best_baseline,
-        "gains": gains,
-        "gain_ci": gain_ci,
-        "gap_closed": gap_closed,
-        "metrics": rows,
+        "model": model, "baselines": list(baselines), "oracle": CEILING_NAME,
+        "primary_metrics": [HEADLINE_METRIC, *reported[1:], PRIMARY_METRIC],
+        "best_baseline": {c["metric"]: c["best_baseline"] for c in comparisons.values()},
+        "gains": {c["metric"]: c["gain"] for c in comparisons.values()},
+        "gain_ci": {c["metric"]: c["gain_ci"] for c in comparisons.values()},
+        "gap_closed": {c["metric"]: c["gap_closed"] for c in comparisons.values()},
+        "metrics": {name: metrics[name] for name in order},
+        "windows": {"train_end": w.train_end, "test_start": w.test_start},
+        "cutoff_date": w.train_end,
+        "queries": queries,
     }
-    if split is not None:
-        summary["cutoff_date"] = split.cutoff_date
     return markdown, plots, summary
 
 
-# -----------------------------------------------------------------------------
-# the whole PinCLIP evaluation: trained model, ablation, baselines, oracle
-
-MODEL_NAME = "pinclip_fused"
-# What the fused embedding must beat before it may be promoted: its own towers alone, the
-# ablation without the neighbor loss, an untrained tower, MiniLM on captions, and chance.
-BASELINES = ("pinclip_image_tower", "pinclip_text_tower", "no_neighbor_loss_fused", "no_neighbor_loss_image",
-             "untrained_image_tower", MINILM_NAME, RANDOM_NAME)
-
-
-def evaluate_pinclip(
-    trained: dict[str, np.ndarray],
-    ablation: dict[str, np.ndarray],
-    untrained: dict[str, np.ndarray],
-    ids: list[str],
-    pins: pd.DataFrame,
-    text_features,
-    split: HoldoutSplit,
-    neighbors: dict[str, set[str]],
-    truth_pin_objects: pd.DataFrame,
-    board_themes: pd.DataFrame | None = None,
-    k: int = 10,
-) -> tuple[dict[str, dict[str, float]], str, dict[str, bytes], dict]:
-    """Score the trained model's fused embedding against every baseline and the oracle.
-
-    ``trained``, ``ablation`` (no neighbor loss) and ``untrained`` (random init) hold the
-    ``image``/``text``/``fused`` arrays of ``embed_pins`` for the pins ``ids``.
-    Returns (metrics, report markdown, plots, summary).
-    """
-    sets = [
-        EmbeddingSet(MODEL_NAME, ids, trained["fused"], trained["image"], trained["text"]),
-        EmbeddingSet("pinclip_image_tower", ids, trained["image"]),
-        EmbeddingSet("pinclip_text_tower", ids, trained["text"]),
-        EmbeddingSet("no_neighbor_loss_fused", ids, ablation["fused"], ablation["image"], ablation["text"]),
-        EmbeddingSet("no_neighbor_loss_image", ids, ablation["image"]),
-        EmbeddingSet("untrained_image_tower", ids, untrained["image"]),
-        minilm_caption_baseline(pins, text_features),
-        random_baseline(ids, trained["fused"].shape[1], seed=0),
-        attribute_oracle(ids, truth_pin_objects, board_themes),
-    ]
-    per_query: dict[str, dict[str, np.ndarray]] = {}
-    metrics = evaluate_embeddings(sets, split, neighbors, k=k, per_query=per_query)
-    baselines = list(BASELINES)
-    markdown, plots, summary = pinclip_report(
-        metrics, MODEL_NAME, baselines, sets[-1].name, split=split, k=k, per_query=per_query,
-        descriptions={
-            MODEL_NAME: "PinCLIP fused pin embedding (image↔text + neighbor alignment)",
-            "pinclip_image_tower": "image tower of the trained model alone",
-            "pinclip_text_tower": "text tower of the trained model alone",
-            "no_neighbor_loss_fused": "ablation: same training without the neighbor loss (fused)",
-            "no_neighbor_loss_image": "ablation: its image tower",
-            "untrained_image_tower": "randomly initialised image tower",
-        },
-    )
-    return metrics, markdown, plots, summary
-
-
 # ---------------------------------------------------------------------------------------
-# the promotion gate's evidence: the challenger next to the champion re-scored on the same pins
+# the whole evaluation, and the gate's evidence
 
 
-def gate_metric(embeddings: Mapping[str, np.ndarray], inputs: PinCLIPInputs,
-                   neighbors: dict[str, set[str]]) -> float:
-    """The gate's number for one model's ``embed_pins`` output, by the report's own protocol."""
-    row = "scored"
-    metrics = evaluate_embeddings([EmbeddingSet(row, inputs.dataset.pin_ids, embeddings["fused"])],
-                                  inputs.split, neighbors)
-    return float(metrics[row][PRIMARY_METRIC])
+def gate_metric(embeddings: Mapping[str, np.ndarray], protocol: RelatedPinsProtocol) -> float:
+    """The gate's number for one model's ``embed_pins`` output: nDCG@10 on validation."""
+    scored = EmbeddingSet("scored", protocol.ids, embeddings["fused"])
+    ranked = rank_embeddings(scored, protocol, subsets=(VALIDATION,))
+    return float(np.mean(score_ranked(ranked, protocol)[VALIDATION]["ndcg"]))
 
 
-def rescore_champion(champion: str, inputs: PinCLIPInputs, neighbors: dict[str, set[str]],
+def rescore_champion(champion: str, inputs: PinCLIPInputs, protocol: RelatedPinsProtocol,
                      text_max_length: int) -> tuple[float | None, str]:
     """The champion's primary metric on the challenger's data, or (None, why not).
 
     A champion that cannot run over today's cache or images (another text tower, caption
-    length or image size) is not re-scored; the gate then uses the number its own eval
-    recorded.
+    length or image size) is not re-scored; the gate then uses the number its own eval recorded.
     """
     try:
         model = load_version_model(champion, inputs.text, text_max_length)
@@ -548,32 +496,80 @@ def rescore_champion(champion: str, inputs: PinCLIPInputs, neighbors: dict[str, 
     except ValueError as err:
         return None, (f"Champion version {champion} was not re-scored ({err}); "
                       "the gate uses the number its own eval recorded.")
-    return gate_metric(embed_pins(model, inputs.dataset, inputs.text), inputs, neighbors), ""
+    return gate_metric(embed_pins(model, inputs.dataset, inputs.text), protocol), ""
 
 
 def evaluate(inputs: PinCLIPInputs, settings: PinCLIPSettings, challenger: str, champion: str | None,
              ablation_dirs: Mapping[str, Path]) -> EvalOutcome:
-    """The registered ``challenger`` on held-out pins against the baselines, its no-neighbor
-    ablation (trained beside it, ``ablation_dirs["no_neighbor"]``), an untrained tower and the
-    oracle; the ``champion``, when there is another one, re-scored on the same pins."""
+    """The registered ``challenger`` against the baselines, its no-neighbor ablation (trained
+    beside it, ``ablation_dirs["no_neighbor"]``), an untrained tower, the attribute reference
+    and the true ceiling; the ``champion``, when there is another one, re-scored on the
+    validation window."""
     model = load_version_model(challenger, inputs.text, settings.text_max_length)
     ablation_model = load_trained(ablation_dirs["no_neighbor"])
     if ablation_model.config.image_size != model.config.image_size:
         raise ValueError("the ablation checkpoint reads other image sizes than the challenger: "
                          "retrain the ablation with the same model settings")
+    ids = inputs.dataset.pin_ids
     trained = embed_pins(model, inputs.dataset, inputs.text)
     ablation = embed_pins(ablation_model, inputs.dataset, inputs.text)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         untrained = embed_pins(PinCLIP(ablation_model.config), inputs.dataset, inputs.text)
-    neighbors = board_neighbors(inputs.board_pins)
-    metrics, markdown, plots, summary = evaluate_pinclip(
-        trained, ablation, untrained, inputs.dataset.pin_ids, inputs.pins, inputs.text, inputs.split,
-        neighbors, pd.read_parquet(truth_path(inputs.raw_root, "pin_objects")),
-        pd.read_parquet(truth_path(inputs.raw_root, "board_themes")),
-    )
+    protocol = inputs.protocol
+    truth = pd.read_parquet(truth_path(inputs.raw_root, "pin_objects"))
+    themes = pd.read_parquet(truth_path(inputs.raw_root, "board_themes"))
+    length = settings.text_max_length
+    sets = [
+        model_sets(MODEL_NAME, ids, trained, model, max_length=length),
+        EmbeddingSet("pinclip_image_tower", ids, trained["image"]),
+        EmbeddingSet("pinclip_text_tower", ids, trained["text"]),
+        model_sets("no_neighbor_loss_fused", ids, ablation, ablation_model, max_length=length),
+        EmbeddingSet("no_neighbor_loss_image", ids, ablation["image"]),
+        EmbeddingSet("untrained_image_tower", ids, untrained["image"]),
+        minilm_caption_baseline(ids, inputs.text, max_length=length),
+        random_baseline(ids, trained["fused"].shape[1], seed=0),
+        attribute_match(ids, truth, themes),
+    ]
+    queries = attribute_queries(main_objects(truth, [ids[row] for row in protocol.window_pins[TEST]]))
+    scores = score_methods(sets, protocol, ceiling_ranked(protocol, load_save_probabilities(inputs.raw_root)),
+                           queries)
+    markdown, plots, summary = pinclip_report(scores, protocol)
     champion_value, note = None, ""
     if champion is not None and champion != str(challenger):
-        champion_value, note = rescore_champion(champion, inputs, neighbors, settings.text_max_length)
-    return EvalOutcome(metrics, markdown, plots, summary, float(metrics[MODEL_NAME][PRIMARY_METRIC]),
+        champion_value, note = rescore_champion(champion, inputs, protocol, settings.text_max_length)
+    return EvalOutcome(scores.metrics, markdown, plots, summary, float(scores.metrics[MODEL_NAME][PRIMARY_METRIC]),
                        champion_value, note)
+
+
+def evaluate_sweeps(inputs: PinCLIPInputs, settings: PinCLIPSettings, model_dir: Path,
+                    sweep_dirs: Mapping[str, Path]) -> EvalOutcome:
+    """The ablations job's report: each sweep's fused embedding against the model it varies
+    (the last training run in ``model_dir``), related-pins metrics on every window, the
+    difference in nDCG@10 with a paired-bootstrap 90% interval over the queries."""
+    protocol = inputs.protocol
+    ids = inputs.dataset.pin_ids
+    models = {MODEL_NAME: load_trained(model_dir), **{name: load_trained(path) for name, path in sweep_dirs.items()}}
+    sets = [EmbeddingSet(name, ids, embed_pins(model, inputs.dataset, inputs.text)["fused"])
+            for name, model in models.items()]
+    scores = score_methods(sets, protocol)
+    lines = [f"# PinCLIP ablations: {', '.join(sweep_dirs)} against {MODEL_NAME}", "",
+             "Each sweep is the default training with the overrides of its SPEC entry; rows are fused embeddings. "
+             f"Model selection reads validation ({len(protocol.query_sets[VALIDATION].rows)} queries), the "
+             f"comparison test ({len(protocol.query_sets[TEST].rows)}).", ""]
+    columns = [metric_key(metric, subset, K) for subset in (VALIDATION, TEST, UNSEEN) for metric in ("ndcg", "hit")]
+    lines += [metrics_table_markdown(scores.metrics, columns=columns, highlight=MODEL_NAME), ""]
+    changes = {}
+    for name in sweep_dirs:
+        for subset in (VALIDATION, TEST):
+            key = metric_key("ndcg", subset, K)
+            change = relative_gain(scores.metrics[name][key], scores.metrics[MODEL_NAME][key])
+            low, high = paired_bootstrap_gain(scores.per_query[name][subset]["ndcg"],
+                                              scores.per_query[MODEL_NAME][subset]["ndcg"])
+            changes[f"{name}/{key}"] = {"change": change, "ci": (low, high)}
+            lines.append(f"- {name}, {key}: {change:+.1%} against {MODEL_NAME} ({_percent_interval(low, high)})")
+    markdown = "\n".join(lines) + "\n"
+    plots = {"ablations_ndcg_test": bar_plot_png(scores.metrics, HEADLINE_METRIC, f"Ablations: nDCG@{K}, test")}
+    summary = {"model": MODEL_NAME, "baselines": list(sweep_dirs), "metrics": scores.metrics, "changes": changes,
+               "primary_metrics": [HEADLINE_METRIC, PRIMARY_METRIC]}
+    return EvalOutcome(scores.metrics, markdown, plots, summary, float(scores.metrics[MODEL_NAME][PRIMARY_METRIC]))

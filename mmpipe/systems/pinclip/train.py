@@ -15,23 +15,20 @@ resumed ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mmpipe.nn.losses import (
-    BoardProxyLoss,
-    ClipLoss,
-    MultiPositiveNeighborLoss,
-    NeighborAlignmentLoss,
-    clamp_logit_scale_,
-)
+from mmpipe.nn.losses import BoardProxyLoss, ClipLoss, clamp_logit_scale_
 from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.spec import Trained
-from mmpipe.systems.pinclip.data import NeighborPairBatchSampler, NeighborPairs, PairBatch, PinCLIPInputs, PinDataset
+from mmpipe.eval.ranking import ranking_metrics_per_query, top_k
+from mmpipe.systems.pinclip.data import (VALIDATION, NeighborPairBatchSampler, NeighborPairs, PairBatch, PinCLIPInputs,
+                                         PinDataset, QuerySet)
+from mmpipe.systems.pinclip.losses import NEIGHBOR_LOSSES, neighbor_loss
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 from mmpipe.train.loop import CHECKPOINT_DIR, Logger, LoopConfig, Phase, TrainingTask, fit
@@ -39,7 +36,7 @@ from mmpipe.train.loop import CHECKPOINT_DIR, Logger, LoopConfig, Phase, Trainin
 
 @dataclass(frozen=True)
 class PinCLIPTrainConfig:
-    steps: int = 500
+    steps: int = 250
     batch_size: int = 128  # pins per step: the pair batch's pins, topped up with random ones
     pair_batch_size: int = 48
     lr: float = 1e-3
@@ -48,14 +45,14 @@ class PinCLIPTrainConfig:
     neighbor_weight: float = 1.0  # λ; 0 trains the image↔text ablation
     # λ ramps up linearly over these first steps: pulling neighbors together before the
     # towers see anything only teaches them to agree on noise.
-    neighbor_warmup_steps: int = 150
+    neighbor_warmup_steps: int = 80
     # "proxies": each pin of the step against every board's learned proxy (BoardProxyLoss);
     # "boards": every two pins of the step that share a board are neighbors
     # (MultiPositiveNeighborLoss over all N pins); "pairs": InfoNCE over the sampled pairs only.
     neighbor_loss: str = "proxies"
     # Fusion phase: the towers frozen, only the fusion module trains on neighbor alignment
     # over cached tower outputs, with bigger batches since no image passes through a tower.
-    fusion_steps: int = 750
+    fusion_steps: int = 300  # at most: early stopping on validation usually ends it sooner
     fusion_lr: float = 1e-3
     fusion_batch_size: int = 256
     fusion_pair_batch_size: int = 96
@@ -73,6 +70,12 @@ class PinCLIPTrainConfig:
     # of what boards group, and the fusion has little from captions to add to the image.
     text_neighbor_weight: float = 1.0
 
+    # Early stopping of the fusion phase on the validation window: nDCG@10 of related pins
+    # every validate_every steps (0: never); the phase stops after `patience` scores without
+    # a new best and keeps the best weights. Training never sees a validation pin.
+    validate_every: int = 50
+    patience: int = 2
+
     seed: int = 0
     grad_clip_norm: float = 0.0  # 0: no clipping
     checkpoint_every: int = 100
@@ -80,10 +83,9 @@ class PinCLIPTrainConfig:
     hflip: bool = True  # mirror augmentation: no attribute of the world is handed
 
     def __post_init__(self) -> None:
-        if self.neighbor_loss not in ("proxies", "boards", "pairs"):
-            raise ValueError(f"neighbor_loss must be 'proxies', 'boards' or 'pairs', got {self.neighbor_loss!r}")
-        if self.fusion_loss not in ("proxies", "boards", "pairs"):
-            raise ValueError(f"fusion_loss must be 'proxies', 'boards' or 'pairs', got {self.fusion_loss!r}")
+        for name in ("neighbor_loss", "fusion_loss"):
+            if getattr(self, name) not in NEIGHBOR_LOSSES:
+                raise ValueError(f"{name} must be one of {NEIGHBOR_LOSSES}, got {getattr(self, name)!r}")
         if self.text_neighbor_weight < 0:
             raise ValueError(f"text_neighbor_weight must be >= 0, got {self.text_neighbor_weight}")
         if self.text_neighbor_weight and self.neighbor_loss != "proxies":
@@ -108,6 +110,7 @@ class TrainResult:
     final: dict[str, float]
     history: list[dict[str, float]]
     seconds: float
+    validation: dict[str, dict] = field(default_factory=dict)  # per phase, as FitResult.validation
 
 
 def neighbor_weight_at(step: int, cfg: PinCLIPTrainConfig) -> float:
@@ -198,7 +201,8 @@ class PinCLIPTask(TrainingTask):
     cfg.fusion_steps)`` the second (none without neighbor pairs)."""
 
     def __init__(self, model_cfg: PinCLIPConfig, cfg: PinCLIPTrainConfig, dataset: PinDataset,
-                 text: TextFeatures, train_rows: np.ndarray, pairs: NeighborPairs | None = None):
+                 text: TextFeatures, train_rows: np.ndarray, pairs: NeighborPairs | None = None,
+                 validation: QuerySet | None = None):
         if len(text) != len(dataset):
             raise ValueError(f"text cache has {len(text)} rows, dataset {len(dataset)}")
         self.model_cfg, self.cfg = model_cfg, cfg
@@ -211,6 +215,7 @@ class PinCLIPTask(TrainingTask):
                                   fusion_phase=self.fusion_steps > 0)
         self.towers: TowerCache | None = None
         self.fusion_batches: list[_Batches] = []
+        self.validation = validation if validation is not None and len(validation.rows) else None
 
     def phases(self) -> list[Phase]:
         cfg = self.cfg
@@ -219,7 +224,9 @@ class PinCLIPTask(TrainingTask):
                        training_forward=self.tower_forward)
         fusion = Phase("fusion", self.fusion_steps, cfg.fusion_lr, begin=self.begin_fusion,
                        make_optimizer=lambda: _optimizer(self.model, cfg, fusion_phase=True, proxies=self.aux),
-                       training_forward=self.fusion_forward)
+                       training_forward=self.fusion_forward,
+                       validate=self.validate_fusion if self.validation is not None else None,
+                       validate_every=cfg.validate_every, patience=cfg.patience)
         return [towers, fusion]
 
     def after_step(self) -> None:
@@ -231,7 +238,9 @@ class PinCLIPTask(TrainingTask):
     def begin_fusion(self, fresh: bool) -> None:
         if fresh and self.cfg.fusion_reinit:
             _reinit_fusion(self.model, self.model_cfg, self.cfg.seed)
-        self.towers = TowerCache.build(self.model, self.dataset, self.text, self.batches.train_rows)
+        # Every pin when validating: the validation queries search the whole corpus.
+        rows = np.arange(len(self.dataset)) if self.validation is not None else self.batches.train_rows
+        self.towers = TowerCache.build(self.model, self.dataset, self.text, rows)
         # Each head sees its own draw of pins (head 0 the draw a single head would see).
         self.fusion_batches = [_Batches(self.batches.train_rows, self.pairs, replace(
             self.cfg, seed=self.cfg.seed + head, batch_size=self.cfg.fusion_batch_size,
@@ -239,6 +248,16 @@ class PinCLIPTask(TrainingTask):
 
     def fusion_forward(self, step: int) -> dict[str, torch.Tensor | float]:
         return _fusion_losses(self.model, self.fusion_batches, self.towers, step, self.cfg, self.aux)
+
+    def validate_fusion(self, k: int = 10, chunk: int = 512) -> float:
+        """nDCG@k of the validation queries over every pin, by the fused embedding (all heads)
+        of the cached towers: the eval's primary metric, without a tower pass."""
+        rows = np.arange(len(self.dataset))
+        fused = torch.cat([self.model.fuse(*self.towers.rows(rows[start:start + chunk]))
+                           for start in range(0, len(rows), chunk)]).numpy()
+        queries = self.validation.rows
+        ranked = top_k(fused[queries], fused, k, exclude=queries)
+        return float(ranking_metrics_per_query(ranked, self.validation.relevance, k)["ndcg"].mean())
 
 
 def train_pinclip(
@@ -254,20 +273,23 @@ def train_pinclip(
     log: Logger | None = None,
     progress: bool = False,
     text_max_length: int | None = None,
+    validation: QuerySet | None = None,
 ) -> TrainResult:
     """Train (or resume) a PinCLIP with the shared loop; checkpoints go to
     ``out_dir/checkpoint``. ``stop_after`` ends the run early at that step (with a
     checkpoint), as an interrupted run would; ``resume=True`` continues it, in either phase.
     The checkpoint records the settings (with ``text_max_length``, the cache's caption length).
+    With ``validation`` (related-pins queries of the validation window) the fusion phase
+    stops early on their nDCG@10 and keeps its best weights.
     """
-    task = PinCLIPTask(model_cfg, cfg, dataset, text, train_rows, pairs)
+    task = PinCLIPTask(model_cfg, cfg, dataset, text, train_rows, pairs, validation)
     record = {"model": model_cfg.to_dict(), "train": asdict(cfg)}
     if text_max_length is not None:
         record["text_max_length"] = text_max_length
     result = fit(task, out_dir, resume=resume, stop_after=stop_after, config_record=record,
                  loop=LoopConfig(cfg.checkpoint_every, cfg.log_every, cfg.grad_clip_norm),
                  log=log, progress=progress, desc="pinclip")
-    return TrainResult(task.model, result.steps, result.final, result.history, result.seconds)
+    return TrainResult(task.model, result.steps, result.final, result.history, result.seconds, result.validation)
 
 
 def train(settings: PinCLIPSettings, inputs: PinCLIPInputs, out_dir: Path | None = None,
@@ -275,11 +297,14 @@ def train(settings: PinCLIPSettings, inputs: PinCLIPInputs, out_dir: Path | None
     """The lifecycle's entry point: PinCLIP on the inputs' training pins."""
     result = train_pinclip(settings.model, settings.train, inputs.dataset, inputs.text, inputs.train_rows,
                            inputs.pairs, out_dir=out_dir, resume=resume, log=log,
-                           text_max_length=settings.text_max_length)
+                           text_max_length=settings.text_max_length,
+                           validation=inputs.protocol.query_sets[VALIDATION])
     # cutoff_date and train_pins are what the retraining sensor reads back from the champion's run.
     params = {**settings.model.to_dict(), **asdict(settings.train), "text_max_length": settings.text_max_length,
               "train_pins": len(inputs.train_rows), "train_pairs": len(inputs.pairs),
-              "cutoff_date": inputs.split.cutoff_date}
+              "cutoff_date": inputs.split.cutoff_date,
+              **{f"{phase}_best_step": record["best_step"] for phase, record in result.validation.items()},
+              **{f"{phase}_stopped_at": record["stopped_at"] for phase, record in result.validation.items()}}
     return Trained(result.model, result.steps, result.seconds, result.final, params)
 
 
@@ -343,50 +368,47 @@ def _tower_losses(model: PinCLIP, batches: _Batches, step: int, cfg: PinCLIPTrai
     batch, rng = batches.step_batch(step)
     rows = torch.from_numpy(batch.rows)
     pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
-    out = model(pixels, text.hidden[rows], text.mask[rows])
-    loss = loss_clip = ClipLoss()(out.image_emb, out.text_emb, out.logit_scale)
+    image_tokens, image_emb = model.encode_image(pixels)
+    text_tokens, text_emb = model.encode_text(text.hidden[rows], text.mask[rows])
+    logit_scale, neighbor_logit_scale = model.logit_scale.exp(), model.neighbor_logit_scale.exp()
+    loss = loss_clip = ClipLoss()(image_emb, text_emb, logit_scale)
     losses: dict[str, torch.Tensor | float] = {"loss_clip": loss_clip.detach()}
     proxies = proxy_sets[0] if proxy_sets is not None else None
     if batch.pairs is not None:
-        loss_neighbor = _neighbor_loss(out.fused_emb, out.neighbor_logit_scale, batches, batch,
-                                       cfg.neighbor_loss, proxies)
+        # Fusion head 0 carries the neighbor loss to the towers; the others would only cost
+        # time, since the fusion phase trains every head afresh (fusion_reinit) or from it.
+        fused = model.fuse(image_tokens, text_tokens, text.mask[rows], image_emb, text_emb, head=0)
+        loss_neighbor = neighbor_loss(fused, neighbor_logit_scale, batches, batch, cfg.neighbor_loss, proxies)
         if cfg.text_neighbor_weight:
-            loss_text = proxies(out.text_emb, batches.pairs.board_membership(batch.rows))
+            loss_text = proxies(text_emb, batches.pairs.board_membership(batch.rows))
             loss_neighbor = loss_neighbor + cfg.text_neighbor_weight * loss_text
             losses["loss_text_neighbor"] = loss_text.detach()
         weight = neighbor_weight_at(step, cfg)
         loss = loss + weight * loss_neighbor
         losses.update(loss_neighbor=loss_neighbor.detach(), neighbor_weight=weight)
     return {**losses, "loss": loss, "images": len(rows),
-            "temperature": 1 / out.logit_scale.detach(),
-            "neighbor_temperature": 1 / out.neighbor_logit_scale.detach()}
-
-
-def _neighbor_loss(fused: torch.Tensor, logit_scale: torch.Tensor, batches: _Batches,
-                   batch: StepBatch, kind: str, proxies: BoardProxyLoss | None) -> torch.Tensor:
-    if kind == "proxies":
-        return proxies(fused, batches.pairs.board_membership(batch.rows))
-    if kind == "boards":
-        return MultiPositiveNeighborLoss()(fused, batches.positives(batch), logit_scale)
-    return NeighborAlignmentLoss()(fused[batch.pair_a], fused[batch.pair_b], logit_scale,
-                                   batch.pairs.false_negative_mask)
+            "temperature": 1 / logit_scale.detach(), "neighbor_temperature": 1 / neighbor_logit_scale.detach()}
 
 
 def _fusion_losses(model: PinCLIP, batches: list[_Batches], towers: TowerCache, step: int,
                    cfg: PinCLIPTrainConfig, proxy_sets: nn.ModuleList | None) -> dict[str, torch.Tensor | float]:
     """Every fusion head on its own batch (and proxies): the mean of their losses, so a
-    head's gradient does not depend on how many there are."""
-    uses_proxies = cfg.fusion_loss == "proxies"
+    head's gradient does not depend on how many there are. With proxies every head's batch
+    has the same size and all heads run in one batched call (``fuse_per_head``)."""
     scale = model.neighbor_logit_scale.exp()
-    losses, pins = [], 0
-    for head, head_batches in enumerate(batches):
-        batch = head_batches.board_pin_batch(step) if uses_proxies else head_batches.step_batch(step)[0]
-        fused = model.fuse(*towers.rows(batch.rows), head=head)
-        proxies = proxy_sets[head] if uses_proxies else None
-        losses.append(_neighbor_loss(fused, scale, head_batches, batch, cfg.fusion_loss, proxies))
-        pins += len(batch.rows)
+    if cfg.fusion_loss == "proxies":
+        head_batches = [head.board_pin_batch(step) for head in batches]
+        inputs = [torch.stack(column) for column in zip(*(towers.rows(batch.rows) for batch in head_batches))]
+        fused = model.fuse_per_head(*inputs)
+        losses = [proxies(fused_head, head.pairs.board_membership(batch.rows))
+                  for proxies, fused_head, head, batch in zip(proxy_sets, fused, batches, head_batches)]
+    else:
+        head_batches = [head.step_batch(step)[0] for head in batches]
+        losses = [neighbor_loss(model.fuse(*towers.rows(batch.rows), head=h), scale, head, batch,
+                                 cfg.fusion_loss, None)
+                  for h, (head, batch) in enumerate(zip(batches, head_batches))]
     loss = torch.stack(losses).mean()
-    return {"loss": loss, "loss_fusion_neighbor": loss.detach(), "pins": pins,
+    return {"loss": loss, "loss_fusion_neighbor": loss.detach(), "pins": sum(len(b.rows) for b in head_batches),
             "neighbor_temperature": 1 / scale.detach()}
 
 

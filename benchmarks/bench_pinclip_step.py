@@ -1,0 +1,122 @@
+"""PinCLIP's training step: time, FLOPs, achieved FLOP/s and MFU, in one run.
+
+    python benchmarks/bench_pinclip_step.py [--steps 10 --threads 2 --batch-size 128 --scale small]
+
+The step is the tower phase's (``train._tower_losses``): one forward pass of ``batch_size``
+pins through the image tower, the text adapter and every fusion head, image<->text InfoNCE
+plus the board-proxy loss on the fused and text embeddings, backward, AdamW. Then the
+fusion phase's step (every head on its own cached batch, batched). Inputs are synthetic
+tensors of the real shapes, so the numbers measure compute, not the data path.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward
+and backward; it counts matmuls, convolutions and attention, not elementwise work). MFU is
+achieved FLOP/s over the machine's measured fp32 matmul FLOP/s (a square matmul big enough
+to be compute-bound, same thread count), so the ratio says how much of what this CPU can
+do the step uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mmpipe.config import resolve_settings
+from mmpipe.nn.losses import BoardProxyLoss, ClipLoss
+from mmpipe.systems.pinclip.model import PinCLIP
+from mmpipe.systems.pinclip.train import PinCLIPSettings
+
+N_BOARDS = 200
+TEXT_LENGTH = 32
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - started)
+
+
+def settings_for(scale: str) -> PinCLIPSettings:
+    os.environ["MMPIPE_SCALE"] = scale  # which params.yaml preset resolve_settings merges
+    return resolve_settings(PinCLIPSettings, "pinclip")
+
+
+def tower_step(model, proxies, optimizer, batch):
+    pixels, hidden, mask, membership = batch
+    out = model(pixels, hidden, mask)
+    loss = (ClipLoss()(out.image_emb, out.text_emb, out.logit_scale)
+            + proxies(out.fused_emb, membership) + proxies(out.text_emb, membership))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def fusion_step(model, proxy_sets, optimizer, batch):
+    fused = model.fuse_per_head(*batch[:5])
+    loss = torch.stack([proxies(head, batch[5]) for proxies, head in zip(proxy_sets, fused)]).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def measure(name: str, step, steps: int, peak: float) -> None:
+    step()  # warm up: allocator, autograd graph
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - started) / steps
+    print(f"{name:<14} {seconds * 1000:9.1f} ms/step {flops / 1e9:9.2f} GFLOP/step "
+          f"{flops / seconds / 1e9:8.1f} GFLOP/s   MFU {flops / seconds / peak:6.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale", default="small", help="params.yaml scale preset of the model")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the settings' batch_size")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    settings = settings_for(args.scale)
+    c, train = settings.model, settings.train
+    batch_size = args.batch_size or train.batch_size
+
+    peak = matmul_flops_per_second()
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {args.threads} threads; model {args.scale}: "
+          f"{c.image_size}px, ViT {c.vit_width}x{c.vit_depth}, {c.n_fusion_heads} fusion heads, batch {batch_size}")
+
+    model = PinCLIP(c)
+    proxies = BoardProxyLoss(N_BOARDS, c.embed_dim)
+    membership = torch.zeros(batch_size, N_BOARDS)
+    membership[torch.arange(batch_size), torch.randint(0, N_BOARDS, (batch_size,))] = 1
+    mask = torch.ones(batch_size, TEXT_LENGTH, dtype=torch.bool)
+    mask[:, TEXT_LENGTH // 2:] = torch.rand(batch_size, TEXT_LENGTH - TEXT_LENGTH // 2) < 0.3
+    batch = (torch.randn(batch_size, 3, c.image_size, c.image_size),
+             torch.randn(batch_size, TEXT_LENGTH, c.text_hidden_size), mask, membership)
+    optimizer = torch.optim.AdamW([*model.parameters(), *proxies.parameters()], lr=1e-4)
+    measure("tower step", lambda: tower_step(model, proxies, optimizer, batch), args.steps, peak)
+
+    with torch.no_grad():
+        image_tokens, image_emb = model.encode_image(batch[0])
+        text_tokens, text_emb = model.encode_text(batch[1], batch[2])
+    heads = c.n_fusion_heads
+    fusion_batch = tuple(x.expand(heads, *x.shape).contiguous()
+                         for x in (image_tokens, text_tokens, mask, image_emb, text_emb))
+    proxy_sets = torch.nn.ModuleList(BoardProxyLoss(N_BOARDS, c.embed_dim, seed=h) for h in range(heads))
+    fusion_optimizer = torch.optim.AdamW([*model.fusion_parameters(), *proxy_sets.parameters()], lr=1e-4)
+    measure("fusion step", lambda: fusion_step(model, proxy_sets, fusion_optimizer, (*fusion_batch, membership)),
+            args.steps, peak)
+
+
+if __name__ == "__main__":
+    main()
