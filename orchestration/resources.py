@@ -5,7 +5,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from mmpipe.params import load_params, project_root
+from mmpipe.config import scaled_params
+from mmpipe.params import project_root
 
 
 class PipelinePaths(dg.ConfigurableResource):
@@ -40,4 +41,4 @@ class PipelinePaths(dg.ConfigurableResource):
 class ValidationPolicy(dg.ConfigurableResource):
     """How much bad input a table may carry before downstream assets are blocked."""
 
-    max_quarantine_rate: float = float(load_params()["validation"]["max_quarantine_rate"])
+    max_quarantine_rate: float = float(scaled_params()["validation"]["max_quarantine_rate"])

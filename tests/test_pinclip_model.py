@@ -145,6 +145,24 @@ def test_fusion_heads_average_into_the_fused_embedding():
     torch.testing.assert_close(out.fused_emb, F.normalize(torch.stack(heads).mean(0), dim=-1))
 
 
+def test_batched_heads_equal_each_head_alone_with_gradients_to_each_head():
+    torch.manual_seed(0)
+    model = switch_on_fusion(PinCLIP(PinCLIPConfig.tiny(n_fusion_heads=3)))
+    pixels, hidden, mask = tiny_batch(batch=4)
+    image_tokens, image_emb = model.encode_image(pixels)
+    text_tokens, text_emb = model.encode_text(hidden, mask)
+    inputs = (image_tokens.detach(), text_tokens.detach(), mask, image_emb.detach(), text_emb.detach())
+    alone = torch.stack([model.fuse(*inputs, head=k) for k in range(3)])
+    torch.testing.assert_close(model.fuse_per_head(*inputs, shared=True), alone)
+    # Each head on its own pins: head k reads row k of the stacked inputs.
+    own = [tuple(x.roll(k, 0) for x in inputs) for k in range(3)]
+    batched = model.fuse_per_head(*(torch.stack(column) for column in zip(*own)))
+    torch.testing.assert_close(batched, torch.stack([model.fuse(*own[k], head=k) for k in range(3)]))
+    batched[1].sum().backward()  # only head 1's parameters get a gradient
+    grads = [head.queries.grad for head in model.fusion_heads]
+    assert not grads[0].any() and not grads[2].any() and grads[1].abs().sum() > 0
+
+
 def test_single_head_checkpoints_from_before_fusion_heads_still_load():
     """Old checkpoints and registered versions: no n_fusion_heads in the config, and the
     fusion weights under fusion_queries / fusion.* / fusion_ln / fusion_proj / modality_weights."""

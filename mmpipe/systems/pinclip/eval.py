@@ -414,7 +414,12 @@ def pinclip_report(scores: Scores, protocol: RelatedPinsProtocol, model: str = M
         f"training cut-off; pins created after it always are), unseen {queries[UNSEEN]} of {candidates[UNSEEN]} "
         "(never shown to any user).", "",
     ]
+    same_as_test = np.array_equal(protocol.query_sets[COLD].rows, protocol.query_sets[TEST].rows)
     for subset in (*REPORTED, VALIDATION):
+        if subset == COLD and same_as_test:
+            lines += ["## Related pins: cold", "", "Every test query is cold (created after the training cut-off, "
+                      "nothing dated before it): the cold numbers are the test numbers above.", ""]
+            continue
         table_columns = [metric_key(metric, subset, k) for metric in RANKING_METRICS]
         lines += [f"## Related pins: {subset} ({queries[subset]} queries)", "",
                   metrics_table_markdown({name: metrics[name] for name in order}, columns=table_columns,
