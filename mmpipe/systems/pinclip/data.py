@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmpipe.eval.ranking import ranking_metrics_per_query, top_k
 from mmpipe.eval.related_ceiling import board_mate_relevance, board_membership
 from mmpipe.eval.splits import WINDOWS, DateWindows, cold_items, date_windows
 from mmpipe.layout import resolve_inside
@@ -386,6 +387,15 @@ class QuerySet:
     rows: np.ndarray  # [Q] corpus rows of the query pins
     relevance: sp.csr_matrix  # [Q, N] boards each corpus pin shares with the query
     candidates: int  # query pins of the subset before dropping those without a board-mate
+
+    def ranked(self, corpus: np.ndarray, k: int) -> np.ndarray:
+        """[Q, k] corpus rows nearest each query by inner product of the unit rows of
+        ``corpus`` [N, D] (every pin), the query itself excluded."""
+        return top_k(corpus[self.rows], corpus, k, exclude=self.rows)
+
+    def mean_ndcg(self, corpus: np.ndarray, k: int) -> float:
+        """nDCG@k of these queries searching ``corpus``: what the gate and early stopping read."""
+        return float(ranking_metrics_per_query(self.ranked(corpus, k), self.relevance, k)["ndcg"].mean())
 
 
 @dataclass

@@ -147,8 +147,7 @@ def rank_embeddings(embeddings: EmbeddingSet, protocol: RelatedPinsProtocol, k: 
                     subsets: Sequence[str] = SUBSETS) -> dict[str, np.ndarray]:
     """Each subset's queries' top ``k`` corpus rows by cosine, the query itself excluded."""
     protocol.check(embeddings)
-    return {subset: top_k(embeddings.pin[protocol.query_sets[subset].rows], embeddings.pin, k,
-                          exclude=protocol.query_sets[subset].rows) for subset in subsets}
+    return {subset: protocol.query_sets[subset].ranked(embeddings.pin, k) for subset in subsets}
 
 
 def ceiling_ranked(protocol: RelatedPinsProtocol, probs: SaveProbabilities, k: int = K,
@@ -224,15 +223,16 @@ def attribute_match(pin_ids: list[str], truth_pin_objects: pd.DataFrame, board_t
     return EmbeddingSet(ATTRIBUTE_MATCH_NAME, pin_ids, np.concatenate([*blocks, jitter], axis=1))
 
 
-def minilm_caption_baseline(ids: list[str], text: TextFeatures, text_model_dir: Path | None = None,
+def minilm_caption_baseline(ids: list[str], text: TextFeatures, encoder: tuple | None = None,
                             max_length: int = 48) -> EmbeddingSet:
     """Each pin is its caption's MiniLM sentence embedding; a text query is MiniLM's
-    embedding of the query, searched against the captions (it has no image side)."""
+    embedding of the query, searched against the captions (it has no image side).
+    ``encoder`` is ``load_text_encoder()``'s (tokenizer, model), loaded once by the caller."""
     pooled = text.pooled.detach().cpu().numpy()
+    tokenizer, tower = encoder if encoder is not None else load_text_encoder()
 
     def text_queries(queries: list[str]) -> np.ndarray:
-        tokenizer, model = load_text_encoder(text_model_dir)
-        return encode_texts(queries, tokenizer, model, max_length=max_length).pooled.numpy()
+        return encode_texts(queries, tokenizer, tower, max_length=max_length).pooled.numpy()
 
     return EmbeddingSet(MINILM_NAME, ids, pooled, text_queries=text_queries)
 
@@ -247,12 +247,14 @@ def random_baseline(ids: Sequence[str], dim: int, seed: int, name: str = RANDOM_
 
 
 def model_sets(name: str, ids: list[str], embeddings: Mapping[str, np.ndarray], model: PinCLIP | None = None,
-               text_model_dir: Path | None = None, max_length: int = 48) -> EmbeddingSet:
-    """A trained model's fused embedding as a row, with its image/text towers for text search."""
+               encoder: tuple | None = None, max_length: int = 48) -> EmbeddingSet:
+    """A trained model's fused embedding as a row, with its image/text towers for text search
+    (free text through ``encoder``, ``load_text_encoder()``'s pair, then the model's adapter)."""
     text_queries = None
     if model is not None:
+        tokenizer, tower = encoder if encoder is not None else load_text_encoder()
+
         def text_queries(queries: list[str]) -> np.ndarray:
-            tokenizer, tower = load_text_encoder(text_model_dir)
             features = encode_texts(queries, tokenizer, tower, max_length=max_length,
                                     trainable_top_layers=model.config.text_trainable_layers)
             with torch.no_grad():
@@ -481,9 +483,9 @@ def pinclip_report(scores: Scores, protocol: RelatedPinsProtocol, model: str = M
 
 def gate_metric(embeddings: Mapping[str, np.ndarray], protocol: RelatedPinsProtocol) -> float:
     """The gate's number for one model's ``embed_pins`` output: nDCG@10 on validation."""
-    scored = EmbeddingSet("scored", protocol.ids, embeddings["fused"])
-    ranked = rank_embeddings(scored, protocol, subsets=(VALIDATION,))
-    return float(np.mean(score_ranked(ranked, protocol)[VALIDATION]["ndcg"]))
+    scored = EmbeddingSet("scored", protocol.ids, embeddings["fused"])  # unit rows, checked against the corpus
+    protocol.check(scored)
+    return protocol.query_sets[VALIDATION].mean_ndcg(scored.pin, K)
 
 
 def rescore_champion(champion: str, inputs: PinCLIPInputs, protocol: RelatedPinsProtocol,
@@ -525,14 +527,15 @@ def evaluate(inputs: PinCLIPInputs, settings: PinCLIPSettings, challenger: str, 
     truth = pd.read_parquet(truth_path(inputs.raw_root, "pin_objects"))
     themes = pd.read_parquet(truth_path(inputs.raw_root, "board_themes"))
     length = settings.text_max_length
+    encoder = load_text_encoder()  # once: every method's text queries go through the same tower
     sets = [
-        model_sets(MODEL_NAME, ids, trained, model, max_length=length),
+        model_sets(MODEL_NAME, ids, trained, model, encoder, max_length=length),
         EmbeddingSet("pinclip_image_tower", ids, trained["image"]),
         EmbeddingSet("pinclip_text_tower", ids, trained["text"]),
-        model_sets("no_neighbor_loss_fused", ids, ablation, ablation_model, max_length=length),
+        model_sets("no_neighbor_loss_fused", ids, ablation, ablation_model, encoder, max_length=length),
         EmbeddingSet("no_neighbor_loss_image", ids, ablation["image"]),
         EmbeddingSet("untrained_image_tower", ids, untrained["image"]),
-        minilm_caption_baseline(ids, inputs.text, max_length=length),
+        minilm_caption_baseline(ids, inputs.text, encoder, max_length=length),
         random_baseline(ids, trained["fused"].shape[1], seed=0),
         attribute_match(ids, truth, themes),
     ]

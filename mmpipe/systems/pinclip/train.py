@@ -25,7 +25,6 @@ from torch import nn
 from mmpipe.nn.losses import BoardProxyLoss, ClipLoss, clamp_logit_scale_
 from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.spec import Trained
-from mmpipe.eval.ranking import ranking_metrics_per_query, top_k
 from mmpipe.systems.pinclip.data import (VALIDATION, NeighborPairBatchSampler, NeighborPairs, PairBatch, PinCLIPInputs,
                                          PinDataset, QuerySet)
 from mmpipe.systems.pinclip.losses import NEIGHBOR_LOSSES, neighbor_loss
@@ -255,9 +254,7 @@ class PinCLIPTask(TrainingTask):
         rows = np.arange(len(self.dataset))
         fused = torch.cat([self.model.fuse(*self.towers.rows(rows[start:start + chunk]))
                            for start in range(0, len(rows), chunk)]).numpy()
-        queries = self.validation.rows
-        ranked = top_k(fused[queries], fused, k, exclude=queries)
-        return float(ranking_metrics_per_query(ranked, self.validation.relevance, k)["ndcg"].mean())
+        return self.validation.mean_ndcg(fused, k)
 
 
 def train_pinclip(
