@@ -247,14 +247,16 @@ def fit(
             if checkpoint is not None and rank == 0 and (done % loop.checkpoint_every == 0 or done == end):
                 save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux)
             bar.update()
-        if stopping.scores:
+        # A phase interrupted by stop_after keeps its current weights (its checkpoint resumes
+        # it); one that ended, early or not, ends with its best-scored weights, checkpointed
+        # as done. (A resumed phase's scores start again from the resume point.)
+        phase_over = stopped_at is not None or min(end, last) == last
+        if stopping.scores and phase_over:
             stopping.restore_best()
             validation[phase.name] = stopping.summary(stopped_at or stopping.scores[-1][0])
-            if stopped_at is not None:  # the phase is over: the checkpoint says so
+            if stopped_at is not None:
                 bar.update(last - stopped_at + 1)
-                if checkpoint is not None and rank == 0:
-                    save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux)
-            elif checkpoint is not None and rank == 0 and min(end, last) == last:
+            if checkpoint is not None and rank == 0:
                 save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux)
     bar.close()
     task.model.eval()
