@@ -90,3 +90,7 @@ class SystemSpec:
 
     def report_dir(self, storage: Path) -> Path:
         return Path(storage) / "reports" / self.name
+
+    def ablations_report_dir(self, storage: Path) -> Path:
+        """Where the ablations job's report of the sweeps goes, beside the eval report."""
+        return Path(storage) / "reports" / f"{self.name}_ablations"

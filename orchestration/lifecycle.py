@@ -196,7 +196,7 @@ def _ablations_report_asset(spec: SystemSpec, inputs: SystemInputs) -> dg.Assets
         settings = trained_settings(spec, paths)
         dirs = {variant: spec.model_dir(paths.storage(), variant) for variant in sweeps}
         outcome = spec.evaluate_sweeps(inputs.load(paths, settings), settings, spec.model_dir(paths.storage()), dirs)
-        files = write_report(spec.report_dir(paths.storage()).with_name(f"{spec.name}_ablations"),
+        files = write_report(spec.ablations_report_dir(paths.storage()),
                              f"{spec.name}_ablations", outcome.markdown, outcome.plots, outcome.summary)
         return dg.MaterializeResult(metadata={
             "report": dg.MetadataValue.md(outcome.markdown), "report_path": dg.MetadataValue.path(str(files["markdown"])),

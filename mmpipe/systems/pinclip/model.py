@@ -360,9 +360,8 @@ class PinCLIP(nn.Module):
         if len(self.fusion_heads) == 1 and shared:
             return self.fuse(image_tokens, text_tokens, text_mask, image_emb, text_emb, head=0)[None]
         context, context_mask = self._fusion_context(image_tokens, text_tokens, text_mask)
-        names = [name for name, _ in self.fusion_heads[0].named_parameters()]
-        stacked = {name: torch.stack([dict(head.named_parameters())[name] for head in self.fusion_heads])
-                   for name in names}
+        per_head = [dict(head.named_parameters()) for head in self.fusion_heads]
+        stacked = {name: torch.stack([params[name] for params in per_head]) for name in per_head[0]}
         template = self.fusion_heads[0]
 
         def one_head(params, *inputs):
