@@ -119,3 +119,11 @@ def test_early_stopping_keeps_the_best_weights_and_goes_on_with_the_next_phase(t
     assert read_trainer_state(tmp_path / "run" / "checkpoint")["step"] == 45
     # Resuming a finished run trains nothing more.
     assert fit(ScoredRegression([]), tmp_path / "run").history == []
+
+
+def test_a_validated_phase_stopped_by_stop_after_keeps_its_current_weights(tmp_path):
+    task = ScoredRegression([0.9, 0.1])  # scored at step 5 (best) and step 10
+    result = fit(task, tmp_path / "run", stop_after=12)
+    assert result.steps == 12 and result.validation == {}  # the phase is not over: nothing restored
+    assert task.model.weight.item() != pytest.approx(task.weights_when_scored[0], abs=0)
+    assert read_trainer_state(tmp_path / "run" / "checkpoint")["step"] == 12
