@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmpipe.nn.text_tower import TextFeatures
+from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts, load_text_encoder
 from mmpipe.systems.pinclip.data import encode_pin_captions, update_caption_cache
 
 CAPTIONS = [
@@ -75,3 +75,31 @@ def test_take_and_concat_pad_with_masked_tokens():
     assert picked.hidden[0, 4, 0] == 2.0 and picked.mask[1].sum() == 3 and picked.pooled[0].sum() == 0
     with pytest.raises(ValueError, match="at least one"):
         TextFeatures.concat([])
+
+
+def test_a_batch_of_captions_is_cut_after_its_longest_caption():
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    text = TextFeatures(torch.randn(3, 5, 4).half(), mask, torch.zeros(3, 4))
+    hidden, cut = text.tokens([2, 0])
+    assert hidden.shape == (2, 2, 4) and cut.tolist() == [[False, False], [True, True]]
+    assert torch.equal(hidden[1], text.hidden[0, :2])
+    assert text.tokens([1, 0])[0].shape == (2, 4, 4)
+    assert text.tokens([2])[1].shape == (1, 1)  # captions all empty: one masked token is left
+
+
+def test_captions_encoded_in_length_order_match_each_caption_encoded_alone():
+    from transformers import BertConfig
+
+    tiny = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    tokenizer, text_model = load_text_encoder(default_text_model_dir(), config=tiny)
+    texts = ["a much longer caption about a red striped circle on a board", "star", "",
+             "blue checkered heart", "a"]
+    together = encode_texts(texts, tokenizer, text_model, max_length=32, batch_size=2)
+    assert together.hidden.shape[1] == max(len(tokenizer(text)["input_ids"]) for text in texts)
+    for row, text in enumerate(texts):
+        alone = encode_texts([text], tokenizer, text_model, max_length=32)
+        real = alone.mask[0]
+        assert torch.equal(together.mask[row, :len(real)], real) and not together.mask[row, len(real):].any()
+        torch.testing.assert_close(together.hidden[row, :len(real)][real], alone.hidden[0][real], atol=2e-3, rtol=0)
+        torch.testing.assert_close(together.pooled[row], alone.pooled[0], atol=1e-5, rtol=0)
+        assert not together.hidden[row][~together.mask[row]].any()  # padding holds zeros

@@ -72,6 +72,14 @@ def attendable(mask: torch.Tensor) -> torch.Tensor:
     return mask | ~mask.any(dim=1, keepdim=True)
 
 
+def unpadded_length(mask: torch.Tensor) -> int:
+    """Tokens to keep of right-padded rows ``mask`` [..., L]: up to the last real token of
+    any row (at least one). Every reader of the tokens masks the padding, so cutting the
+    padding that no row needs changes no output and saves the work spent on it."""
+    real = mask.reshape(-1, mask.shape[-1]).any(0).nonzero()
+    return int(real.max()) + 1 if len(real) else 1
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(tokens.dtype)
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)

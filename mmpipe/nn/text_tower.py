@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mmpipe.nn.layers import unpadded_length
 
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -47,6 +50,14 @@ class TextFeatures:
         with atomic_path(Path(path)) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return Path(path)
+
+    def tokens(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states and mask of these rows, cut after the longest of their captions:
+        the cache is padded to the longest caption of all, a batch's captions are shorter."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        mask = self.mask[rows]
+        length = unpadded_length(mask)
+        return self.hidden[rows, :length], mask[:, :length]
 
     def take(self, rows) -> TextFeatures:
         """These rows (any integer index), in that order."""
@@ -165,16 +176,23 @@ def encode_texts(
         return TextFeatures(torch.zeros(0, 0, width, dtype=torch.float16),
                             torch.zeros(0, 0, dtype=torch.bool), torch.zeros(0, width))
     # Pad every caption to the longest one (capped at max_length), not to max_length:
-    # the cache and every training step shrink with L.
+    # the cache and every training step shrink with L. Batches run in order of length,
+    # each padded only to its own longest caption: most captions are far shorter than the
+    # longest, and the tower's cost grows with the padded length. Padding rows stay zero.
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     length = max(lengths)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    hidden_parts, mask_parts, pooled_parts = [], [], []
+    width = model.config.hidden_size
+    hidden_all = torch.zeros(len(texts), length, width, dtype=torch.float16)
+    mask_all = torch.zeros(len(texts), length, dtype=torch.bool)
+    pooled_all = torch.zeros(len(texts), width)
+    by_length = np.argsort(lengths, kind="stable")
     for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        tokens = tokenizer(chunk, padding="max_length", truncation=True, max_length=length,
+        rows = torch.from_numpy(by_length[start : start + batch_size])
+        chunk = [texts[row] for row in rows.tolist()]
+        tokens = tokenizer(chunk, padding="longest", truncation=True, max_length=length,
                            return_tensors="pt").to(device)
         out = model(**tokens, output_hidden_states=trainable_top_layers > 0)
         final = out.last_hidden_state
@@ -186,8 +204,9 @@ def encode_texts(
         mask &= torch.tensor([bool(text.strip()) for text in chunk], device=device)[:, None]
         weights = mask.unsqueeze(-1).float()
         pooled = (final * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        hidden_parts.append(hidden.half().cpu())
-        mask_parts.append(mask.cpu())
-        pooled_parts.append(F.normalize(pooled, dim=-1).float().cpu())
+        chunk_length = mask.shape[1]
+        hidden_all[rows, :chunk_length] = (hidden * weights).half().cpu()
+        mask_all[rows, :chunk_length] = mask.cpu()
+        pooled_all[rows] = F.normalize(pooled, dim=-1).float().cpu()
     model.train(was_training)
-    return TextFeatures(torch.cat(hidden_parts), torch.cat(mask_parts), torch.cat(pooled_parts))
+    return TextFeatures(hidden_all, mask_all, pooled_all)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmpipe.nn.layers import unpadded_length
 from mmpipe.nn.losses import BoardProxyLoss, ClipLoss, clamp_logit_scale_
 from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.spec import Trained
@@ -366,7 +367,8 @@ def _tower_losses(model: PinCLIP, batches: _Batches, step: int, cfg: PinCLIPTrai
     rows = torch.from_numpy(batch.rows)
     pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
     image_tokens, image_emb = model.encode_image(pixels)
-    text_tokens, text_emb = model.encode_text(text.hidden[rows], text.mask[rows])
+    text_hidden, text_mask = text.tokens(rows)
+    text_tokens, text_emb = model.encode_text(text_hidden, text_mask)
     logit_scale, neighbor_logit_scale = model.logit_scale.exp(), model.neighbor_logit_scale.exp()
     loss = loss_clip = ClipLoss()(image_emb, text_emb, logit_scale)
     losses: dict[str, torch.Tensor | float] = {"loss_clip": loss_clip.detach()}
@@ -374,7 +376,7 @@ def _tower_losses(model: PinCLIP, batches: _Batches, step: int, cfg: PinCLIPTrai
     if batch.pairs is not None:
         # Fusion head 0 carries the neighbor loss to the towers; the others would only cost
         # time, since the fusion phase trains every head afresh (fusion_reinit) or from it.
-        fused = model.fuse(image_tokens, text_tokens, text.mask[rows], image_emb, text_emb, head=0)
+        fused = model.fuse(image_tokens, text_tokens, text_mask, image_emb, text_emb, head=0)
         loss_neighbor = neighbor_loss(fused, neighbor_logit_scale, batches, batch, cfg.neighbor_loss, proxies)
         if cfg.text_neighbor_weight:
             loss_text = proxies(text_emb, batches.pairs.board_membership(batch.rows))
@@ -395,8 +397,7 @@ def _fusion_losses(model: PinCLIP, batches: list[_Batches], towers: TowerCache, 
     scale = model.neighbor_logit_scale.exp()
     if cfg.fusion_loss == "proxies":
         head_batches = [head.board_pin_batch(step) for head in batches]
-        inputs = [torch.stack(column) for column in zip(*(towers.rows(batch.rows) for batch in head_batches))]
-        fused = model.fuse_per_head(*inputs)
+        fused = model.fuse_per_head(*towers.stacked_rows([batch.rows for batch in head_batches]))
         losses = [proxies(fused_head, head.pairs.board_membership(batch.rows))
                   for proxies, fused_head, head, batch in zip(proxy_sets, fused, batches, head_batches)]
     else:
@@ -430,6 +431,7 @@ class TowerCache:
         for start in range(0, len(rows), batch_size):
             chunk = torch.from_numpy(rows[start:start + batch_size])
             image_tokens, image_emb = model.encode_image(dataset.pixels(chunk))
+            # Every chunk at the cache's full caption length, so the chunks concatenate.
             text_tokens, text_emb = model.encode_text(text.hidden[chunk], text.mask[chunk])
             parts.append((image_tokens, image_emb, text_tokens, text.mask[chunk].bool(), text_emb))
         position = np.full(len(dataset), -1, dtype=np.int64)
@@ -437,11 +439,19 @@ class TowerCache:
         return cls(position, *(torch.cat(column) for column in zip(*parts)))
 
     def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """``fuse`` arguments (image tokens, text tokens, text mask, image emb, text emb)."""
-        index = torch.from_numpy(self.position[rows])
+        """``fuse`` arguments (image tokens, text tokens, text mask, image emb, text emb),
+        the text cut after the longest caption among ``rows``."""
+        return tuple(part[0] for part in self.stacked_rows([rows]))
+
+    def stacked_rows(self, row_sets: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+        """``fuse_per_head`` arguments for one row set per head: each ``rows`` output with a
+        leading head axis, the text cut after the longest caption of any set."""
+        index = torch.from_numpy(np.stack([self.position[rows] for rows in row_sets]))
         if (index < 0).any():
             raise ValueError("rows outside the cached training pins")
-        return (self.image_tokens[index], self.text_tokens[index], self.text_mask[index],
+        mask = self.text_mask[index]
+        length = unpadded_length(mask)
+        return (self.image_tokens[index], self.text_tokens[index][..., :length, :], mask[..., :length],
                 self.image_emb[index], self.text_emb[index])
 
 
@@ -453,7 +463,7 @@ def embed_pins(model: PinCLIP, dataset: PinDataset, text: TextFeatures,
     parts: dict[str, list[np.ndarray]] = {"image": [], "text": [], "fused": []}
     for start in range(0, len(dataset), batch_size):
         rows = np.arange(start, min(start + batch_size, len(dataset)))
-        out = model(dataset.pixels(rows), text.hidden[rows], text.mask[rows])
+        out = model(dataset.pixels(rows), *text.tokens(rows))
         parts["image"].append(out.image_emb.numpy())
         parts["text"].append(out.text_emb.numpy())
         parts["fused"].append(out.fused_emb.numpy())
