@@ -16,7 +16,7 @@ from mmpipe.nn.text_tower import encode_texts, load_text_encoder
 from mmpipe.schemas.validate import validate_world
 from mmpipe.train.checkpoint import read_trainer_state
 from mmpipe.systems.pinclip.data import PinDataset, neighbor_pairs_for_training
-from mmpipe.systems.pinclip.train import PinCLIPTrainConfig, embed_pins, train_pinclip
+from mmpipe.systems.pinclip.train import PinCLIPTrainConfig, TowerCache, embed_pins, train_pinclip
 
 MODEL = PinCLIPConfig.tiny(text_hidden_size=32)
 
@@ -207,3 +207,19 @@ def test_text_neighbor_weight_needs_the_proxy_loss():
         PinCLIPTrainConfig(neighbor_loss="boards", text_neighbor_weight=0.5)
     with pytest.raises(ValueError, match=">= 0"):
         PinCLIPTrainConfig(text_neighbor_weight=-1.0)
+
+
+def test_tower_cache_serves_each_heads_rows_cut_after_their_longest_caption():
+    tokens = torch.randn(5, 6, 3)
+    mask = torch.zeros(5, 6, dtype=torch.bool)
+    mask[0, :4], mask[3, :2] = True, True  # pins 1, 2 and 4 have no caption
+    cache = TowerCache(np.array([4, 3, 2, 1, 0]), torch.randn(5, 2, 3), torch.randn(5, 3), tokens, mask,
+                       torch.randn(5, 3))  # dataset row r sits at cache row 4 - r
+    image_tokens, text_tokens, text_mask, _, text_emb = cache.stacked_rows([np.array([4, 3]), np.array([1, 0])])
+    at = torch.tensor([[0, 1], [3, 4]])
+    assert torch.equal(text_tokens, tokens[at][..., :4, :]) and torch.equal(text_mask, mask[at][..., :4])
+    assert torch.equal(image_tokens, cache.image_tokens[at]) and torch.equal(text_emb, cache.text_emb[at])
+    assert cache.rows(np.array([1]))[1].shape == (1, 2, 3)  # one set alone: cut after its own caption
+    cache.position[2] = -1
+    with pytest.raises(ValueError, match="outside the cached"):
+        cache.rows(np.array([2]))

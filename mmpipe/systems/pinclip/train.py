@@ -451,7 +451,7 @@ class TowerCache:
             raise ValueError("rows outside the cached training pins")
         mask = self.text_mask[index]
         length = unpadded_length(mask)
-        return (self.image_tokens[index], self.text_tokens[index][..., :length, :], mask[..., :length],
+        return (self.image_tokens[index], self.text_tokens[index, :length], mask[..., :length],
                 self.image_emb[index], self.text_emb[index])
 
 
