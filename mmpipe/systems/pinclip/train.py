@@ -52,7 +52,9 @@ class PinCLIPTrainConfig:
     neighbor_loss: str = "proxies"
     # Fusion phase: the towers frozen, only the fusion module trains on neighbor alignment
     # over cached tower outputs, with bigger batches since no image passes through a tower.
-    fusion_steps: int = 300  # at most: early stopping on validation usually ends it sooner
+    # At most: early stopping on validation may end it sooner. On the small world the
+    # validation nDCG@10 stops rising by step 200 (0.224 at 50, 0.250 at 200, 0.249 at 250).
+    fusion_steps: int = 200
     fusion_lr: float = 1e-3
     fusion_batch_size: int = 256
     fusion_pair_batch_size: int = 96
