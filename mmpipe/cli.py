@@ -27,6 +27,9 @@ def add_world_commands(subparsers) -> None:
     generate.add_argument("--seed", type=int, default=None, help="random seed (default: the scale's, 0)")
     generate.add_argument("--bad-rate", type=float, default=None, help="share of deliberately bad rows per table")
     generate.add_argument("--quiet", action="store_true", help="no progress bars")
+    generate.add_argument("--workers", type=int, default=None,
+                          help="processes rendering images and videos (default: one per CPU); "
+                               "the output is identical whatever the number")
     generate.set_defaults(func=run_world_generate)
 
     advance = world_commands.add_parser(
@@ -58,7 +61,7 @@ def run_world_generate(args: argparse.Namespace) -> int:
         raise SystemExit(str(error)) from None
 
     started = time.perf_counter()
-    summary = generate_world(args.out, cfg, progress=not args.quiet)
+    summary = generate_world(args.out, cfg, progress=not args.quiet, workers=args.workers)
     elapsed = time.perf_counter() - started
 
     print(f"world: scale={summary['scale']} seed={summary['seed']} -> {summary['out']} ({elapsed:.1f}s)")

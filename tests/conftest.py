@@ -20,5 +20,5 @@ def tiny_world(tmp_path_factory) -> Path:
     from mmpipe.world.generate import generate_world
 
     root = tmp_path_factory.mktemp("tiny_world") / "raw"
-    generate_world(root, "tiny", progress=False)
+    generate_world(root, "tiny", progress=False, workers=2)  # see test_world: bytes do not depend on it
     return root

@@ -27,13 +27,12 @@ from mmpipe.world.pins import DEFECTS, PinWorld, generate_boards
 # helpers
 
 
-def file_hashes(root: Path) -> dict[str, str]:
-    """Content hashes of the tables, truth and images. MP4 bytes are left to the video
-    world's own tests: the promise here is byte-identical Parquet, JSON and JPEG."""
+def file_hashes(root: Path, videos: bool = False) -> dict[str, str]:
+    """Content hashes of the tables, truth and images (and, with ``videos``, the MP4s)."""
     return {
         path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.suffix != ".mp4"
+        if path.is_file() and (videos or path.suffix != ".mp4")
     }
 
 
@@ -100,6 +99,15 @@ def test_same_seed_same_bytes_and_regeneration_is_clean(tiny_world, tmp_path):
     assert other["pins.parquet"] != reference["pins.parquet"]
     shared_images = [name for name in reference if name.startswith("images/") and name in other]
     assert sum(reference[name] != other[name] for name in shared_images) > 0.9 * len(shared_images)
+
+
+def test_the_bytes_do_not_depend_on_the_number_of_workers(tiny_world, tmp_path):
+    # tiny_world is made on two worker processes; here every image and video on one.
+    out = tmp_path / "raw"
+    generate_world(out, "tiny", progress=False, workers=1)
+    hashes = file_hashes(out, videos=True)
+    assert sum(name.endswith(".mp4") for name in hashes) >= 4
+    assert hashes == file_hashes(tiny_world, videos=True)
 
 
 def test_refuses_to_overwrite_data_it_did_not_write(tmp_path):

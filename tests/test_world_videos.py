@@ -103,7 +103,8 @@ def test_shots_tile_the_video_and_cuts_are_visible(world):
         at_cut = np.zeros(len(mean_diff), dtype=bool)
         at_cut[[round(s * row.fps) - 1 for s in shots.start_s.iloc[1:]]] = True
         assert mean_diff[at_cut].min() > 25
-        assert np.median(mean_diff[~at_cut]) < 8
+        # within a shot only noise and the objects change (large ones moving fast: up to ~10)
+        assert np.median(mean_diff[~at_cut]) < 0.5 * mean_diff[at_cut].min()
         # an object coming or going changes part of the frame; a cut changes most of it
         assert changed_fraction[at_cut].min() > 0.5 > changed_fraction[~at_cut].max()
 

@@ -54,7 +54,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from mmpipe import layout
 from mmpipe.io import atomic_path, write_bytes_atomic
@@ -99,7 +98,7 @@ from mmpipe.world.videos import (
     VideoRows,
     add_bad_queries,
     add_bad_videos,
-    add_good_video,
+    make_good_videos,
     video_id_for,
     video_world,
 )
@@ -489,9 +488,8 @@ def new_videos(w: World, day: int, block: DayBlock, progress: bool) -> None:
     first = w.ids.take("v", n + n_bad_files)
     video_ids = [video_id_for(first + k) for k in range(n + n_bad_files)]
 
-    rows = VideoRows()
-    for video_id in tqdm(video_ids[:n], desc="videos", disable=not progress):
-        add_good_video(rows, rng, video_id, cfg, video_dir, [iso], w.ids.take("q", cfg.queries_per_video))
+    first_queries = [w.ids.take("q", cfg.queries_per_video) for _ in range(n)]
+    rows = make_good_videos(video_ids[:n], rng, cfg, video_dir, [iso], first_queries, progress=progress)
     add_bad_videos(rows.videos, list(rows.videos), defects, iter(video_ids[n:]), rng, cfg, video_dir, [iso])
     good_queries = list(rows.queries)
     query_defects = day_defects(QUERY_DEFECTS, len(good_queries), cfg.bad_rate, rng)

@@ -33,6 +33,7 @@ from mmpipe.world.captions import (
     pin_caption,
 )
 from mmpipe.world.config import WorldConfig
+from mmpipe.world.parallel import map_in_order
 from mmpipe.world.render import add_noise, background, draw_object
 
 # The kinds of bad row injected into each table; at least one of each whenever the bad
@@ -191,11 +192,18 @@ def render_scene(scene: list[PlacedObject], side: int, rng: np.random.Generator)
     return add_noise(canvas, rng, sigma=float(rng.uniform(3.0, 8.0)))
 
 
-def render_images(jobs: list[tuple[str, list[PlacedObject], int]], side: int, progress: bool) -> None:
-    """Render and save pin images. Each image has its own seed, so its bytes depend only on
-    the world's seed and the pin, never on the order or the batching of the work."""
-    for path, scene, seed in tqdm(jobs, desc="pin images", unit="img", disable=not progress):
-        render_scene(scene, side, np.random.default_rng(seed)).save(path, "JPEG", quality=JPEG_QUALITY)
+def render_image(job: tuple[str, list[PlacedObject], int, int]) -> None:
+    path, scene, seed, side = job
+    render_scene(scene, side, np.random.default_rng(seed)).save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+def render_images(jobs: list[tuple[str, list[PlacedObject], int]], side: int, progress: bool,
+                  workers: int | None = None) -> None:
+    """Render and save pin images on ``workers`` processes. Each image has its own seed, so
+    its bytes depend only on the world's seed and the pin, never on the order, the batching
+    or the number of workers."""
+    map_in_order(render_image, [(path, scene, seed, side) for path, scene, seed in jobs], workers,
+                 desc="pin images", unit="img", progress=progress)
 
 
 @dataclass
@@ -338,7 +346,8 @@ def assemble_pins(
     )
 
 
-def generate_pins(out_root: Path, cfg: WorldConfig, rng: np.random.Generator, progress: bool = True) -> PinWorld:
+def generate_pins(out_root: Path, cfg: WorldConfig, rng: np.random.Generator, progress: bool = True,
+                  workers: int | None = None) -> PinWorld:
     images_dir = Path(out_root) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     n = cfg.n_pins
@@ -358,7 +367,7 @@ def generate_pins(out_root: Path, cfg: WorldConfig, rng: np.random.Generator, pr
     # Bad pins: extra rows with ids after the good ones, each with exactly one defect.
     bad = bad_pins(defects, n + 1, width, pin_ids, dates, (dates[0], dates[-1]), images_dir,
                    render_seed + n, bad_rng, cfg)
-    render_images(jobs + bad.jobs, cfg.image_size, progress)
+    render_images(jobs + bad.jobs, cfg.image_size, progress, workers)
     damage_images(bad.file_defects, bad_rng)
     pins, pin_objects, caption_attributes, bad_records = assemble_pins(rows, objects, mentions, bad, defects, bad_rng)
     return PinWorld(

@@ -17,11 +17,11 @@ import av
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from mmpipe.layout import RAW_COLUMNS
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, SIZE_SCALE, ObjectSpec
 from mmpipe.world.config import WorldConfig
+from mmpipe.world.parallel import map_in_order
 from mmpipe.world.render import add_noise, background, draw_object
 
 MOTIONS = ("moves left", "moves right", "moves up", "moves down", "stays still", "spins")
@@ -391,6 +391,10 @@ class VideoRows:
     shots: list[dict] = field(default_factory=list)
     moments: list[dict] = field(default_factory=list)
 
+    def extend(self, other: VideoRows) -> None:
+        for name in ("videos", "queries", "objects", "shots", "moments"):
+            getattr(self, name).extend(getattr(other, name))
+
 
 def add_good_video(
     rows: VideoRows, rng: np.random.Generator, video_id: str, cfg: WorldConfig, video_dir: Path,
@@ -421,6 +425,40 @@ def add_good_video(
                              "query": moment_query(rng, target, plan.objects), **span})
         rows.moments.append({"query_id": query_id, "video_id": video_id,
                              "object_id": target.object_id, **span})
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One good video for a worker: its own seed, so its file and rows never depend on
+    which worker makes it or on the videos before it."""
+
+    video_id: str
+    seed: int
+    first_query_number: int
+    cfg: WorldConfig
+    video_dir: str
+    dates: tuple[str, ...]
+
+
+def make_video(job: VideoJob) -> VideoRows:
+    rows = VideoRows()
+    add_good_video(rows, np.random.default_rng(job.seed), job.video_id, job.cfg, Path(job.video_dir),
+                   list(job.dates), job.first_query_number)
+    return rows
+
+
+def make_good_videos(video_ids: list[str], rng: np.random.Generator, cfg: WorldConfig, video_dir: Path,
+                     dates: list[str], first_query_numbers: list[int], workers: int | None = None,
+                     progress: bool = True) -> VideoRows:
+    """Render, encode and describe ``video_ids`` on ``workers`` processes; each video's seed
+    is drawn from ``rng`` up front, its queries numbered from its ``first_query_numbers``."""
+    seeds = rng.integers(2**62, size=len(video_ids))
+    jobs = [VideoJob(video_id, int(seed), first, cfg, str(video_dir), tuple(dates))
+            for video_id, seed, first in zip(video_ids, seeds, first_query_numbers)]
+    rows = VideoRows()
+    for part in map_in_order(make_video, jobs, workers, desc="videos", unit="video", progress=progress):
+        rows.extend(part)
+    return rows
 
 
 def add_bad_videos(
@@ -499,7 +537,8 @@ def video_world(rows: VideoRows, row_offset: dict[str, int] | None = None) -> Vi
 
 
 def generate_videos(
-    out_root: Path, cfg: WorldConfig, rng: np.random.Generator, dates: list[str], progress: bool = True
+    out_root: Path, cfg: WorldConfig, rng: np.random.Generator, dates: list[str], progress: bool = True,
+    workers: int | None = None,
 ) -> VideoWorld:
     """Write ``out_root/videos/<video_id>.mp4`` and return the raw and truth tables."""
     video_dir = Path(out_root) / "videos"
@@ -508,9 +547,9 @@ def generate_videos(
     # Bad videos get their own ids (except duplicates, which re-use one), after the good ones.
     n_ids = cfg.n_videos + sum(d != "duplicate_id" for d in video_defects)
     video_ids = [video_id_for(i) for i in range(1, n_ids + 1)]
-    rows = VideoRows()
-    for video_id in tqdm(video_ids[: cfg.n_videos], desc="videos", disable=not progress):
-        add_good_video(rows, rng, video_id, cfg, video_dir, dates, len(rows.queries) + 1)
+    per_video = cfg.queries_per_video
+    rows = make_good_videos(video_ids[: cfg.n_videos], rng, cfg, video_dir, dates,
+                            [1 + i * per_video for i in range(cfg.n_videos)], workers, progress)
 
     add_bad_videos(rows.videos, list(rows.videos), video_defects, iter(video_ids[cfg.n_videos:]), rng,
                    cfg, video_dir, dates)
