@@ -237,10 +237,6 @@ class PinCLIP(nn.Module):
         self.image_tower = ViTModel(c.vit_config(), add_pooling_layer=False)
         if c.image_tower_path is not None:
             self._load_pretrained_image_tower(Path(c.image_tower_path))
-        # channels_last through the stem and the patch projection: oneDNN's convolutions
-        # and their backward run several times faster on it on CPU than on NCHW.
-        self.image_stem.to(memory_format=torch.channels_last)
-        self.image_tower.embeddings.patch_embeddings.projection.to(memory_format=torch.channels_last)
         self.image_proj = nn.Linear(c.vit_width, c.embed_dim, bias=False)
         self.image_to_fusion = nn.Linear(c.vit_width, c.fusion_width)
 
@@ -307,8 +303,9 @@ class PinCLIP(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels float [B, 3, S, S] (normalised) -> (fusion tokens [B, 1+P, W_f], emb [B, E])."""
         # [CLS ; patches], the ViT's final LayerNorm applied.
+        # channels_last: oneDNN's convolutions run several times faster on it on CPU.
         stem = self.image_stem(pixels.contiguous(memory_format=torch.channels_last))
-        states = self.image_tower(pixel_values=stem).last_hidden_state
+        states = self.image_tower(pixel_values=stem.contiguous()).last_hidden_state
         # Mean of patch tokens rather than CLS: a ViT trained from scratch on a few thousand
         # images learns a usable average long before a usable CLS token.
         emb = F.normalize(self.image_proj(states[:, 1:].mean(1)), dim=-1)
