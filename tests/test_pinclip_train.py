@@ -16,7 +16,7 @@ from mmpipe.nn.text_tower import encode_texts, load_text_encoder
 from mmpipe.schemas.validate import validate_world
 from mmpipe.train.checkpoint import read_trainer_state
 from mmpipe.systems.pinclip.data import PinDataset, neighbor_pairs_for_training
-from mmpipe.systems.pinclip.train import PinCLIPTrainConfig, TowerCache, embed_pins, train_pinclip
+from mmpipe.systems.pinclip.train import PinCLIPTrainConfig, TowerCache, embed_images, embed_pins, train_pinclip
 
 MODEL = PinCLIPConfig.tiny(text_hidden_size=32)
 
@@ -72,6 +72,8 @@ def test_training_aligns_images_with_their_captions(tiny_data):
     chance = 10 / len(dataset)
     r10 = retrieval_metrics(emb["text"], emb["image"])["R@10"]
     assert r10 > 3 * chance
+    # the image-only path (the untrained baseline's) is the same image embedding
+    np.testing.assert_allclose(embed_images(result.model, dataset, batch_size=7), emb["image"], atol=1e-5)
 
 
 def test_ablation_trains_without_pairs(tiny_data):

@@ -46,7 +46,7 @@ from mmpipe.systems.pinclip.data import (COLD, TEST, UNSEEN, VALIDATION, PinCLIP
                                          RelatedPinsProtocol, related_pins_protocol)
 from mmpipe.systems.pinclip.model import PinCLIP
 from mmpipe.systems.pinclip.serve import load_version_model
-from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins, load_trained
+from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_images, embed_pins, load_trained
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 
 SUBSETS = (VALIDATION, TEST, COLD, UNSEEN)
@@ -522,7 +522,7 @@ def evaluate(inputs: PinCLIPInputs, settings: PinCLIPSettings, challenger: str, 
     ablation = embed_pins(ablation_model, inputs.dataset, inputs.text)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        untrained = embed_pins(PinCLIP(ablation_model.config), inputs.dataset, inputs.text)
+        untrained_image = embed_images(PinCLIP(ablation_model.config), inputs.dataset)
     protocol = inputs.protocol
     truth = pd.read_parquet(truth_path(inputs.raw_root, "pin_objects"))
     themes = pd.read_parquet(truth_path(inputs.raw_root, "board_themes"))
@@ -534,7 +534,7 @@ def evaluate(inputs: PinCLIPInputs, settings: PinCLIPSettings, challenger: str, 
         EmbeddingSet("pinclip_text_tower", ids, trained["text"]),
         model_sets("no_neighbor_loss_fused", ids, ablation, ablation_model, encoder, max_length=length),
         EmbeddingSet("no_neighbor_loss_image", ids, ablation["image"]),
-        EmbeddingSet("untrained_image_tower", ids, untrained["image"]),
+        EmbeddingSet("untrained_image_tower", ids, untrained_image),
         minilm_caption_baseline(ids, inputs.text, encoder, max_length=length),
         random_baseline(ids, trained["fused"].shape[1], seed=0),
         attribute_match(ids, truth, themes),

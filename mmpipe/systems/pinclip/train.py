@@ -473,3 +473,13 @@ def embed_pins(model: PinCLIP, dataset: PinDataset, text: TextFeatures,
         parts["fused"].append(out.fused_emb.numpy())
     dim = model.config.embed_dim
     return {k: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def embed_images(model: PinCLIP, dataset: PinDataset, batch_size: int = 256) -> np.ndarray:
+    """Image-tower embeddings alone (float32, L2-normalised) of every dataset row: no text
+    and no fusion pass, for baselines that only read the image side."""
+    model.eval()
+    parts = [model.encode_image(dataset.pixels(np.arange(start, min(start + batch_size, len(dataset)))))[1].numpy()
+             for start in range(0, len(dataset), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
