@@ -72,7 +72,26 @@ def run_world_generate(args: argparse.Namespace) -> int:
 
     print(f"oracle AUC {oracle_auc(Path(summary['out'])):.4f}, mean p(click) {summary['mean_p_click']:.4f}, "
           f"cold pins from {summary['cutoff_date']}")
+    print_video_summary(Path(summary["out"]), summary["video_generation_s"])
     return 0
+
+
+def print_video_summary(raw_root: Path, generation_s: float | None = None) -> None:
+    from mmpipe.eval.video_world import video_world_summary
+
+    videos = video_world_summary(raw_root)
+    if not videos["videos"]:
+        print("videos: none")
+        return
+    made = f" made in {generation_s:.0f}s" if generation_s is not None else ""
+    print(f"videos: {videos['videos']} ({videos['hours']} h, {videos['duration_s'][0]:g}-{videos['duration_s'][1]:g} s "
+          f"each){made}; {videos['moment_queries']} moment queries ({videos['queries_with_two_or_more_windows']} "
+          f"with two or more windows), {videos['captions']} captions, {videos['shots']} shots, "
+          f"{videos['summary_queries']} summarization queries")
+    print(f"held out (test window): {videos['test_videos']} videos, {videos['test_moment_queries']} moment "
+          f"queries, {videos['test_captions']} captions, {videos['test_summary_queries']} summarization queries; "
+          f"best fixed-span prior R1@0.7 {videos['fixed_prior_r1@0.7']:.3f} "
+          f"(test window {videos['fixed_prior_r1@0.7_test']:.3f})")
 
 
 def run_world_advance(args: argparse.Namespace) -> int:
@@ -170,7 +189,59 @@ def run_registry_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_GROUPS = [add_world_commands, add_search_commands, add_registry_commands]
+def add_load_commands(subparsers) -> None:
+    load = subparsers.add_parser("load", help="people's own data into a raw landing zone")
+    commands = load.add_subparsers(dest="load_command", required=True, metavar="COMMAND")
+    videos = commands.add_parser(
+        "videos",
+        help="a folder of MP4s plus QVHighlights / Charades-STA / MSR-VTT / QFVS-style annotations",
+        description="Copy the MP4s of --videos into --out/videos, probe them, read the annotation "
+                    "files given, and write the raw tables and manifest validation reads. Records "
+                    "that cannot be read go to --out/_load_quarantine.parquet with their line number. "
+                    "Formats: mmpipe/loaders/formats.py.",
+    )
+    videos.add_argument("--videos", type=Path, required=True, help="folder holding the .mp4 files")
+    videos.add_argument("--qvhighlights", type=Path, help="moment queries, QVHighlights JSONL")
+    videos.add_argument("--charades", type=Path, help="moment queries, Charades-STA 'vid start end##query' lines")
+    videos.add_argument("--msrvtt", type=Path, help="captions, MSR-VTT JSON ('sentences' list)")
+    videos.add_argument("--qfvs", type=Path, help="shot concepts and summarization queries, QFVS-style JSONL")
+    dates = videos.add_mutually_exclusive_group()
+    dates.add_argument("--date", help="created_at of every video, YYYY-MM-DD (default: file modification day)")
+    dates.add_argument("--dates", type=Path, help="per-video created_at: CSV video_id,created_at or JSON {id: date}")
+    videos.add_argument("--hardlink", action="store_true", help="hard-link the videos instead of copying them")
+    videos.add_argument("--out", type=Path, required=True, help="landing zone to write, e.g. data/raw")
+    videos.set_defaults(func=run_load_videos)
+
+
+def run_load_videos(args: argparse.Namespace) -> int:
+    from mmpipe.loaders import AnnotationFileError, load_videos
+
+    try:
+        result = load_videos(args.videos, args.out, qvhighlights=args.qvhighlights, charades=args.charades,
+                             msrvtt=args.msrvtt, qfvs=args.qfvs, date=args.date, dates_file=args.dates,
+                             link=args.hardlink)
+    except (AnnotationFileError, OSError, ValueError) as error:  # missing files, a folder not ours, bad dates
+        raise SystemExit(f"mmpipe load videos: {error}") from None
+
+    print(f"loaded {result.rows['videos']} videos -> {result.out} "
+          f"(dates {result.manifest['start_date']} .. {result.manifest['end_date']})")
+    print(f"{'table':<16}{'rows':>8}")
+    for table in ("videos", "moment_queries", "video_captions", "video_shots", "summary_queries"):
+        print(f"{table:<16}{result.rows[table]:>8}")
+    if result.sources:
+        print(f"{'file':<32}{'records':>8}{'rows':>8}{'quarantined':>12}")
+        for source in result.sources.values():
+            print(f"{source['file']:<32}{source['records']:>8}{source['rows']:>8}{source['quarantined']:>12}")
+    for record in result.quarantine.head(10).itertuples():
+        print(f"quarantined {record.source_file}:{record.row_index} [{record.rule}] {record.message}")
+    if len(result.quarantine) > 10:
+        print(f"... {len(result.quarantine) - 10} more in {result.out / result.manifest['quarantine_file']}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+COMMAND_GROUPS = [add_world_commands, add_search_commands, add_registry_commands, add_load_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,16 @@ Raw landing zone (``data/raw``, tracked by DVC through ``data.dvc``)::
     users.parquet          user_id, country, signup_date
     interactions.parquet   impression_id, user_id, pin_id, date, position, clicked
     videos.parquet         video_id, video_path, title, duration_s, fps, created_at
-    moment_queries.parquet query_id, video_id, query, start_s, end_s
+    moment_queries.parquet query_id, video_id, query, windows
+                           (windows: list of [start_s, end_s]; an event that happens twice
+                           has two, as QVHighlights' relevant_windows)
+    video_captions.parquet caption_id, video_id, caption  (MSR-VTT style, several per video)
+    video_shots.parquet    video_id, shot_index, start_s, end_s, concepts
+                           (annotated shots, QFVS style: concepts = list of concept words seen
+                           in the shot, e.g. ["red", "star", "striped"])
+    summary_queries.parquet query_id, video_id, concepts, relevant_shots
+                           (query-focused summarization, QFVS style: 1-2 concept words, and
+                           the shot_index values of the shots relevant to them)
     manifest.json          what the delivery declares: producer, start_date, end_date, row counts
                            (``mmpipe world advance`` adds n_days, truth_rows and deliveries:
                            [{date, rows}] with cumulative row counts after each delivery; it
@@ -27,13 +36,22 @@ Derived data (``storage/``, outside the DVC-tracked ``data/``). Tables partition
 (``mmpipe.partitions.PARTITIONED_TABLES``: pins, interactions, videos) are folders with one
 file per day; the others one file::
 
-    validated/<table>.parquet              boards, users, board_pins, moment_queries
+    validated/<table>.parquet              boards, users, board_pins, moment_queries, video_captions,
+                                           video_shots, summary_queries
     validated/<table>/<YYYY-MM-DD>.parquet pins, interactions, videos (one day each)
     quarantine/<table>[/<YYYY-MM-DD>].parquet  one row per rejected input row (QUARANTINE_COLUMNS)
     frames/<YYYY-MM-DD>/<video_id>.npy     uint8 [T, H, W, 3] sampled frames of one video
     frames/<YYYY-MM-DD>/index.parquet      video_id, frame_index, t_s, shot_id, is_blank
     frames/<YYYY-MM-DD>/shots.parquet      detected shots with frame-exact boundaries
     features/pin_text.safetensors          text tower cache of every validated pin, in table order
+    features/frames/<encoder>/v<version>/<YYYY-MM-DD>.npz  frame embeddings of the day's videos by that
+                                           registered encoder version (embedding [N, D] + the frame index,
+                                           each video's frames digest); <encoder>/current.json: the version
+                                           last computed (mmpipe.media.features)
+    features/shots/<encoder>/v<version>/<YYYY-MM-DD>.npz   shot embeddings pooled from them: video_id,
+                                           shot_id, start_s, end_s, n_frames, n_pooled, pooled_from
+    features/video_text.safetensors        text tower states of every video caption, moment query and
+                                           summary query; row keys (source, id, video_id, text) in its metadata
     embeddings/pins/created_at=<YYYY-MM-DD>.parquet  pin_id, created_at, image, text, fused, model_version
     index/pins/{fused,image}/              VectorIndex; index/pins/partitions.json: the days indexed
     graph/neighbor_pairs.parquet pin_a, pin_b, board_id, source, split
@@ -51,7 +69,10 @@ RAW_COLUMNS: dict[str, list[str]] = {
     "users": ["user_id", "country", "signup_date"],
     "interactions": ["impression_id", "user_id", "pin_id", "date", "position", "clicked"],
     "videos": ["video_id", "video_path", "title", "duration_s", "fps", "created_at"],
-    "moment_queries": ["query_id", "video_id", "query", "start_s", "end_s"],
+    "moment_queries": ["query_id", "video_id", "query", "windows"],
+    "video_captions": ["caption_id", "video_id", "caption"],
+    "video_shots": ["video_id", "shot_index", "start_s", "end_s", "concepts"],
+    "summary_queries": ["query_id", "video_id", "concepts", "relevant_shots"],
 }
 RAW_TABLES = tuple(RAW_COLUMNS)
 
@@ -64,6 +85,9 @@ ID_COLUMN: dict[str, str | None] = {
     "interactions": "impression_id",
     "videos": "video_id",
     "moment_queries": "query_id",
+    "video_captions": "caption_id",
+    "video_shots": None,
+    "summary_queries": "query_id",
 }
 
 MANIFEST_FILE = "manifest.json"

@@ -64,6 +64,8 @@ class SystemSpec:
     # (inputs, settings, model_dir, {sweep: dir}) -> EvalOutcome of the sweeps against the model
     evaluate_sweeps: Callable[..., EvalOutcome] | None = None
     description: str = ""
+    # what its DVC stage reads under storage/ (the derived data its inputs come from)
+    data_deps: tuple[str, ...] = ("storage/validated", "storage/graph", "storage/features")
 
     def __post_init__(self) -> None:
         if self.sweeps and self.evaluate_sweeps is None:

@@ -9,6 +9,7 @@ from orchestration.assets.media import validated_frames
 from orchestration.assets.overview import overview_assets
 from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
+from orchestration.assets.video_features import video_feature_assets
 from orchestration.checks import validation_checks
 from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
@@ -23,8 +24,8 @@ all_assets_job = dg.define_asset_job(
     description="Materialize the whole asset graph but the sweeps (each system's <name>_ablations job)."
 )
 
-assets = [*raw_assets, *validated_assets, validated_frames, graph_neighbor_pairs, *overview_assets,
-          *(asset for system in SYSTEMS for asset in system.assets)]
+assets = [*raw_assets, *validated_assets, validated_frames, *video_feature_assets, graph_neighbor_pairs,
+          *overview_assets, *(asset for system in SYSTEMS for asset in system.assets)]
 asset_checks = [*validation_checks, *(check for system in SYSTEMS for check in system.asset_checks)]
 
 defs = dg.Definitions(

@@ -11,8 +11,8 @@
 
 ``ingest_day`` materializes, for one day: the raw tables a day appends to (observed again:
 new content hash), that day's partitions of validated pins, interactions and videos, its
-frames and pin embeddings, the dimension tables that reference them (board_pins,
-moment_queries), the caption cache, and the FAISS index (which adds only the new day).
+frames, frame and shot features and pin embeddings, the video text features, the dimension tables that reference them (board_pins, the
+videos' annotations), the caption cache, and the FAISS index (which adds only the new day).
 Nothing else: no training, eval or promotion.
 """
 
@@ -28,14 +28,18 @@ from orchestration import names
 from orchestration.partitions import DAY
 from orchestration.resources import PipelinePaths
 
-_DAILY_TABLES = ("pins", "board_pins", "interactions", "videos", "moment_queries")
+# The tables a delivered day appends to: pins, interactions and videos by their own day, the
+# dimension tables that reference them (saves, the videos' annotations) whole.
+_DAILY_TABLES = ("pins", "board_pins", "interactions", "videos", "moment_queries", "video_captions",
+                 "video_shots", "summary_queries")
 INGEST_ASSETS = (
     *map(names.raw, _DAILY_TABLES), *map(names.validated, _DAILY_TABLES),
-    names.VALIDATED_FRAMES, names.PIN_TEXT_FEATURES, names.PIN_EMBEDDINGS, names.FAISS_PIN_INDEX,
+    names.VALIDATED_FRAMES, names.FRAME_FEATURES, names.SHOT_FEATURES, names.QUERY_TEXT_FEATURES,
+    names.PIN_TEXT_FEATURES, names.PIN_EMBEDDINGS, names.FAISS_PIN_INDEX,
 )
 # The assets partitioned by day among them: a day's run writes exactly these partitions.
 INGEST_DAY_PARTITIONED = (*map(names.validated, ("pins", "interactions", "videos")), names.VALIDATED_FRAMES,
-                          names.PIN_EMBEDDINGS)
+                          names.FRAME_FEATURES, names.SHOT_FEATURES, names.PIN_EMBEDDINGS)
 
 ingest_day_job = dg.define_asset_job(
     "ingest_day",

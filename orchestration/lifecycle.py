@@ -295,7 +295,7 @@ def dvc_stage(spec: SystemSpec) -> dict:
                           spec.champion_asset])
     return {
         "cmd": f"dagster asset materialize -m orchestration.definitions --select {selection}",
-        "deps": ["storage/validated", "storage/graph", "storage/features", f"mmpipe/systems/{spec.name}"],
+        "deps": [*spec.data_deps, f"mmpipe/systems/{spec.name}"],
         "params": [spec.name],
         "outs": [{f"storage/models/{spec.name}": {"cache": False}},
                  *({f"storage/models/{spec.name}_{variant}": {"cache": False}} for variant in spec.ablations),

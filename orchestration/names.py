@@ -13,6 +13,11 @@ def validated(table: str) -> str:
 VALIDATED_FRAMES = "validated_frames"
 GRAPH_NEIGHBOR_PAIRS = "graph_neighbor_pairs"
 PIN_TEXT_FEATURES = "pin_text_features"
+# The video systems' shared inputs (mmpipe.media.features names them in its errors; a test
+# checks both spell them alike).
+FRAME_FEATURES = "frame_features"
+SHOT_FEATURES = "shot_features"
+QUERY_TEXT_FEATURES = "query_text_features"
 PIN_EMBEDDINGS = "pin_embeddings"
 FAISS_PIN_INDEX = "faiss_pin_index"
 EVAL_OVERVIEW = "eval_overview"

@@ -60,7 +60,7 @@ def test_a_new_day_encodes_only_captions_the_cache_lacks(tmp_path):
 
 def test_cached_rows_must_match_their_keys():
     text, keys, _ = encode_pin_captions(_pins(CAPTIONS[:2]), max_length=24)
-    with pytest.raises(ValueError, match="1 caption keys for 2 cached rows"):
+    with pytest.raises(ValueError, match="1 text keys for 2 cached rows"):
         encode_pin_captions(_pins(CAPTIONS[:3]), max_length=24, previous=text, previous_keys=keys[:1])
 
 

@@ -48,10 +48,10 @@ def jpeg_bytes(side: int = 32, seed: int = 0, image_format: str = "JPEG") -> byt
     return buffer.getvalue()
 
 
-def write_video(path: Path, n_frames: int = 16, side: int = 32) -> None:
+def write_video(path: Path, n_frames: int = 16, rate: int = FPS, side: int = 32) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
+        stream = container.add_stream("libx264", rate=rate)
         stream.width = stream.height = side
         stream.pix_fmt = "yuv420p"
         rng = np.random.default_rng(n_frames)
@@ -349,14 +349,16 @@ def test_each_video_defect_is_quarantined_under_its_rule(raw_root, defect):
     assert_only_bad_row_quarantined(validate_videos(raw, raw_root), len(GOOD_VIDEOS), rule)
 
 
-GOOD_QUERIES = [{"query_id": "q0", "video_id": "v0", "query": "the red star moves left", "start_s": 0.5, "end_s": 1.5},
-                {"query_id": "q1", "video_id": "v1", "query": "a blue disc", "start_s": 0.0, "end_s": 2.0}]
+GOOD_QUERIES = [{"query_id": "q0", "video_id": "v0", "query": "the red star moves left", "windows": [[0.5, 1.5]]},
+                {"query_id": "q1", "video_id": "v1", "query": "a blue disc", "windows": [[0.0, 0.5], [1.0, 2.0]]}]
 
 
 @pytest.mark.parametrize("changes, rule", [
-    ({"start_s": 1.5, "end_s": 0.5}, "end_after_start"),
-    ({"end_s": 2.5}, "within_video"),
-    ({"start_s": -0.5}, "start_s.greater_than_or_equal_to"),
+    ({"windows": [[1.5, 0.5]]}, "windows.end_after_start"),
+    ({"windows": [[0.5, 1.0], [1.5, 2.5]]}, "within_video"),
+    ({"windows": [[-0.5, 1.0]]}, "windows.start_not_negative"),
+    ({"windows": []}, "windows.well_formed"),
+    ({"windows": None}, "windows.not_nullable"),
     ({"video_id": "v404"}, "video_id.known"),
     ({"query": "  "}, "query.not_blank"),
     ({"query_id": "q1"}, "query_id.unique_id"),

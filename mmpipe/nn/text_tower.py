@@ -13,6 +13,8 @@ fails fast when a file is missing.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 from dataclasses import dataclass
@@ -210,3 +212,34 @@ def encode_texts(
         pooled_all[rows] = F.normalize(pooled, dim=-1).float().cpu()
     model.train(was_training)
     return TextFeatures(hidden_all, mask_all, pooled_all)
+
+
+def text_key(text: str) -> str:
+    """Content address of a text: the frozen tower's output depends on nothing else."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def encode_texts_reusing(
+    texts: Sequence[str],
+    previous: TextFeatures | None = None,
+    previous_keys: Sequence[str] = (),
+    text_model_dir: Path | None = None,
+    max_length: int = 32,
+) -> tuple[TextFeatures, list[str], int]:
+    """The frozen text tower's states of ``texts``, in order, copying from ``previous`` (row i
+    keyed ``previous_keys[i]``, made by the same tower and ``max_length``) every text whose
+    :func:`text_key` it holds and encoding only the others, so an incremental cache costs its
+    new texts alone. Returns (features, each row's key, how many distinct texts were encoded)."""
+    keys = [text_key(text) for text in texts]
+    if previous is not None and len(previous_keys) != len(previous):
+        raise ValueError(f"{len(previous_keys)} text keys for {len(previous)} cached rows")
+    row_of = {key: row for row, key in enumerate(previous_keys)} if previous is not None else {}
+    new = {key: text for key, text in zip(keys, texts) if key not in row_of}
+    parts = [previous] if row_of else []
+    if new or not parts:
+        tokenizer, model = load_text_encoder(text_model_dir)
+        parts.append(encode_texts(list(new.values()), tokenizer, model, max_length=max_length))
+        offset = len(previous) if row_of else 0
+        row_of.update({key: offset + i for i, key in enumerate(new)})
+    return TextFeatures.concat(parts).take([row_of[key] for key in keys]), keys, len(new)
+

@@ -26,6 +26,9 @@ MAX_IMAGE_SIDE = 4096
 # last frame's duration), but not by more than this many frames or this share of its length.
 DURATION_TOLERANCE_FRAMES = 2
 DURATION_TOLERANCE_SHARE = 0.02
+# A row's fps may round the stream's rate (29.97 written as 30), but a rate off by more than
+# this share is another file, or one whose frame times every span in seconds would misplace.
+FPS_TOLERANCE_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,17 @@ def check_image(raw_root: Path, relative: str, column: str = "image_path") -> Me
 
 
 def check_video(
-    raw_root: Path, relative: str, duration_s: float | None = None, column: str = "video_path"
+    raw_root: Path,
+    relative: str,
+    duration_s: float | None = None,
+    fps: float | None = None,
+    column: str = "video_path",
 ) -> MediaProblem | None:
-    """A video inside the root whose every frame decodes, as long as its row claims.
+    """A video inside the root whose every frame decodes, as long and as fast as its row claims.
 
     The container's own frame count catches a file cut short inside the media data; the
-    row's ``duration_s`` (when known) catches a file that is whole but not the one described.
+    row's ``duration_s`` and ``fps`` (when known) catch a file that is whole but not the one
+    described.
     """
     located = locate(raw_root, column, relative)
     if isinstance(located, MediaProblem):
@@ -122,15 +130,21 @@ def check_video(
         return MediaProblem(
             decodes, f"{column} {relative!r} is truncated: {decoded_frames} of {declared_frames} frames decode"
         )
-    if duration_s is not None and math.isfinite(duration_s) and rate:
-        fps = float(rate)
-        decoded_s = decoded_frames / fps
-        tolerance_s = max(DURATION_TOLERANCE_FRAMES / fps, DURATION_TOLERANCE_SHARE * duration_s)
+    stream_fps = float(rate) if rate else None
+    if duration_s is not None and math.isfinite(duration_s) and stream_fps:
+        decoded_s = decoded_frames / stream_fps
+        tolerance_s = max(DURATION_TOLERANCE_FRAMES / stream_fps, DURATION_TOLERANCE_SHARE * duration_s)
         if abs(decoded_s - duration_s) > tolerance_s:
             return MediaProblem(
                 f"{column}.duration",
-                f"{column} {relative!r} plays {decoded_s:.2f} s ({decoded_frames} frames at {fps:g} fps) "
+                f"{column} {relative!r} plays {decoded_s:.2f} s ({decoded_frames} frames at {stream_fps:g} fps) "
                 f"but its row says duration_s={duration_s:g}",
+            )
+    if fps is not None and math.isfinite(fps) and stream_fps:
+        if abs(stream_fps - fps) > FPS_TOLERANCE_SHARE * stream_fps:
+            return MediaProblem(
+                f"{column}.fps",
+                f"{column} {relative!r} plays at {stream_fps:g} fps but its row says fps={fps:g}",
             )
     return None
 
@@ -147,7 +161,14 @@ def check_images(raw_root: Path, relative_paths: Iterable[str], column: str = "i
 
 
 def check_videos(
-    raw_root: Path, relative_paths: Iterable[str], durations_s: Iterable[float | None], column: str = "video_path"
+    raw_root: Path,
+    relative_paths: Iterable[str],
+    durations_s: Iterable[float | None],
+    fps_values: Iterable[float | None] | None = None,
+    column: str = "video_path",
 ) -> list[MediaProblem | None]:
-    arguments = [(raw_root, path, duration, column) for path, duration in zip(relative_paths, durations_s)]
+    relative_paths, durations_s = list(relative_paths), list(durations_s)
+    fps_values = [None] * len(relative_paths) if fps_values is None else list(fps_values)
+    arguments = [(raw_root, path, duration, fps, column)
+                 for path, duration, fps in zip(relative_paths, durations_s, fps_values, strict=True)]
     return _in_parallel(check_video, arguments)

@@ -63,13 +63,22 @@ class ValidationResult:
         return {str(rule): int(n) for rule, n in self.quarantine["rule"].value_counts().items()}
 
 
+# The columns whose pair identifies a row of a table without an id column.
+PAIR_COLUMNS: dict[str, tuple[str, str]] = {
+    "board_pins": ("board_id", "pin_id"),
+    "video_shots": ("video_id", "shot_index"),
+}
+
+
 def record_ids(table: str, frame: pd.DataFrame) -> pd.Series:
-    """The id a person would search for: the id column, or ``board_id:pin_id`` for a save."""
+    """The id a person would search for: the id column, or the identifying pair joined by a
+    colon (``board_id:pin_id`` for a save, ``video_id:shot_index`` for a shot)."""
     id_column = ID_COLUMN[table]
     if id_column is not None:
         ids = frame[id_column]
     else:
-        ids = frame["board_id"].astype("string") + ":" + frame["pin_id"].astype("string")
+        first, second = PAIR_COLUMNS[table]
+        ids = frame[first].astype("string") + ":" + frame[second].astype("string")
     return ids.astype("string")
 
 

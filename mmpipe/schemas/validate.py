@@ -26,17 +26,28 @@ from mmpipe.schemas.quarantine import (
     write_result,
 )
 from mmpipe.schemas.tables import (
+    DETAIL,
+    MAX_FPS,
     BoardPinsModel,
     BoardsModel,
     InteractionsModel,
     MomentQueriesModel,
     PinsModel,
+    SummaryQueriesModel,
     UsersModel,
+    VideoCaptionsModel,
+    VideoShotsModel,
     VideosModel,
+    concept_vocabulary,
     date_window,
     explain,
+    known_concepts,
     known_ids,
+    known_shots,
     real_numbers,
+    shot_end,
+    shown,
+    window_ends,
     with_runtime_checks,
     within_video,
 )
@@ -44,8 +55,9 @@ from mmpipe.schemas.text_checks import garbled_reason
 
 __all__ = [
     "VALIDATION_PARENTS", "ValidationResult", "validate_board_pins", "validate_boards",
-    "validate_interactions", "validate_moment_queries", "validate_pins", "validate_table",
-    "validate_users", "validate_videos", "validate_world", "write_result", "validate_day",
+    "validate_interactions", "validate_moment_queries", "validate_pins", "validate_summary_queries",
+    "validate_table", "validate_users", "validate_video_captions", "validate_video_shots",
+    "validate_videos", "validate_world", "write_result", "validate_day",
 ]
 
 # The validated tables each table's references are checked against (dependency order).
@@ -57,6 +69,9 @@ VALIDATION_PARENTS: dict[str, tuple[str, ...]] = {
     "interactions": ("users", "pins"),
     "videos": (),
     "moment_queries": ("videos",),
+    "video_captions": ("videos",),
+    "video_shots": ("videos",),
+    "summary_queries": ("videos", "video_shots"),
 }
 
 _SHOWN_CHARS = 60
@@ -70,15 +85,20 @@ def _missing(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
 
-def _row_message(column: str, check_name: str, explanation: str, value) -> str:
-    """``column=value explanation``, short enough for a log line."""
+def _row_message(column: str, check_name: str, explanation: str, value, detail: str | None = None) -> str:
+    """``column=value explanation``, short enough for a log line; ``: detail`` when the check
+    names the element of the value that failed."""
     if isinstance(value, np.generic):
         value = value.item()
+    if detail is not None:
+        return f"{column}={shown(value)} {explanation}: {detail}"
     if check_name == "not_garbled":
         # the text itself would garble the log too: show its start escaped
         return f"{column} (starting {ascii(str(value)[:20])}) {explanation}: {garbled_reason(str(value))}"
     if _missing(value):
         return f"{column} {explanation}"
+    if not isinstance(value, str) and pd.api.types.is_list_like(value):
+        return f"{column}={shown(value)} {explanation}"
     if isinstance(value, str) and len(value) > _SHOWN_CHARS:
         return f"{column} ({len(value)} chars, starting {value[:30]!r}) {explanation}"
     return f"{column}={value!r} {explanation}"
@@ -93,6 +113,14 @@ def _checks_by_identifier(schema: pa.DataFrameSchema) -> dict[tuple[str | None, 
     for check in schema.checks:
         found[(None, check.error or check.name)] = check
     return found
+
+
+def _detail(statistics: dict, frame: pd.DataFrame, row: int, column: str | None) -> str | None:
+    """What the check's detail function says about the failing value (or row), if it has one."""
+    detail = statistics.get(DETAIL)
+    if detail is None:
+        return None
+    return detail(frame.loc[row].to_dict() if column is None else frame.at[row, column])
 
 
 def _failed_check(identifier: str, column: str | None, checks) -> tuple[str, dict]:
@@ -136,7 +164,8 @@ def schema_issues(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> list[Issue
 
         row = int(failure.index)
         if spans_columns:
-            issues.append(Issue(row, None, rule, explanation))
+            detail = _detail(statistics, frame, row, None)
+            issues.append(Issue(row, None, rule, explanation if detail is None else f"{explanation}: {detail}"))
             continue
         value = frame.at[row, column]
         if check_name == "not_nullable" and not _missing(value):
@@ -145,7 +174,8 @@ def schema_issues(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> list[Issue
             explanation = explain("dtype", {"dtype": str(schema.columns[column].dtype)})
         elif check_name == "dtype" and _missing(value):
             continue  # reported as missing
-        issues.append(Issue(row, column, rule, _row_message(column, check_name, explanation, value)))
+        detail = _detail(statistics, frame, row, column)
+        issues.append(Issue(row, column, rule, _row_message(column, check_name, explanation, value, detail)))
     return issues
 
 
@@ -162,7 +192,9 @@ def _image_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
 def _video_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
     rows = frame[frame["video_path"].notna()]
     durations = [None if pd.isna(d) else float(d) for d in real_numbers(rows["duration_s"])]
-    problems = check_videos(raw_root, rows["video_path"].astype(str), durations)
+    # an fps the schema rejects (0, negative, absurd) is reported there, not compared to the stream
+    fps_values = [float(f) if 0 < f <= MAX_FPS else None for f in real_numbers(rows["fps"]).fillna(0)]
+    problems = check_videos(raw_root, rows["video_path"].astype(str), durations, fps_values)
     return [Issue(row, "video_path", p.rule, p.message) for row, p in zip(rows[ROW_INDEX], problems) if p]
 
 
@@ -261,12 +293,45 @@ def validate_videos(raw: pd.DataFrame, raw_root: Path) -> ValidationResult:
 
 
 def validate_moment_queries(raw: pd.DataFrame, valid_videos: pd.DataFrame) -> ValidationResult:
+    """``valid_videos``: the validated videos (ids, and duration_s and fps for ``within_video``)."""
     schema = with_runtime_checks(
         MomentQueriesModel,
         {"video_id": [known_ids(valid_videos["video_id"], "videos")]},
-        [within_video(valid_videos)],
+        [within_video(valid_videos, window_ends)],
     )
     return _validate("moment_queries", raw, schema)
+
+
+def validate_video_captions(raw: pd.DataFrame, valid_video_ids: Iterable[str]) -> ValidationResult:
+    schema = with_runtime_checks(VideoCaptionsModel, {"video_id": [known_ids(valid_video_ids, "videos")]})
+    return _validate("video_captions", raw, schema)
+
+
+def validate_video_shots(raw: pd.DataFrame, valid_videos: pd.DataFrame) -> ValidationResult:
+    """``valid_videos``: the validated videos (ids, and duration_s and fps for ``within_video``)."""
+    schema = with_runtime_checks(
+        VideoShotsModel,
+        {"video_id": [known_ids(valid_videos["video_id"], "videos")]},
+        [within_video(valid_videos, shot_end)],
+    )
+    return _validate("video_shots", raw, schema)
+
+
+def validate_summary_queries(
+    raw: pd.DataFrame, valid_video_ids: Iterable[str], valid_shots: pd.DataFrame
+) -> ValidationResult:
+    """Concepts must be words some validated shot shows, relevant shots validated shots of the
+    query's video: a query can only be judged on shots that reach the summarizer."""
+    valid_video_ids = set(valid_video_ids)
+    schema = with_runtime_checks(
+        SummaryQueriesModel,
+        {
+            "video_id": [known_ids(valid_video_ids, "videos")],
+            "concepts": [known_concepts(concept_vocabulary(valid_shots))],
+        },
+        [known_shots(valid_shots, valid_video_ids)],
+    )
+    return _validate("summary_queries", raw, schema)
 
 
 # -----------------------------------------------------------------------------
@@ -309,6 +374,12 @@ def validate_table(
         return validate_videos(raw, raw_root)
     if table == "moment_queries":
         return validate_moment_queries(raw, parents["videos"])
+    if table == "video_captions":
+        return validate_video_captions(raw, ids("videos"))
+    if table == "video_shots":
+        return validate_video_shots(raw, parents["videos"])
+    if table == "summary_queries":
+        return validate_summary_queries(raw, ids("videos"), parents["video_shots"])
     raise KeyError(f"unknown table {table!r}; expected one of {RAW_TABLES}")
 
 

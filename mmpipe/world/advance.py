@@ -2,7 +2,7 @@
 
 ``advance(raw_root, days=1)`` appends the day after the landing zone's ``end_date`` (then
 the next, ...): new pins with their images, their saves to the existing boards, the day's
-impressions and clicks by the existing users, new videos with moment queries, each table
+impressions and clicks by the existing users, new videos with their annotations, each table
 with its share of deliberately bad rows, and the truth behind all of it. Nothing already
 delivered changes: old rows, files and truth stay as they were.
 
@@ -93,9 +93,11 @@ from mmpipe.world.pins import (
     zipf_popularity,
 )
 from mmpipe.world.videos import (
+    ANNOTATION_TABLES,
     QUERY_DEFECTS,
     VIDEO_DEFECTS,
     VideoRows,
+    add_bad_annotations,
     add_bad_queries,
     add_bad_videos,
     make_good_videos,
@@ -109,7 +111,8 @@ GENERATED_BY = ("mmpipe world generate", PRODUCER)
 ADVANCE_TAG = 1000
 DAY_STREAMS = {**STREAMS, "pin_latents": 6}
 # Tables a day appends to, in the order the bad-record truth lists them.
-APPENDED_TABLES = ("pins", "board_pins", "interactions", "videos", "moment_queries")
+APPENDED_TABLES = ("pins", "board_pins", "interactions", "videos", "moment_queries", "video_captions",
+                   "video_shots", "summary_queries")
 # Truth files a day appends to; the others (board_themes, user_affinities) never change.
 APPENDED_TRUTH = ("pin_objects", "caption_attributes", "board_saves", "impressions",
                   "video_objects", "shots", "moments", "bad_records")
@@ -490,16 +493,17 @@ def new_videos(w: World, day: int, block: DayBlock, progress: bool) -> None:
 
     first_queries = [w.ids.take("q", cfg.queries_per_video) for _ in range(n)]
     rows = make_good_videos(video_ids[:n], rng, cfg, video_dir, [iso], first_queries, progress=progress)
+    durations = {row["video_id"]: row["duration_s"] for row in rows.videos}
     add_bad_videos(rows.videos, list(rows.videos), defects, iter(video_ids[n:]), rng, cfg, video_dir, [iso])
     good_queries = list(rows.queries)
     query_defects = day_defects(QUERY_DEFECTS, len(good_queries), cfg.bad_rate, rng)
     n_unknown = max(1, query_defects.count("unknown_video"))
     add_bad_queries(rows.queries, good_queries, query_defects, rng, w.ids.take("q", len(query_defects)),
-                    w.ids.take("v", n_unknown), unknown_video_range=n_unknown)
+                    w.ids.take("v", n_unknown), durations, unknown_video_range=n_unknown)
+    add_bad_annotations(rows, rng, cfg, scale_rows=n)
 
-    videos = video_world(rows, {"videos": len(w.raw["videos"]), "moment_queries": len(w.raw["moment_queries"])})
-    block.raw["videos"] = videos.videos
-    block.raw["moment_queries"] = videos.moment_queries
+    videos = video_world(rows, {table: len(w.raw[table]) for table in ANNOTATION_TABLES | {"videos": None}})
+    block.raw.update(videos.raw_tables())
     block.truth["video_objects"] = videos.video_objects
     block.truth["shots"] = videos.shots
     block.truth["moments"] = videos.moments

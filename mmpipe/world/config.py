@@ -22,12 +22,15 @@ class WorldConfig:
     max_objects_per_pin: int = 3
     off_theme_rate: float = 0.10
     typo_rate: float = 0.05
-    # videos
-    n_videos: int = 60
-    video_seconds: tuple[float, float] = (20.0, 40.0)
+    # videos: enough that a date-held-out test window (the last 6 of 30 days: ~120 videos,
+    # ~480 moment queries) gives bootstrap intervals narrow enough to tell models apart
+    n_videos: int = 600
+    video_seconds: tuple[float, float] = (8.0, 20.0)
     video_fps: int = 8
     video_size: int = 96
-    queries_per_video: int = 3
+    queries_per_video: int = 4  # moment queries (QVHighlights / Charades-STA style)
+    captions_per_video: int = 4  # MSR-VTT-style sentences
+    summary_queries_per_video: int = 2  # QFVS-style concept queries
     # deliberately bad records, as a fraction of the rows of each table
     bad_rate: float = 0.02
 
@@ -38,18 +41,18 @@ class WorldConfig:
 SCALES: dict[str, WorldConfig] = {
     "tiny": WorldConfig(
         scale="tiny", n_days=10, cold_days=2, n_pins=200, n_boards=10, n_users=20,
-        n_impressions=2000, image_size=64, n_videos=4, video_seconds=(6.0, 10.0),
+        n_impressions=2000, image_size=64, n_videos=24, video_seconds=(6.0, 10.0),
         video_size=64, bad_rate=0.04,
     ),
     "small": WorldConfig(scale="small"),
     "medium": WorldConfig(
         scale="medium", n_days=60, cold_days=5, n_pins=100_000, n_boards=2000, n_users=10_000,
-        n_impressions=2_000_000, n_videos=2000, video_seconds=(20.0, 60.0),
+        n_impressions=2_000_000, n_videos=5000,
     ),
     "large": WorldConfig(
         scale="large", n_days=90, cold_days=7, n_pins=1_000_000, n_boards=20_000,
-        n_users=100_000, n_impressions=20_000_000, image_size=128, n_videos=10_000,
-        video_seconds=(20.0, 60.0), video_size=128,
+        n_users=100_000, n_impressions=20_000_000, image_size=128, n_videos=20_000,
+        video_seconds=(8.0, 30.0), video_size=128,
     ),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,9 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
     boards = generate_boards(cfg, stream_rng(cfg.seed, "boards"), pins, progress)
     users = generate_users(cfg, stream_rng(cfg.seed, "users"))
     interactions = generate_interactions(cfg, stream_rng(cfg.seed, "interactions"), pins, users)
+    started = time.perf_counter()
     videos = generate_videos(out, cfg, stream_rng(cfg.seed, "videos"), dates, progress, workers)
+    video_seconds = time.perf_counter() - started
 
     raw = {
         "pins": pins.pins,
@@ -99,8 +102,7 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "board_pins": boards.board_pins,
         "users": users.users,
         "interactions": interactions.interactions,
-        "videos": videos.videos,
-        "moment_queries": videos.moment_queries,
+        **videos.raw_tables(),
     }
     for table, df in raw.items():
         write_parquet(df[layout.RAW_COLUMNS[table]], layout.raw_table_path(out, table))
@@ -160,4 +162,5 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "bad_records": bad_counts,
         "mean_p_click": interactions.mean_p_click,
         "cutoff_date": world["cutoff_date"],
+        "video_generation_s": round(video_seconds, 1),
     }

@@ -4,7 +4,8 @@ Pins, interactions and videos are partitioned by day (``mmpipe.partitions``): a 
 partition validates the raw rows filed under that day and writes
 ``validated/<table>/<day>.parquet`` and ``quarantine/<table>/<day>.parquet``; references
 are checked against the valid pins of that day and earlier. Boards, users, board_pins and
-moment_queries are dimension tables, validated whole against every validated partition.
+the videos' annotations (moment_queries, video_captions, video_shots, summary_queries) are
+dimension tables, validated whole against every validated partition.
 """
 
 

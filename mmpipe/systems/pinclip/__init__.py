@@ -27,4 +27,5 @@ SPEC = SystemSpec(
             "no_text_neighbor": {"train": {"text_neighbor_weight": 0.0}}},
     evaluate_sweeps=pinclip_eval.evaluate_sweeps,
     description="PinCLIP pin embeddings (image, text, fused), registered in MLflow as `pinclip`.",
+    data_deps=("storage/validated", "storage/graph", "storage/features/pin_text.safetensors"),
 )

@@ -14,7 +14,6 @@ apart where it can, and returns the [B, B] mask of the conflicts it could not av
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from mmpipe.eval.ranking import ranking_metrics_per_query, top_k
 from mmpipe.eval.related_ceiling import board_mate_relevance, board_membership
 from mmpipe.eval.splits import WINDOWS, DateWindows, cold_items, date_windows
 from mmpipe.layout import resolve_inside
-from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts, load_text_encoder
+from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts_reusing, text_key
 
 # The mean/std of transformers' ViTImageProcessor, so a pretrained ViT sees what it expects.
 IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -459,7 +458,7 @@ class PinCLIPInputs:
 
 def caption_key(caption: str) -> str:
     """Content address of a caption: the frozen text tower's output depends on nothing else."""
-    return hashlib.sha256(caption.encode("utf-8")).hexdigest()[:24]
+    return text_key(caption)
 
 
 def encode_pin_captions(
@@ -477,24 +476,7 @@ def encode_pin_captions(
     Returns (features, each row's caption key, how many distinct captions were encoded).
     """
     captions = [caption_text(t, d) for t, d in zip(pins["title"], pins["description"])]
-    keys = [caption_key(caption) for caption in captions]
-    if previous is not None and len(previous_keys) != len(previous):
-        raise ValueError(f"{len(previous_keys)} caption keys for {len(previous)} cached rows")
-    cached = {key: row for row, key in enumerate(previous_keys)} if previous is not None else {}
-    new_captions = dict(zip(keys, captions))
-    for key in cached:
-        new_captions.pop(key, None)
-    parts, row_of = [], {}
-    if cached:
-        parts.append(previous)
-        row_of.update(cached)
-    if new_captions or not parts:
-        tokenizer, model = load_text_encoder(text_model_dir)
-        parts.append(encode_texts(list(new_captions.values()), tokenizer, model, max_length=max_length))
-        offset = len(previous) if cached else 0
-        row_of.update({key: offset + i for i, key in enumerate(new_captions)})
-    text = TextFeatures.concat(parts).take([row_of[key] for key in keys])
-    return text, keys, len(new_captions)
+    return encode_texts_reusing(captions, previous, previous_keys, text_model_dir, max_length)
 
 
 def update_caption_cache(pins: pd.DataFrame, path: Path, max_length: int,
