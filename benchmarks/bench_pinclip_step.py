@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from timing import matmul_flops_per_second, measure
 
 from mmpipe.config import resolve_settings
 from mmpipe.nn.losses import BoardProxyLoss, ClipLoss
@@ -31,19 +30,6 @@ from mmpipe.systems.pinclip.train import PinCLIPSettings
 
 N_BOARDS = 200
 TEXT_LENGTH = 32
-
-
-def matmul_flops_per_second(n: int = 2048, repeats: int = 8, trials: int = 3) -> float:
-    """The best of ``trials`` timings: a shared 2-core machine's clock and neighbours vary."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm up
-    best = 0.0
-    for _ in range(trials):
-        started = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - started))
-    return best
 
 
 def settings_for(scale: str) -> PinCLIPSettings:
@@ -69,19 +55,6 @@ def fusion_step(model, proxy_sets, optimizer, batch):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-
-
-def measure(name: str, step, steps: int, peak: float) -> None:
-    step()  # warm up: allocator, autograd graph
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - started) / steps
-    print(f"{name:<14} {seconds * 1000:9.1f} ms/step {flops / 1e9:9.2f} GFLOP/step "
-          f"{flops / seconds / 1e9:8.1f} GFLOP/s   MFU {flops / seconds / peak:6.1%}")
 
 
 def main() -> None:
@@ -110,7 +83,7 @@ def main() -> None:
     batch = (torch.randn(batch_size, 3, c.image_size, c.image_size),
              torch.randn(batch_size, TEXT_LENGTH, c.text_hidden_size), mask, membership)
     optimizer = torch.optim.AdamW([*model.parameters(), *proxies.parameters()], lr=1e-4)
-    measure("tower step", lambda: tower_step(model, proxies, optimizer, batch), args.steps, peak)
+    print(measure(lambda: tower_step(model, proxies, optimizer, batch), args.steps).line("tower step", peak))
 
     with torch.no_grad():
         image_tokens, image_emb = model.encode_image(batch[0])
@@ -120,8 +93,8 @@ def main() -> None:
                          for x in (image_tokens, text_tokens, mask, image_emb, text_emb))
     proxy_sets = torch.nn.ModuleList(BoardProxyLoss(N_BOARDS, c.embed_dim, seed=h) for h in range(heads))
     fusion_optimizer = torch.optim.AdamW([*model.fusion_parameters(), *proxy_sets.parameters()], lr=1e-4)
-    measure("fusion step", lambda: fusion_step(model, proxy_sets, fusion_optimizer, (*fusion_batch, membership)),
-            args.steps, peak)
+    fusion = measure(lambda: fusion_step(model, proxy_sets, fusion_optimizer, (*fusion_batch, membership)), args.steps)
+    print(fusion.line("fusion step", peak))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,14 @@ class FixedSpanPrior:
     recall: float  # R1 at ``iou`` over the queries
     iou: float
 
+    def recall_on(self, windows: Sequence[Windows], durations: Sequence[float]) -> float:
+        """R1 at this prior's IoU of the same span on other queries (chosen on one split,
+        scored on another, as a baseline must be)."""
+        window_sets = [np.asarray(w, dtype=float).reshape(-1, 2) for w in windows]
+        scale = np.asarray(durations, dtype=float) if self.relative else np.ones(len(window_sets))
+        _, recall = _best_span(np.array([self.start]), np.array([self.end]), window_sets, scale, self.iou)
+        return recall
+
     def describe(self) -> str:
         unit = "of the duration" if self.relative else "s"
         span = f"[{self.start:.2f}, {self.end:.2f}]" if self.relative else f"[{self.start:.1f}, {self.end:.1f}]"

@@ -30,11 +30,8 @@ from mmpipe.eval.ranking import ranking_metrics_per_query, top_k
 from mmpipe.eval.related_ceiling import board_mate_relevance, board_membership
 from mmpipe.eval.splits import WINDOWS, DateWindows, cold_items, date_windows
 from mmpipe.layout import resolve_inside
+from mmpipe.media.pixels import normalize_pixels
 from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts_reusing, text_key
-
-# The mean/std of transformers' ViTImageProcessor, so a pretrained ViT sees what it expects.
-IMAGE_MEAN = (0.5, 0.5, 0.5)
-IMAGE_STD = (0.5, 0.5, 0.5)
 
 
 def caption_text(title, description) -> str:
@@ -55,13 +52,6 @@ def read_rgb(path: Path, image_size: int) -> np.ndarray:
             return np.array(image, dtype=np.uint8)  # a writable copy, as torch wants
     except (OSError, ValueError) as err:
         raise OSError(f"cannot decode pin image {path}: {err}") from err
-
-
-def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float32 normalised with IMAGE_MEAN/IMAGE_STD."""
-    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-    scale, shift = 1.0 / (255.0 * std), torch.tensor(IMAGE_MEAN).view(3, 1, 1) / std
-    return images.float().mul_(scale).sub_(shift)  # in place on the float copy: one pass less
 
 
 def load_pin_image(path: Path, image_size: int) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""What every step benchmark measures the same way: the machine's fp32 matmul peak, and one
+training step's time, FLOPs (``torch.utils.flop_counter.FlopCounterMode``, forward and
+backward: matmuls, convolutions and attention, not elementwise work), FLOP/s and MFU."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 8, trials: int = 3) -> float:
+    """The best of ``trials`` timings: a shared 2-core machine's clock and neighbours vary."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    best = 0.0
+    for _ in range(trials):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - started))
+    return best
+
+
+@dataclass(frozen=True)
+class StepCost:
+    seconds: float  # per step, the best of the timed rounds
+    flops: float  # per step
+
+    def line(self, name: str, peak: float) -> str:
+        return (f"{name:<22} {self.seconds * 1000:9.1f} ms/step {self.flops / 1e9:9.2f} GFLOP/step "
+                f"{self.flops / self.seconds / 1e9:8.1f} GFLOP/s   MFU {self.flops / self.seconds / peak:6.1%}")
+
+
+def measure(step: Callable[[], None], steps: int, rounds: int = 1) -> StepCost:
+    """Warm up, count one step's FLOPs, then time ``steps`` steps ``rounds`` times (best round)."""
+    step()  # warm up: allocator, autograd graph
+    with FlopCounterMode(display=False) as counter:
+        step()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - started) / steps)
+    return StepCost(best, counter.get_total_flops())
