@@ -118,34 +118,42 @@ def run_world_advance(args: argparse.Namespace) -> int:
 def add_search_commands(subparsers) -> None:
     search = subparsers.add_parser(
         "search",
-        help="nearest pins to a text query or to a pin",
+        help="nearest pins to a text query or to a pin; with --videos, videos for a text query",
         description="Print the nearest pins (pin_id, score, caption) from the pin index. "
                     "Text queries search image embeddings; pin queries search fused embeddings. "
+                    "With --videos, a --text query searches the MAC video index and prints video_id, score, "
+                    "the best-matching second of each video and its title. "
                     "Default paths are under the project root.",
     )
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a text query, e.g. \"crimson striped disc\"")
     query.add_argument("--pin", help="a pin id: find its neighbors (itself excluded)")
+    search.add_argument("--videos", action="store_true",
+                        help="search videos (MAC) instead of pins, e.g. --videos --text \"a red star moves left\"")
     search.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
     search.add_argument("--model", default=None,
-                        help="MLflow model URI or checkpoint directory "
-                             "(default: models:/pinclip@champion, else @challenger)")
+                        help="MLflow model URI or checkpoint directory (default: models:/pinclip@champion, else "
+                             "@challenger; with --videos the mac version the video index was built from)")
     search.add_argument("--text-model", type=Path, default=None,
                         help="text tower directory for a checkpoint --model (default: packaged MiniLM)")
     search.add_argument("--index", type=Path, default=None,
-                        help="VectorIndex root holding image/ and fused/ (default: storage/index/pins)")
+                        help="VectorIndex root holding image/ and fused/ (default: storage/index/pins; "
+                             "with --videos the root holding video/, default storage/index/videos)")
     search.add_argument("--pins", type=Path, default=None,
                         help="validated pins table or folder of day partitions (default: storage/validated/pins)")
     search.add_argument("--embeddings", type=Path, default=None,
-                        help="pin_embeddings parquet file or directory (default: storage/embeddings/pins)")
+                        help="pin_embeddings parquet file or directory (default: storage/embeddings/pins; "
+                             "with --videos the video_embeddings, default storage/embeddings/videos)")
     search.set_defaults(func=run_search)
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from mmpipe.systems.pinclip.serve import PinSearcher, SearchSetupError
-
     if args.k < 1:
         raise SystemExit(f"--k must be >= 1, got {args.k}")
+    if args.videos:
+        return run_video_search(args)
+    from mmpipe.systems.pinclip.serve import PinSearcher, SearchSetupError
+
     paths = {"index_dir": args.index, "pins_table_path": args.pins, "embeddings": args.embeddings}
     searcher = PinSearcher.from_project(args.model, text_model_dir=args.text_model,
                                         **{name: path for name, path in paths.items() if path is not None})
@@ -160,6 +168,28 @@ def run_search(args: argparse.Namespace) -> int:
         raise SystemExit(f"mmpipe search: {error.args[0] if error.args else error}") from None
     for pin_id, score, caption in zip(hits["pin_id"], hits["score"], hits["caption"]):
         print(f"{pin_id}  {score:.4f}  {caption}")
+    return 0
+
+
+def run_video_search(args: argparse.Namespace) -> int:
+    """``search --videos --text``: one line per video: video_id, score, best second, title."""
+    from mmpipe.systems.mac.serve import SearchSetupError, VideoSearcher
+
+    if args.text is None:
+        raise SystemExit("mmpipe search --videos: videos are searched by --text, not --pin")
+    if args.pins is not None:
+        raise SystemExit("mmpipe search --videos: --pins applies to pin search only")
+    paths = {"index_dir": args.index, "embeddings": args.embeddings}
+    searcher = VideoSearcher.from_project(args.model, text_model_dir=args.text_model,
+                                          **{name: path for name, path in paths.items() if path is not None})
+    try:
+        hits = searcher.search_text(args.text, args.k)
+    except SearchSetupError as error:
+        raise SystemExit(f"mmpipe search: {error}") from None
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"mmpipe search: {error.args[0] if error.args else error}") from None
+    for video_id, score, best_s, title in zip(hits["video_id"], hits["score"], hits["best_s"], hits["title"]):
+        print(f"{video_id}  {score:.4f}  {best_s:.1f}s  {title}".rstrip())
     return 0
 
 

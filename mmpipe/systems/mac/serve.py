@@ -1,0 +1,700 @@
+"""MAC as an MLflow pyfunc, its per-day video embeddings, the video index and text->video search.
+
+**Serving input** is a DataFrame with two optional columns; each row fills exactly one:
+
+    text    a caption or query                                   ->  kind "text"
+    frames  base64 of an ``.npy`` file of uint8 RGB frames:
+              [T, S, S, 3]  a clip of T >= 1 frames              ->  kind "video"
+              [S, S, 3]     one image                            ->  kind "image"
+
+The frames travel as one ``.npy`` per row, not as PNG frames: one value carries a whole
+clip losslessly with its shape, numpy alone decodes it (``allow_pickle=False``: a served
+value cannot run code), and it is exactly what the frame store holds, so base64 of
+``storage/frames/<day>/<video_id>.npy`` serves a stored video as the pipeline embedded it.
+Frames must be square (the frame store's are); any side is resized to the model's.
+
+A clip is embedded the way the pipeline embeds videos: ``n_frames`` frames (the number the
+model was trained with), one from the middle of each of ``n_frames`` equal segments
+(:func:`mmpipe.systems.mac.data.clip_indices`), unmasked; an image is a one-frame clip.
+A text runs through the text tower (the packaged MiniLM unless the model was logged with
+another) cut at the token length its training captions were cut at, then MAC's text
+encoder. The output has the L2-normalised embedding in ``embedding`` and the row's kind in
+``kind``. Text, video and image embeddings share one space (InfoNCE pulls a caption
+towards its video), so a text embedding searches the video index directly.
+
+A logged model holds these artifacts:
+
+    weights     model.safetensors, MAC's state dict
+    config      mac.json: {"model": MACConfig, "clip": {"n_frames"},
+                           "text": {"max_length", "tower"}}
+    text_model  the text tower's directory, only when it is not the packaged MiniLM
+    code/       the mmpipe source (``code_paths``), so the model loads without mmpipe installed
+
+**Files** the pipeline writes (paths under ``project_root()``)::
+
+    storage/embeddings/videos/created_at=<day>.parquet   one row per video of the day:
+        video_id, created_at, video (the middle clip's embedding), frame_embeddings (each
+        stored frame as a one-frame clip, in time order), frame_t_s, frame_is_blank,
+        model_version
+    storage/index/videos/video/          VectorIndex of the video embeddings
+    storage/index/videos/partitions.json the model version and the days it holds
+
+**Search** (:class:`VideoSearcher`, behind ``mmpipe search --videos``): the query's text
+embedding against the video index; for each hit, the best-matching second is the time of
+the stored frame whose embedding is closest to the query (blank frames only when the video
+has nothing else). The query is embedded by the model version the index was built from
+(recorded in ``partitions.json``; the champion when it was embedded), so query and index
+always share a space even while a new champion's embeddings are being written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from mlflow.models import infer_signature
+from safetensors.torch import load_file, save_file
+
+from mmpipe.embeddings import (
+    MODEL_VERSION,
+    EmbeddingsNotFoundError,
+    embedded_days,
+    embedding_file,
+    embedding_files,
+    embedding_frame,
+    read_embeddings,
+)
+from mmpipe.index.faiss_index import IndexConfig, VectorIndex, measure_qps, recall_at_k_vs_exact
+from mmpipe.index.incremental import STATE_FILE, SyncReport, read_state
+from mmpipe.io import write_bytes_atomic
+from mmpipe.media.features import VideoFeaturesConfig
+from mmpipe.media.frames import INDEX_FILE, load_frames, read_frame_index
+from mmpipe.nn.text_tower import TextFeatures, encode_texts, load_text_encoder
+from mmpipe.params import project_root
+from mmpipe.registry.mlflow_registry import (
+    CHALLENGER,
+    CHAMPION,
+    RunContext,
+    configure,
+    register_logged_model,
+    tracking_uri,
+)
+from mmpipe.registry.promotion import alias_version
+from mmpipe.registry.pyfunc import (TEXT_PACKAGE, copy_package_source, pip_requirements, text_tower_record,
+                                     warn_on_package_drift)
+from mmpipe.spec import Trained
+from mmpipe.systems.mac.data import VideoClips
+from mmpipe.systems.mac.model import MAC, MACConfig
+from mmpipe.systems.mac.train import MACSettings
+from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE as CHECKPOINT_STATE_FILE
+from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
+from mmpipe.versioning import file_md5
+
+REGISTERED_NAME = "mac"
+CONFIG_FILE = "mac.json"
+
+TEXT, VIDEO, IMAGE = "text", "video", "image"  # the pyfunc's kinds; VIDEO is also the store's column
+FRAMES = "frames"  # the pyfunc's clip column
+VIDEO_ID = "video_id"
+FRAME_EMBEDDINGS, FRAME_T_S, FRAME_IS_BLANK = "frame_embeddings", "frame_t_s", "frame_is_blank"
+
+DEFAULT_INDEX_DIR = Path("storage/index/videos")
+DEFAULT_EMBEDDINGS_DIR = Path("storage/embeddings/videos")
+DEFAULT_VIDEOS_TABLE = Path("storage/validated/videos")  # day partitions <YYYY-MM-DD>.parquet
+RUN_PIPELINE_FIRST = "run `make run` first"
+
+
+# ---------------------------------------------------------------------------------------
+# clips and frames as the pyfunc carries them
+
+
+def encode_frames(frames: np.ndarray) -> str:
+    """The pyfunc's ``frames`` value: base64 of an ``.npy`` of uint8 [T, S, S, 3] (or [S, S, 3])."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(frames), allow_pickle=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_frames(value: str | bytes) -> np.ndarray:
+    """uint8 frames [T, S, S, 3] or one image [S, S, 3] from a ``frames`` value (base64 text,
+    or the ``.npy`` bytes themselves); a clear ValueError for anything else."""
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ValueError(f"frames are not valid base64: {err}") from None
+    try:
+        frames = np.load(io.BytesIO(value), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"frames are not an .npy array: {err}") from None
+    if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [T, S, S, 3] or [S, S, 3] RGB, got {frames.dtype} {frames.shape}")
+    if frames.shape[-3] != frames.shape[-2] or frames.shape[-2] == 0 or (frames.ndim == 4 and not len(frames)):
+        raise ValueError(f"frames must be non-empty and square, got {frames.shape}")
+    return frames
+
+
+def make_pyfunc_input(texts: Sequence[str | None], frames: Sequence[np.ndarray | None]) -> pd.DataFrame:
+    """The serving DataFrame for rows of (text or None, uint8 frames or None)."""
+    if len(texts) != len(frames):
+        raise ValueError(f"{len(texts)} texts but {len(frames)} frame arrays")
+    return pd.DataFrame({TEXT: list(texts),
+                         FRAMES: [None if clip is None else encode_frames(clip) for clip in frames]})
+
+
+def _present_text(value) -> str | None:
+    # Missing values arrive as None, NaN or pd.NA depending on how the frame was built.
+    return value if isinstance(value, str) and value.strip() else None
+
+
+@torch.no_grad()
+def encode_clips(model: MAC, clips: Sequence[np.ndarray], n_frames: int, batch_size: int = 64) -> np.ndarray:
+    """Unmasked embeddings [N, E] of clips (uint8 [T_i, S, S, 3] each): ``n_frames`` frames
+    from the middle of equal segments of each, through the same ``VideoClips.pixels`` that
+    training and the eval read clips with, so a served clip embeds as an indexed one."""
+    model.eval()
+    store = VideoClips([str(i) for i in range(len(clips))], list(clips))
+    size = model.config.image_size
+    parts = [model.encode_video(store.pixels(range(start, min(start + batch_size, len(clips))), n_frames, size)).numpy()
+             for start in range(0, len(clips), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
+
+
+def encode_single_frames(model: MAC, frames: np.ndarray | Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
+    """Embeddings [N, E] of frames (uint8 [S, S, 3] each), each as a one-frame clip."""
+    return encode_clips(model, [frame[None] for frame in frames], 1, batch_size)
+
+
+# ---------------------------------------------------------------------------------------
+# the embedder: a MAC with its text tower
+
+
+class MACEmbedder:
+    """A MAC with what serving needs beside its weights: the clip length it was trained
+    with and its text tower (loaded on the first text, so video-only use never loads it)."""
+
+    def __init__(self, model: MAC, n_frames: int, text_max_length: int, text_model_dir: Path | None = None,
+                 batch_size: int = 64):
+        self.model = model.eval()
+        self.n_frames = n_frames
+        self.text_max_length = text_max_length
+        self.text_model_dir = text_model_dir
+        self.batch_size = batch_size
+        self._text_tower = None
+
+    @classmethod
+    def from_files(cls, weights: Path, config_path: Path, text_model_dir: Path | None = None) -> MACEmbedder:
+        """Load logged artifacts; ``text_model_dir=None`` means the packaged MiniLM."""
+        record = json.loads(Path(config_path).read_text())
+        tower = record["text"]["tower"]
+        if text_model_dir is None and "artifact" in tower:
+            raise ValueError(f"this model's text tower was logged as the {tower['artifact']!r} artifact: "
+                             "pass its directory")
+        if text_model_dir is None and tower.get("package") == TEXT_PACKAGE:
+            warn_on_package_drift(tower.get("version"), "MAC")
+        model = MAC(MACConfig.from_dict(record["model"]))
+        model.load_state_dict(load_file(str(weights)))
+        return cls(model, record["clip"]["n_frames"], record["text"]["max_length"], text_model_dir)
+
+    @classmethod
+    def from_checkpoint(cls, directory: Path, text_model_dir: Path | None = None,
+                        text_max_length: int | None = None) -> MACEmbedder:
+        """A training checkpoint (``<model dir>/checkpoint``) with the text tower its captions
+        were cached by (default: the packaged MiniLM) and their token length (default:
+        ``video_features.text_max_length``, what the pipeline's cache uses)."""
+        config = read_trainer_state(Path(directory))["config"]
+        model = MAC(MACConfig.from_dict(config["model"]))
+        load_checkpoint(Path(directory), model, restore_rng=False)
+        if text_max_length is None:
+            text_max_length = VideoFeaturesConfig.from_params().text_max_length
+        return cls(model, config["train"]["n_frames"], text_max_length, text_model_dir)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.embed_dim
+
+    def text_tower(self):
+        if self._text_tower is None:
+            tokenizer, text_model = load_text_encoder(self.text_model_dir)
+            if text_model.config.hidden_size != self.model.config.text_hidden_size:
+                raise ValueError(f"text tower is {text_model.config.hidden_size} wide but MAC was trained on "
+                                 f"{self.model.config.text_hidden_size}-wide text states")
+            self._text_tower = tokenizer, text_model
+        return self._text_tower
+
+    def text_features(self, texts: Sequence[str]) -> TextFeatures:
+        """The text tower's final-layer states of ``texts``, as the training cache holds them."""
+        tokenizer, text_model = self.text_tower()
+        return encode_texts(list(texts), tokenizer, text_model, max_length=self.text_max_length,
+                            batch_size=self.batch_size)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text embeddings [N, E]: the space the video index is searched in. No text may be empty."""
+        empty = [row for row, text in enumerate(texts) if _present_text(text) is None]
+        if empty:
+            raise ValueError(f"row {empty[0]}: the text is empty")
+        self.model.eval()
+        parts = []
+        for start in range(0, len(texts), self.batch_size):
+            text = self.text_features(texts[start:start + self.batch_size])
+            parts.append(self.model.encode_text(text.hidden, text.mask).numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, self.embed_dim), np.float32)
+
+    def encode_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Video embeddings [N, E] of uint8 clips [T_i, S, S, 3]."""
+        return encode_clips(self.model, clips, self.n_frames, self.batch_size)
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeddings [N, E] of uint8 images [S, S, 3], each a one-frame clip."""
+        return encode_single_frames(self.model, images, self.batch_size)
+
+    def embed(self, texts: Sequence[str | None], frames: Sequence[np.ndarray | None]
+              ) -> tuple[np.ndarray, list[str]]:
+        """One embedding per row (text, video or image: what the row holds) and its kind."""
+        if len(texts) != len(frames):
+            raise ValueError(f"{len(texts)} texts but {len(frames)} frame arrays")
+        texts = [_present_text(text) for text in texts]
+        kinds = []
+        for row, (text, clip) in enumerate(zip(texts, frames)):
+            if text is None and clip is None:
+                raise ValueError(f"row {row} has neither text nor frames")
+            if text is not None and clip is not None:
+                # MAC has no fused embedding: a caption and a clip are two points of one space.
+                raise ValueError(f"row {row} has both text and frames; give one per row")
+            kinds.append(TEXT if clip is None else VIDEO if clip.ndim == 4 else IMAGE)
+        embeddings = np.zeros((len(texts), self.embed_dim), np.float32)
+        for kind, encode, values in ((TEXT, self.encode_texts, texts), (VIDEO, self.encode_clips, frames),
+                                     (IMAGE, self.encode_images, frames)):
+            rows = [row for row, row_kind in enumerate(kinds) if row_kind == kind]
+            if rows:
+                embeddings[rows] = encode([values[row] for row in rows])
+        return embeddings, kinds
+
+
+class MACPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc: see the module docstring for the input and output columns."""
+
+    def load_context(self, context) -> None:
+        artifacts = context.artifacts
+        text_model_dir = Path(artifacts["text_model"]) if "text_model" in artifacts else None
+        self.embedder = MACEmbedder.from_files(Path(artifacts["weights"]), Path(artifacts["config"]), text_model_dir)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        unknown = sorted(set(model_input.columns) - {TEXT, FRAMES})
+        if unknown:
+            raise ValueError(f"unexpected input columns {unknown}; expected {TEXT!r} and/or {FRAMES!r}")
+        missing = [None] * len(model_input)
+        texts = model_input[TEXT].tolist() if TEXT in model_input else missing
+        frames = []
+        for row, value in enumerate(model_input[FRAMES].tolist() if FRAMES in model_input else missing):
+            if isinstance(value, (bytes, bytearray)) or (isinstance(value, str) and value.strip()):
+                try:
+                    frames.append(decode_frames(bytes(value) if not isinstance(value, str) else value))
+                except ValueError as err:
+                    raise ValueError(f"row {row}: {err}") from None
+            else:
+                frames.append(None)
+        embeddings, kinds = self.embedder.embed(texts, frames)
+        return pd.DataFrame({"embedding": list(embeddings), "kind": kinds})
+
+
+
+
+
+def default_input_example(image_size: int) -> pd.DataFrame:
+    """Three rows, one per kind: a text, a two-frame clip, an image (smooth gradients)."""
+    gradient = np.linspace(0, 255, image_size, dtype=np.uint8)
+    image = np.stack([np.tile(gradient, (image_size, 1)), np.tile(gradient[:, None], (1, image_size)),
+                      np.full((image_size, image_size), 128, np.uint8)], axis=-1)
+    clip = np.stack([image, image[::-1]])
+    return make_pyfunc_input(["a red striped star moves to the left", None, None], [None, clip, image])
+
+
+def log_mac(model: MAC, text_model_dir: Path | None, run_context: RunContext, *, n_frames: int,
+            text_max_length: int, registered_name: str = REGISTERED_NAME,
+            input_example: pd.DataFrame | None = None) -> tuple[str, str]:
+    """Log ``model`` as a pyfunc in the active run and register it; return (model_uri, version).
+
+    ``n_frames`` is the clip length it was trained with; ``text_model_dir`` the text tower
+    its captions were cached by (None, or the packaged MiniLM's own directory, pins the
+    package; any other directory is logged as an artifact) and ``text_max_length`` the
+    token length they were cut at. The new version gets the ``challenger`` alias and the
+    run context's tags.
+    """
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_mac logs into the active MLflow run: "
+                           "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
+    if not 1 <= n_frames <= model.config.max_frames:
+        raise ValueError(f"n_frames must be in [1, {model.config.max_frames}], got {n_frames}")
+    text_from_package, tower = text_tower_record(text_model_dir)
+    record = {"model": model.config.to_dict(),
+              "clip": {"n_frames": n_frames}, "text": {"max_length": text_max_length, "tower": tower}}
+
+    with tempfile.TemporaryDirectory(prefix="mac-pyfunc-") as tmp:
+        tmp = Path(tmp)
+        weights, config_path = tmp / MODEL_FILE, tmp / CONFIG_FILE
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        config_path.write_text(json.dumps(record, indent=2, sort_keys=True))
+        artifacts = {"weights": str(weights), "config": str(config_path)}
+        if not text_from_package:
+            artifacts["text_model"] = str(text_model_dir)
+
+        # The example output comes from the files just written, read back the way serving
+        # reads them: a version whose artifacts don't load never gets logged.
+        example = default_input_example(model.config.image_size) if input_example is None else input_example
+        served = MACPyfunc()
+        served.embedder = MACEmbedder.from_files(weights, config_path, None if text_from_package else text_model_dir)
+        example_output = served.predict(None, example)
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=MACPyfunc(),
+            artifacts=artifacts,
+            code_paths=[str(copy_package_source(tmp / "code"))],
+            signature=infer_signature(example, example_output),
+            input_example=example,
+            pip_requirements=pip_requirements(text_from_package),
+            metadata={"text_model": "package" if text_from_package else "artifact", "text_tower": tower,
+                      "embed_dim": model.config.embed_dim, "n_frames": n_frames, "outputs": [TEXT, VIDEO, IMAGE]},
+        )
+    return info.model_uri, register_logged_model(info.model_uri, registered_name, run_context)
+
+
+def register(trained: Trained, settings: MACSettings, run_context: RunContext) -> str:
+    """The lifecycle's entry point: log the trained MAC into the active MLflow run and register
+    it as the ``challenger``; returns its version. Its captions were the pipeline's video-text
+    cache (the packaged MiniLM at ``video_features.text_max_length``), so serving encodes
+    queries the same way."""
+    text_max_length = VideoFeaturesConfig.from_params().text_max_length
+    return log_mac(trained.model, None, run_context, n_frames=settings.train.n_frames,
+                   text_max_length=text_max_length)[1]
+
+
+def load_embedder(model: str | Path, text_model_dir: Path | None = None,
+                  text_max_length: int | None = None) -> MACEmbedder:
+    """A :class:`MACEmbedder` from an MLflow model URI (``models:/mac@champion``, ``runs:/...``,
+    a local MLflow model directory) or a training checkpoint directory (then
+    ``text_model_dir`` and ``text_max_length`` as in ``MACEmbedder.from_checkpoint``)."""
+    path = Path(model)
+    if path.is_dir() and (path / CHECKPOINT_STATE_FILE).is_file():
+        return MACEmbedder.from_checkpoint(path, text_model_dir, text_max_length)
+    if str(model).startswith(("models:", "runs:")):
+        configure()  # resolve registry/run URIs against the project's tracking store
+    return mlflow.pyfunc.load_model(str(model)).unwrap_python_model().embedder
+
+
+def version_uri(version: str, name: str = REGISTERED_NAME) -> str:
+    return f"models:/{name}/{version}"
+
+
+def load_version_model(version: str, name: str = REGISTERED_NAME, text_max_length: int | None = None) -> MAC:
+    """The MAC of registered ``version``, in eval mode. The pipeline runs it over the video-text
+    cache (packaged MiniLM states): a version whose text tower is another, or (when
+    ``text_max_length`` is given) whose captions were cut at another length, is refused."""
+    uri = version_uri(version, name)
+    embedder = load_embedder(uri)
+    problems = []
+    if mlflow.models.get_model_info(uri).metadata.get("text_model") != "package":
+        problems.append("its text tower is not the packaged MiniLM the cache comes from")
+    if text_max_length is not None and embedder.text_max_length != text_max_length:
+        problems.append(f"it was trained on captions cut at {embedder.text_max_length} tokens, the cache "
+                        f"at {text_max_length}")
+    if problems:
+        raise ValueError(f"{uri} cannot run over the pipeline's video-text cache: {'; '.join(problems)}")
+    return embedder.model.eval()
+
+
+# ---------------------------------------------------------------------------------------
+# a day's embeddings: each video's middle clip, and each of its stored frames
+
+
+def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int, model_version: str,
+              batch_size: int = 64) -> pd.DataFrame:
+    """The embedding store's rows for the validated ``videos`` (video_id, created_at) of a day:
+    per video its middle clip of ``n_frames`` frames, unmasked (``video``), and every stored
+    frame as a one-frame clip (``frame_embeddings``, with ``frame_t_s`` and ``frame_is_blank``
+    from the frame index), so a search can say which second matches a query best.
+
+    ``frames_root`` is the frame store (``storage/frames``: ``<day>/<video_id>.npy`` and
+    ``<day>/index.parquet``). Videos it holds no frames of (frame extraction quarantined
+    them) are left out; a day without a frame store is an error.
+    """
+    videos = videos.drop_duplicates(VIDEO_ID).reset_index(drop=True)
+    ids, days, clips, t_s, blank = [], [], [], [], []
+    for day, day_videos in videos.groupby("created_at", sort=True):
+        day_dir = Path(frames_root) / str(day)
+        if not (day_dir / INDEX_FILE).is_file():
+            raise FileNotFoundError(f"no frame store for {day} ({day_dir / INDEX_FILE} is missing): "
+                                    f"materialize validated_frames for {day}")
+        index = read_frame_index(day_dir).sort_values([VIDEO_ID, "frame_index"], kind="stable")
+        rows_of = index.groupby(VIDEO_ID, sort=False).indices
+        for video_id in day_videos[VIDEO_ID].astype(str):
+            if video_id not in rows_of:
+                continue
+            rows = index.iloc[rows_of[video_id]]
+            ids.append(video_id)
+            days.append(str(day))
+            clips.append(load_frames(day_dir, video_id)[rows["frame_index"].to_numpy()])
+            t_s.append(rows["t_s"].to_numpy(np.float64))
+            blank.append(rows["is_blank"].to_numpy(bool))
+    video = encode_clips(model, clips, n_frames, batch_size)
+    per_frame = encode_single_frames(model, [frame for clip in clips for frame in clip], batch_size * 4)
+    bounds = np.cumsum([0, *map(len, clips)])
+    frame = embedding_frame(ids, days, {VIDEO: video}, model_version, id_column=VIDEO_ID)
+    frame.insert(3, FRAME_EMBEDDINGS, pd.Series([list(per_frame[start:stop]) for start, stop in
+                                                 zip(bounds[:-1], bounds[1:])], dtype=object))
+    frame.insert(4, FRAME_T_S, pd.Series(t_s, dtype=object))
+    frame.insert(5, FRAME_IS_BLANK, pd.Series(blank, dtype=object))
+    return frame
+
+
+def best_second(frame_embeddings: np.ndarray, t_s: np.ndarray, is_blank: np.ndarray, query: np.ndarray
+                ) -> tuple[float, float]:
+    """(t_s, score) of the frame most similar to ``query``; blank frames only when the video
+    has nothing else (a near-constant frame matches nothing in particular)."""
+    candidates = np.flatnonzero(~np.asarray(is_blank, bool))
+    if not len(candidates):
+        candidates = np.arange(len(t_s))
+    scores = np.asarray(frame_embeddings, np.float32)[candidates] @ np.asarray(query, np.float32)
+    best = candidates[int(np.argmax(scores))]
+    return float(t_s[best]), float(scores.max())
+
+
+def read_frame_embeddings(source: Path | Sequence[Path], video_ids: Sequence[str]) -> dict[str, dict]:
+    """Each stored video's frame embeddings [F, E], frame times, blank flags and model version,
+    for ``video_ids`` (a video found on two days counts once, the later)."""
+    files = embedding_files(source)
+    if not files:
+        raise EmbeddingsNotFoundError(f"no video embeddings at {source}: the pipeline has not embedded yet")
+    found: dict[str, dict] = {}
+    columns = [VIDEO_ID, FRAME_EMBEDDINGS, FRAME_T_S, FRAME_IS_BLANK, MODEL_VERSION]
+    for path in files:
+        if pq.read_metadata(path).num_rows == 0:  # a day without videos: its columns have no type to filter on
+            continue
+        table = pd.read_parquet(path, columns=columns, filters=[(VIDEO_ID, "in", [str(v) for v in video_ids])])
+        for row in table.itertuples(index=False):
+            found[row.video_id] = {"embeddings": np.stack(row.frame_embeddings).astype(np.float32),
+                                   "t_s": np.asarray(row.frame_t_s, np.float64),
+                                   "is_blank": np.asarray(row.frame_is_blank, bool),
+                                   "model_version": str(row.model_version)}
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# the video index, kept in step with the per-day embeddings
+
+
+def sync_video_index(index_root: Path, embeddings_dir: Path, cfg: IndexConfig = IndexConfig()) -> SyncReport:
+    """Bring the video index under ``index_root`` up to the embeddings in ``embeddings_dir``,
+    with the rules of the pin index (``mmpipe.index.incremental``): days not yet indexed are
+    added to the saved index; another model version, an indexed day whose file changed or
+    went away, or an index that disagrees with its record rebuilds it from every day. The
+    record (``partitions.json``) is written last, so a crash makes the next sync redo the work."""
+    index_root, embeddings_dir = Path(index_root), Path(embeddings_dir)
+    days = embedded_days(embeddings_dir)
+    if not days:
+        raise EmbeddingsNotFoundError(f"no video embeddings in {embeddings_dir}: materialize video_embeddings first")
+    files = {day: embedding_file(embeddings_dir, day) for day in days}
+    fingerprints = {day: file_md5(path) for day, path in files.items()}
+    tables = {day: pd.read_parquet(path, columns=[VIDEO_ID, MODEL_VERSION]) for day, path in files.items()}
+    versions = sorted(set().union(*(set(table[MODEL_VERSION].astype(str)) for table in tables.values())))
+    if len(versions) > 1:
+        raise ValueError(f"video embeddings come from several model versions {versions}: rematerialize "
+                         "video_embeddings for every day before indexing")
+    version = versions[0] if versions else None
+    state = read_state(index_root)
+    manifest = index_root / VIDEO / "manifest.json"
+
+    reason = None
+    if state is None:
+        reason = "no index yet"
+    elif not manifest.exists():
+        reason = "the index directory is missing"
+    elif version is not None and state.get("model_version") not in (None, version):
+        reason = f"embeddings now come from model version {version}, the index from {state['model_version']}"
+    elif changed := sorted(day for day, record in state["days"].items() if fingerprints.get(day) != record["md5"]):
+        reason = f"indexed days changed or disappeared: {changed[:5]}"
+    elif json.loads(manifest.read_text())["ntotal"] != sum(r["rows"] for r in state["days"].values()):
+        reason = "the index holds another number of vectors than its record"
+
+    new_days = [day for day in days if state is None or day not in state["days"]]
+    if reason is not None:
+        add_days, mode = days, "rebuild"
+    elif new_days:
+        add_days, mode, reason = new_days, "add", f"{len(new_days)} new day(s)"
+    else:
+        return SyncReport("noop", "every day is indexed", ntotal=state["ntotal"],
+                          model_version=state.get("model_version"), factory=state["factory"])
+
+    ids, vectors = read_embeddings([files[day] for day in add_days], VIDEO, id_column=VIDEO_ID)
+    if mode == "rebuild":
+        if not ids:
+            raise ValueError("no video has an embedding: nothing to index")
+        index = VectorIndex.build(vectors, ids, cfg)
+    else:
+        index = VectorIndex.load(index_root / VIDEO)
+        if ids:
+            index.add(vectors, ids)
+    index.save(index_root / VIDEO)
+
+    records = {} if mode == "rebuild" else dict(state["days"])
+    records.update({day: {"md5": fingerprints[day], "rows": len(tables[day])} for day in add_days})
+    new_state = {"model_version": version, "days": dict(sorted(records.items())), "ntotal": index.ntotal,
+                 "factory": index.factory}
+    write_bytes_atomic((json.dumps(new_state, indent=2) + "\n").encode(), index_root / STATE_FILE)
+    return SyncReport(mode, reason, days_added=add_days, vectors_added=len(ids), ntotal=index.ntotal,
+                      model_version=version, factory=index.factory)
+
+
+def video_index_quality(index_root: Path, embeddings_dir: Path, n_queries: int = 500, k: int = 10,
+                        seed: int = 0) -> dict[str, float | str]:
+    """The index factory, recall@k of its answers against exact search over the same
+    embeddings, and batched queries per second, on ``n_queries`` stored video vectors."""
+    ids, vectors = read_embeddings(embeddings_dir, VIDEO, id_column=VIDEO_ID)
+    index = VectorIndex.load(Path(index_root) / VIDEO)
+    queries = vectors[np.random.default_rng(seed).choice(len(ids), size=min(n_queries, len(ids)), replace=False)]
+    k = min(k, len(ids))
+    return {"factory": index.factory, f"recall@{k}_vs_exact": recall_at_k_vs_exact(index, vectors, ids, queries, k=k),
+            "qps": round(measure_qps(index, queries, k=k), 1)}
+
+
+# ---------------------------------------------------------------------------------------
+# search: videos for a text query, with the best-matching second (`mmpipe search --videos`)
+
+
+class SearchSetupError(FileNotFoundError):
+    """A model, index or file the search needs does not exist yet."""
+
+
+def _require_tracking_store() -> None:
+    uri = tracking_uri()
+    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.exists():  # opening it would create an empty store
+        raise SearchSetupError(f"no MLflow tracking store at {store}; {RUN_PIPELINE_FIRST}")
+
+
+def resolve_model_uri(name: str = REGISTERED_NAME, aliases: Sequence[str] = (CHAMPION, CHALLENGER)) -> str:
+    """``models:/name@alias`` for the first alias that is set (champion, else challenger)."""
+    _require_tracking_store()
+    client = configure()
+    for alias in aliases:
+        if alias_version(client, name, alias) is not None:
+            return f"models:/{name}@{alias}"
+    raise SearchSetupError(f"registered model {name!r} has none of the aliases {list(aliases)}; "
+                           f"{RUN_PIPELINE_FIRST} (or pass a model URI / checkpoint directory)")
+
+
+class VideoSearcher:
+    """Videos nearest to a text query, over the saved video index and the embedding store.
+
+    ``model``: a loaded :class:`MACEmbedder`, an MLflow model URI or a checkpoint directory;
+    None means the registered version the index was built from (so the query lands in the
+    index's space), or ``mac@champion`` / ``@challenger`` when the index does not say.
+    """
+
+    def __init__(self, model: str | Path | MACEmbedder | None = None, index_dir: Path = DEFAULT_INDEX_DIR,
+                 embeddings: Path | Sequence[Path] = DEFAULT_EMBEDDINGS_DIR,
+                 videos_table_path: Path = DEFAULT_VIDEOS_TABLE, text_model_dir: Path | None = None):
+        self._model = model
+        self.index_dir = Path(index_dir)
+        self.embeddings = embeddings
+        self.videos_table_path = Path(videos_table_path)
+        self.text_model_dir = text_model_dir
+        self._index: VectorIndex | None = None
+        self._titles: pd.Series | None = None
+
+    @classmethod
+    def from_project(cls, model: str | Path | MACEmbedder | None = None, **overrides) -> VideoSearcher:
+        """A searcher over the default files of the project at ``project_root()``."""
+        root = project_root()
+        paths = {"index_dir": root / DEFAULT_INDEX_DIR, "embeddings": root / DEFAULT_EMBEDDINGS_DIR,
+                 "videos_table_path": root / DEFAULT_VIDEOS_TABLE}
+        return cls(model, **{**paths, **overrides})
+
+    @property
+    def index_version(self) -> str | None:
+        """The registered version whose embeddings the index holds (None when not recorded)."""
+        state = read_state(self.index_dir)
+        return None if state is None or state.get("model_version") is None else str(state["model_version"])
+
+    @property
+    def index(self) -> VectorIndex:
+        if self._index is None:
+            try:
+                self._index = VectorIndex.load(self.index_dir / VIDEO)
+            except FileNotFoundError:
+                raise SearchSetupError(f"no video index at {self.index_dir / VIDEO}; {RUN_PIPELINE_FIRST}") from None
+        return self._index
+
+    @property
+    def embedder(self) -> MACEmbedder:
+        if not isinstance(self._model, MACEmbedder):
+            from mlflow.exceptions import MlflowException
+
+            model = self._model
+            if model is None:
+                version = self.index_version
+                _require_tracking_store()
+                model = version_uri(version) if version is not None else resolve_model_uri()
+            try:
+                self._model = load_embedder(model, self.text_model_dir)
+            except (MlflowException, OSError) as err:
+                raise SearchSetupError(f"cannot load the model {model}: {err}") from err
+        return self._model
+
+    def titles(self) -> pd.Series:
+        """Title by video id; empty when the validated videos are not there (titles only decorate)."""
+        if self._titles is None:
+            titles = pd.Series(dtype=object)
+            if self.videos_table_path.exists():
+                videos = pd.read_parquet(self.videos_table_path, columns=[VIDEO_ID, "title"]).drop_duplicates(VIDEO_ID)
+                titles = pd.Series(videos["title"].to_numpy(), index=videos[VIDEO_ID].astype(str), dtype=object)
+            self._titles = titles
+        return self._titles
+
+    def search_text(self, query: str, k: int = 10) -> pd.DataFrame:
+        if not query.strip():
+            raise ValueError("the text query is empty")
+        self.index  # a missing index fails before seconds of model loading
+        return self.search_vector(self.embedder.encode_texts([query])[0], k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> pd.DataFrame:
+        """Top-``k`` videos for one query vector: video_id, score, best_s (the time of the
+        stored frame nearest the query), frame_score, title."""
+        index = self.index
+        if len(vector) != index.dim:
+            raise ValueError(f"query has dim {len(vector)}, the video index {index.dim}: "
+                             "the model and the index come from different runs")
+        scores, found = index.search(np.asarray(vector, np.float32)[None], min(k, index.ntotal))
+        ids = found[0]
+        try:
+            frames = read_frame_embeddings(self.embeddings, ids)
+        except EmbeddingsNotFoundError:
+            raise SearchSetupError(f"no video embeddings at {self.embeddings}; {RUN_PIPELINE_FIRST}") from None
+        indexed = self.index_version
+        best = []
+        for video_id in ids:
+            stored = frames.get(video_id)
+            if stored is None:
+                raise SearchSetupError(f"video {video_id} is indexed but has no stored frame embeddings in "
+                                       f"{self.embeddings}: materialize faiss_video_index")
+            if indexed is not None and stored["model_version"] != indexed:
+                # A new champion rewrote the embeddings after the index was built: the frames
+                # and the query would live in different spaces.
+                raise SearchSetupError(f"video {video_id}'s embeddings are by version {stored['model_version']}, "
+                                       f"the index by {indexed}: materialize faiss_video_index")
+            best.append(best_second(stored["embeddings"], stored["t_s"], stored["is_blank"], vector))
+        return pd.DataFrame({"video_id": ids, "score": [float(s) for s in scores[0][:len(ids)]],
+                             "best_s": [t for t, _ in best], "frame_score": [s for _, s in best],
+                             "title": self.titles().reindex(ids).fillna("").tolist()})
