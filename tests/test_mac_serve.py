@@ -300,8 +300,11 @@ def test_the_index_adds_new_days_and_rebuilds_for_a_new_model(project, frame_sto
     assert (first.mode, second.mode, empty.mode, again.mode) == ("rebuild", "add", "add", "noop")
     assert second.days_added == ["2026-01-02"] and second.vectors_added == 1 and second.ntotal == 3
     assert empty.days_added == ["2026-01-03"] and empty.vectors_added == 0
+    # a day without a video names no model version: the index keeps the one it holds
+    assert empty.model_version == first.model_version is not None
     state = json.loads((project.index / "partitions.json").read_text())
     assert sorted(state["days"]) == ["2026-01-01", "2026-01-02", "2026-01-03"] and state["ntotal"] == 3
+    assert state["model_version"] == first.model_version
 
     # A new champion rewrites every day: the index is rebuilt from them all; a store where
     # only some days were rewritten is refused until every day is.

@@ -1,10 +1,10 @@
-"""Keep the pin indexes in step with the per-day pin embeddings: add new days, rebuild
-only when something already indexed changed.
+"""Keep vector indexes in step with per-day embeddings (pins, videos): add new days,
+rebuild only when something already indexed changed.
 
-``index_root`` holds one ``VectorIndex`` per kind (``fused/``, ``image/``) and
-``partitions.json``: the model version and, per indexed day, the fingerprint (md5) and row
-count of its embeddings file. ``sync_pin_index`` compares that record with the embeddings
-on disk:
+``index_root`` holds one ``VectorIndex`` per kind (pins: ``fused/``, ``image/``; videos:
+``video/``) and ``partitions.json``: the model version and, per indexed day, the
+fingerprint (md5) and row count of its embeddings file. ``sync_index`` compares that
+record with the embeddings on disk:
 
 * nothing indexed yet, another model version, an indexed day whose file changed or went
   away, or indexes that disagree with the record (a crash between writes): **rebuild**
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from mmpipe.embeddings import embedded_days, embedding_file, read_embeddings
 from mmpipe.index.faiss_index import IndexConfig, VectorIndex, measure_qps, recall_at_k_vs_exact
@@ -66,10 +67,11 @@ def _model_versions(embeddings_dir: Path, days: list[str]) -> set[str]:
     return versions
 
 
-def _rebuild_reason(index_root: Path, state: dict | None, fingerprints: dict[str, str], version: str | None) -> str | None:
+def _rebuild_reason(index_root: Path, state: dict | None, fingerprints: dict[str, str], version: str | None,
+                    kinds: tuple[str, ...]) -> str | None:
     if state is None:
         return "no index yet"
-    if any(not (Path(index_root) / kind / "manifest.json").exists() for kind in KINDS):
+    if any(not (Path(index_root) / kind / "manifest.json").exists() for kind in kinds):
         return "an index directory is missing"
     if version is not None and state.get("model_version") not in (None, version):
         return f"embeddings now come from model version {version}, the index from {state['model_version']}"
@@ -77,7 +79,7 @@ def _rebuild_reason(index_root: Path, state: dict | None, fingerprints: dict[str
     if changed:
         return f"indexed days changed or disappeared: {sorted(changed)[:5]}"
     expected = sum(record["rows"] for record in state["days"].values())
-    for kind in KINDS:
+    for kind in kinds:
         manifest = json.loads((Path(index_root) / kind / "manifest.json").read_text())
         if manifest["ntotal"] != expected:
             return f"the {kind} index holds {manifest['ntotal']} vectors, the record {expected}"
@@ -85,45 +87,54 @@ def _rebuild_reason(index_root: Path, state: dict | None, fingerprints: dict[str
 
 
 def sync_pin_index(index_root: Path, embeddings_dir: Path, cfg: IndexConfig = IndexConfig()) -> SyncReport:
-    """Bring the pin indexes under ``index_root`` up to the embeddings in ``embeddings_dir``."""
+    """Bring the pin indexes (fused, image) under ``index_root`` up to ``embeddings_dir``."""
+    return sync_index(index_root, embeddings_dir, KINDS, "pin_id", "pin", cfg)
+
+
+def sync_index(index_root: Path, embeddings_dir: Path, kinds: tuple[str, ...], id_column: str, what: str,
+               cfg: IndexConfig = IndexConfig()) -> SyncReport:
+    """Bring the indexes of ``kinds`` under ``index_root`` up to the per-day embeddings of
+    ``what`` (pin, video: rows named by ``id_column``) in ``embeddings_dir``."""
     index_root, embeddings_dir = Path(index_root), Path(embeddings_dir)
     days = embedded_days(embeddings_dir)
     if not days:
-        raise FileNotFoundError(f"no pin embeddings in {embeddings_dir}: materialize pin_embeddings first")
+        raise FileNotFoundError(f"no {what} embeddings in {embeddings_dir}: materialize {what}_embeddings first")
     fingerprints = {day: file_md5(embedding_file(embeddings_dir, day)) for day in days}
     state = read_state(index_root)
     new_days = [day for day in days if state is None or day not in state["days"]]
     # Only the days read anyway are checked for their version on an add; a rebuild checks all.
     versions = _model_versions(embeddings_dir, new_days or days[-1:])
     if len(versions) > 1:
-        raise ValueError(f"pin embeddings of {new_days} come from several model versions {sorted(versions)}: "
-                         "rematerialize pin_embeddings for those days")
+        raise ValueError(f"{what} embeddings of {new_days} come from several model versions {sorted(versions)}: "
+                         f"rematerialize {what}_embeddings for those days")
     version = next(iter(versions), None)
-    reason = _rebuild_reason(index_root, state, fingerprints, version)
+    reason = _rebuild_reason(index_root, state, fingerprints, version, kinds)
 
     if reason is not None:
         versions = _model_versions(embeddings_dir, days)
         if len(versions) > 1:
-            raise ValueError(f"pin embeddings come from several model versions {sorted(versions)}: "
-                             "rematerialize pin_embeddings for every day before indexing")
+            raise ValueError(f"{what} embeddings come from several model versions {sorted(versions)}: "
+                             f"rematerialize {what}_embeddings for every day before indexing")
         version = next(iter(versions), None)
         add_days, mode = days, "rebuild"
     elif new_days:
         add_days, mode, reason = new_days, "add", f"{len(new_days)} new day(s)"
+        # days without a row name no version: the index keeps the one it was built from
+        version = version if version is not None else state.get("model_version")
     else:
         return SyncReport("noop", "every day is indexed", ntotal=sum(r["rows"] for r in state["days"].values()),
                           model_version=state.get("model_version"),
-                          factory=json.loads((index_root / "fused" / "manifest.json").read_text())["factory"])
+                          factory=json.loads((index_root / kinds[0] / "manifest.json").read_text())["factory"])
 
     files = [embedding_file(embeddings_dir, day) for day in add_days]
-    counts = {day: len(pd.read_parquet(embedding_file(embeddings_dir, day), columns=["pin_id"])) for day in add_days}
+    counts = {day: pq.ParquetFile(embedding_file(embeddings_dir, day)).metadata.num_rows for day in add_days}
     factory = ""
     ntotal = 0
-    for kind in KINDS:
-        ids, vectors = read_embeddings(files, kind)
+    for kind in kinds:
+        ids, vectors = read_embeddings(files, kind, id_column=id_column)
         if mode == "rebuild":
             if not ids:
-                raise ValueError("no pin has an embedding: nothing to index")
+                raise ValueError(f"no {what} has an embedding: nothing to index")
             index = VectorIndex.build(vectors, ids, cfg)
         else:
             index = VectorIndex.load(index_root / kind)
@@ -142,12 +153,13 @@ def sync_pin_index(index_root: Path, embeddings_dir: Path, cfg: IndexConfig = In
 
 
 def index_quality(index_root: Path, embeddings_dir: Path, kinds: tuple[str, ...] = KINDS,
-                  n_queries: int = 500, k: int = 10, seed: int = 0) -> dict[str, float | str]:
+                  n_queries: int = 500, k: int = 10, seed: int = 0, id_column: str = "pin_id") -> dict[str, float | str]:
     """Per kind: the index factory, recall@k of its answers against exact search over
     the same embeddings, and batched queries per second, on ``n_queries`` stored vectors."""
     quality: dict[str, float | str] = {}
     for kind in kinds:
-        ids, vectors = read_embeddings(embeddings_dir, kind)
+        ids, vectors = read_embeddings(embeddings_dir, kind, id_column=id_column)
+        k = min(k, len(ids))  # a corpus smaller than k: every item is an answer
         rows = np.random.default_rng(seed).choice(len(ids), size=min(n_queries, len(ids)), replace=False)
         index = VectorIndex.load(Path(index_root) / kind)
         quality[f"{kind}_factory"] = index.factory

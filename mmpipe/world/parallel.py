@@ -33,14 +33,22 @@ def map_in_order(fn: Callable[[Job], Result], jobs: Sequence[Job], workers: int 
                  desc: str = "", unit: str = "it", progress: bool = True) -> list[Result]:
     """``[fn(job) for job in jobs]`` on ``workers`` processes, with a progress bar.
 
-    ``fn`` must be a module-level function (it is pickled to the workers). Forked workers
-    where the platform has fork: they start in milliseconds and inherit the imports."""
+    ``fn`` must be a module-level function (it is pickled to the workers). Workers come from
+    a fork server where the platform has one: a plain fork of a process whose other threads
+    (torch's OpenMP pool, a library's logging) hold a lock copies the lock held, and the
+    child waits on it forever, as a worker did in a test run after torch had been used.
+    The server is a fresh single-threaded process that has imported ``fn``'s module, so
+    its forks start in milliseconds and hold no lock."""
     n_workers = resolve_workers(workers, len(jobs))
     bar = dict(total=len(jobs), desc=desc, unit=unit, disable=not progress)
     if n_workers == 1:
         return [fn(job) for job in tqdm(jobs, **bar)]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([fn.__module__])
+    else:
+        context = multiprocessing.get_context("spawn")
     # Small chunks keep the workers evenly loaded when jobs differ in cost (video lengths).
     chunksize = max(1, len(jobs) // (n_workers * 16))
-    with multiprocessing.get_context(method).Pool(n_workers) as pool:
+    with context.Pool(n_workers) as pool:
         return list(tqdm(pool.imap(fn, jobs, chunksize=chunksize), **bar))

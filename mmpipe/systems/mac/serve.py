@@ -65,18 +65,9 @@ import torch
 from mlflow.models import infer_signature
 from safetensors.torch import load_file, save_file
 
-from mmpipe.embeddings import (
-    MODEL_VERSION,
-    EmbeddingsNotFoundError,
-    embedded_days,
-    embedding_file,
-    embedding_files,
-    embedding_frame,
-    read_embeddings,
-)
-from mmpipe.index.faiss_index import IndexConfig, VectorIndex, measure_qps, recall_at_k_vs_exact
-from mmpipe.index.incremental import STATE_FILE, SyncReport, read_state
-from mmpipe.io import write_bytes_atomic
+from mmpipe.embeddings import MODEL_VERSION, EmbeddingsNotFoundError, embedding_files, embedding_frame
+from mmpipe.index.faiss_index import IndexConfig, VectorIndex
+from mmpipe.index.incremental import SyncReport, index_quality, read_state, sync_index
 from mmpipe.media.features import VideoFeaturesConfig
 from mmpipe.media.frames import INDEX_FILE, load_frames, read_frame_index
 from mmpipe.nn.text_tower import TextFeatures, encode_texts, load_text_encoder
@@ -98,7 +89,6 @@ from mmpipe.systems.mac.model import MAC, MACConfig
 from mmpipe.systems.mac.train import MACSettings
 from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE as CHECKPOINT_STATE_FILE
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
-from mmpipe.versioning import file_md5
 
 REGISTERED_NAME = "mac"
 CONFIG_FILE = "mac.json"
@@ -497,76 +487,16 @@ def read_frame_embeddings(source: Path | Sequence[Path], video_ids: Sequence[str
 
 def sync_video_index(index_root: Path, embeddings_dir: Path, cfg: IndexConfig = IndexConfig()) -> SyncReport:
     """Bring the video index under ``index_root`` up to the embeddings in ``embeddings_dir``,
-    with the rules of the pin index (``mmpipe.index.incremental``): days not yet indexed are
-    added to the saved index; another model version, an indexed day whose file changed or
-    went away, or an index that disagrees with its record rebuilds it from every day. The
-    record (``partitions.json``) is written last, so a crash makes the next sync redo the work."""
-    index_root, embeddings_dir = Path(index_root), Path(embeddings_dir)
-    days = embedded_days(embeddings_dir)
-    if not days:
-        raise EmbeddingsNotFoundError(f"no video embeddings in {embeddings_dir}: materialize video_embeddings first")
-    files = {day: embedding_file(embeddings_dir, day) for day in days}
-    fingerprints = {day: file_md5(path) for day, path in files.items()}
-    tables = {day: pd.read_parquet(path, columns=[VIDEO_ID, MODEL_VERSION]) for day, path in files.items()}
-    versions = sorted(set().union(*(set(table[MODEL_VERSION].astype(str)) for table in tables.values())))
-    if len(versions) > 1:
-        raise ValueError(f"video embeddings come from several model versions {versions}: rematerialize "
-                         "video_embeddings for every day before indexing")
-    version = versions[0] if versions else None
-    state = read_state(index_root)
-    manifest = index_root / VIDEO / "manifest.json"
-
-    reason = None
-    if state is None:
-        reason = "no index yet"
-    elif not manifest.exists():
-        reason = "the index directory is missing"
-    elif version is not None and state.get("model_version") not in (None, version):
-        reason = f"embeddings now come from model version {version}, the index from {state['model_version']}"
-    elif changed := sorted(day for day, record in state["days"].items() if fingerprints.get(day) != record["md5"]):
-        reason = f"indexed days changed or disappeared: {changed[:5]}"
-    elif json.loads(manifest.read_text())["ntotal"] != sum(r["rows"] for r in state["days"].values()):
-        reason = "the index holds another number of vectors than its record"
-
-    new_days = [day for day in days if state is None or day not in state["days"]]
-    if reason is not None:
-        add_days, mode = days, "rebuild"
-    elif new_days:
-        add_days, mode, reason = new_days, "add", f"{len(new_days)} new day(s)"
-    else:
-        return SyncReport("noop", "every day is indexed", ntotal=state["ntotal"],
-                          model_version=state.get("model_version"), factory=state["factory"])
-
-    ids, vectors = read_embeddings([files[day] for day in add_days], VIDEO, id_column=VIDEO_ID)
-    if mode == "rebuild":
-        if not ids:
-            raise ValueError("no video has an embedding: nothing to index")
-        index = VectorIndex.build(vectors, ids, cfg)
-    else:
-        index = VectorIndex.load(index_root / VIDEO)
-        if ids:
-            index.add(vectors, ids)
-    index.save(index_root / VIDEO)
-
-    records = {} if mode == "rebuild" else dict(state["days"])
-    records.update({day: {"md5": fingerprints[day], "rows": len(tables[day])} for day in add_days})
-    new_state = {"model_version": version, "days": dict(sorted(records.items())), "ntotal": index.ntotal,
-                 "factory": index.factory}
-    write_bytes_atomic((json.dumps(new_state, indent=2) + "\n").encode(), index_root / STATE_FILE)
-    return SyncReport(mode, reason, days_added=add_days, vectors_added=len(ids), ntotal=index.ntotal,
-                      model_version=version, factory=index.factory)
+    with the pin index's rules (``mmpipe.index.incremental``: new days added, a changed day
+    or another model version rebuilds)."""
+    return sync_index(index_root, embeddings_dir, (VIDEO,), VIDEO_ID, "video", cfg)
 
 
 def video_index_quality(index_root: Path, embeddings_dir: Path, n_queries: int = 500, k: int = 10,
                         seed: int = 0) -> dict[str, float | str]:
-    """The index factory, recall@k of its answers against exact search over the same
-    embeddings, and batched queries per second, on ``n_queries`` stored video vectors."""
-    ids, vectors = read_embeddings(embeddings_dir, VIDEO, id_column=VIDEO_ID)
-    index = VectorIndex.load(Path(index_root) / VIDEO)
-    queries = vectors[np.random.default_rng(seed).choice(len(ids), size=min(n_queries, len(ids)), replace=False)]
-    k = min(k, len(ids))
-    return {"factory": index.factory, f"recall@{k}_vs_exact": recall_at_k_vs_exact(index, vectors, ids, queries, k=k),
-            "qps": round(measure_qps(index, queries, k=k), 1)}
+    """The index factory, recall@k against exact search and queries per second."""
+    quality = index_quality(index_root, embeddings_dir, (VIDEO,), n_queries, k, seed, id_column=VIDEO_ID)
+    return {key.removeprefix(f"{VIDEO}_"): value for key, value in quality.items()}
 
 
 # ---------------------------------------------------------------------------------------
