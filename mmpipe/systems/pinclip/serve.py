@@ -48,7 +48,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import tempfile
 from dataclasses import replace
 from os import PathLike
 from pathlib import Path
@@ -59,8 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mmpipe.embeddings import EmbeddingsNotFoundError, embedding_frame, read_embeddings
 from mmpipe.index.faiss_index import VectorIndex
@@ -78,8 +76,8 @@ from mmpipe.registry.mlflow_registry import (
     register_logged_model,
     tracking_uri,
 )
-from mmpipe.registry.pyfunc import (TEXT_PACKAGE, copy_package_source, decode_base64_image, encode_base64_image,
-                                     pip_requirements, text_tower_record, warn_on_package_drift)
+from mmpipe.registry.pyfunc import (TEXT_PACKAGE, decode_base64_image, encode_base64_image,
+                                     log_model_with_text_tower, warn_on_package_drift)
 from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixels, read_rgb
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.spec import Trained
@@ -332,40 +330,13 @@ def log_pinclip(
     if mlflow.active_run() is None:
         raise RuntimeError("log_pinclip logs into the active MLflow run: "
                            "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
-    text_from_package, tower = text_tower_record(text_model_dir)
-    record = {"model": model.config.to_dict(), "text": {"max_length": text_max_length, "tower": tower}}
-
-    with tempfile.TemporaryDirectory(prefix="pinclip-pyfunc-") as tmp:
-        tmp = Path(tmp)
-        weights, config_path = tmp / MODEL_FILE, tmp / CONFIG_FILE
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
-        config_path.write_text(json.dumps(record, indent=2, sort_keys=True))
-        artifacts = {"weights": str(weights), "config": str(config_path)}
-        if not text_from_package:
-            artifacts["text_model"] = str(text_model_dir)
-
-        # The example output comes from the files just written, read back the way serving
-        # reads them: a version whose artifacts don't load never gets logged.
-        example = default_input_example(model.config.image_size) if input_example is None else input_example
-        served = PinCLIPEmbedder()
-        text_dir = None if text_from_package else text_model_dir
-        served.embedder = PinEmbedder.from_files(weights, config_path, text_dir)
-        example_output = served.predict(None, example)
-
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=PinCLIPEmbedder(),
-            artifacts=artifacts,
-            code_paths=[str(copy_package_source(tmp / "code"))],
-            signature=infer_signature(example, example_output),
-            input_example=example,
-            pip_requirements=pip_requirements(text_from_package, ("pillow",)),
-            metadata={"text_model": "package" if text_from_package else "artifact",
-                      "text_tower": tower, "embed_dim": model.config.embed_dim,
-                      "outputs": [FUSED, IMAGE, TEXT]},
-        )
-    version_number = register_logged_model(info.model_uri, registered_name, run_context)
-    return info.model_uri, version_number
+    record = {"model": model.config.to_dict(), "text": {"max_length": text_max_length}}
+    example = default_input_example(model.config.image_size) if input_example is None else input_example
+    model_uri = log_model_with_text_tower(
+        model, record, CONFIG_FILE, PinCLIPEmbedder, PinEmbedder.from_files, text_model_dir, example,
+        extra_requirements=("pillow",),
+        metadata={"embed_dim": model.config.embed_dim, "outputs": [FUSED, IMAGE, TEXT]})
+    return model_uri, register_logged_model(model_uri, registered_name, run_context)
 
 
 def load_embedder(model: str | Path, text_model_dir: Path | None = None,
