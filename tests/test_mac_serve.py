@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import BertConfig
 
 from mmpipe import cli
 from mmpipe.embeddings import read_embeddings, write_day_embeddings
 from mmpipe.media.features import VideoFeaturesConfig
 from mmpipe.media.frames import FrameConfig, extract_frames, read_frame_index
 from mmpipe.media.pixels import normalize_pixels
-from mmpipe.nn.text_tower import encode_texts, load_text_encoder
+from mmpipe.nn.text_tower import encode_texts
 from mmpipe.registry.mlflow_registry import RunContext, configure, start_run
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import VideoClips
@@ -52,8 +51,8 @@ from mmpipe.systems.mac.serve import (
 )
 from mmpipe.systems.mac.train import MACSettings, MACTrainConfig
 from mmpipe.world.videos import write_mp4
+from tests.test_pinclip_registry import text_tower, text_tower_dir  # noqa: F401  fixtures: a tiny text tower
 
-TEXT_TOWER = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 TINY = MACConfig(image_size=32, patch_size=8, max_frames=4, width=32, depth=2, heads=2, mlp=64, text_hidden_size=32,
                  text_width=32, text_depth=1, text_heads=2, text_mlp=64, embed_dim=16)
 N_FRAMES = 4
@@ -104,21 +103,6 @@ def frame_store(tmp_path_factory):
         day_videos.to_parquet(root / "storage" / "validated" / "videos" / f"{day}.parquet")
     stored = {video_id: np.load(frames_root / day / f"{video_id}.npy") for video_id, day, _, _ in VIDEOS}
     return SimpleNamespace(root=root, frames_root=frames_root, videos=videos, stored=stored)
-
-
-@pytest.fixture(scope="module")
-def text_tower_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    tokenizer, text_model = load_text_encoder(config=TEXT_TOWER)
-    directory = tmp_path_factory.mktemp("text_tower")
-    tokenizer.save_pretrained(directory)
-    text_model.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def text_tower(text_tower_dir):
-    return load_text_encoder(text_tower_dir)
 
 
 @pytest.fixture(scope="module")
