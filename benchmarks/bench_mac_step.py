@@ -14,23 +14,14 @@ the real shapes, so the numbers measure compute, not the data path. With ``--dev
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import torch
-from timing import matmul_flops_per_second, measure
+from timing import matmul_flops_per_second, measure, settings_for, step_benchmark_arguments
 
-from mmpipe.config import resolve_settings
 from mmpipe.nn.losses import ClipLoss
 from mmpipe.systems.mac.model import MAC
 from mmpipe.systems.mac.train import MACSettings
 
 TEXT_LENGTH = 24
-
-
-def settings_for(scale: str) -> MACSettings:
-    os.environ["MMPIPE_SCALE"] = scale  # which params.yaml preset resolve_settings merges
-    return resolve_settings(MACSettings, "mac")
 
 
 def training_step(model: MAC, optimizer, batch, mask_ratio: float, text_mask_ratio: float, autocast) -> None:
@@ -47,18 +38,12 @@ def training_step(model: MAC, optimizer, batch, mask_ratio: float, text_mask_rat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5)
+    parser = step_benchmark_arguments(__doc__, steps=5)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per step kind; the best counts")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scale", default="small", help="params.yaml scale preset of the model")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the settings' batch_size")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    settings = settings_for(args.scale)
+    settings = settings_for(MACSettings, "mac", args.scale, args.threads)
     c, train = settings.model, settings.train
     batch_size = args.batch_size or train.batch_size
     device = torch.device(args.device)

@@ -17,24 +17,15 @@ do the step uses.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import torch
-from timing import matmul_flops_per_second, measure
+from timing import matmul_flops_per_second, measure, settings_for, step_benchmark_arguments
 
-from mmpipe.config import resolve_settings
 from mmpipe.nn.losses import BoardProxyLoss, ClipLoss
 from mmpipe.systems.pinclip.model import PinCLIP
 from mmpipe.systems.pinclip.train import PinCLIPSettings
 
 N_BOARDS = 200
 TEXT_LENGTH = 32
-
-
-def settings_for(scale: str) -> PinCLIPSettings:
-    os.environ["MMPIPE_SCALE"] = scale  # which params.yaml preset resolve_settings merges
-    return resolve_settings(PinCLIPSettings, "pinclip")
 
 
 def tower_step(model, proxies, optimizer, batch):
@@ -58,15 +49,9 @@ def fusion_step(model, proxy_sets, optimizer, batch):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scale", default="small", help="params.yaml scale preset of the model")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the settings' batch_size")
+    parser = step_benchmark_arguments(__doc__, steps=10)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    settings = settings_for(args.scale)
+    settings = settings_for(PinCLIPSettings, "pinclip", args.scale, args.threads)
     c, train = settings.model, settings.train
     batch_size = args.batch_size or train.batch_size
 

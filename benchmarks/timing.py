@@ -4,12 +4,35 @@ backward: matmuls, convolutions and attention, not elementwise work), FLOP/s and
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from mmpipe.config import resolve_settings
+
+
+def step_benchmark_arguments(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The options every step benchmark takes (more can be added to the parser)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale", default="small", help="params.yaml scale preset of the model")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the settings' batch_size")
+    return parser
+
+
+def settings_for(settings_class: type, section: str, scale: str, threads: int):
+    """A system's resolved settings at ``scale`` (its params.yaml preset), on ``threads``
+    threads, with the RNG seeded: what a step benchmark measures."""
+    os.environ["MMPIPE_SCALE"] = scale  # which params.yaml preset resolve_settings merges
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return resolve_settings(settings_class, section)
 
 
 def matmul_flops_per_second(n: int = 2048, repeats: int = 8, trials: int = 3) -> float:
