@@ -76,11 +76,12 @@ from mmpipe.registry.mlflow_registry import (
     RunContext,
     configure,
     register_logged_model,
-    tracking_uri,
 )
-from mmpipe.registry.promotion import alias_version
 from mmpipe.registry.pyfunc import (TEXT_PACKAGE, log_model_with_text_tower,
                                      warn_on_package_drift)
+from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError, require_tracking_store,
+                                     resolve_model_uri as registry_model_uri,
+                                     version_uri as registered_version_uri)
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import VideoClips
 from mmpipe.systems.mac.model import MAC, MACConfig
@@ -99,7 +100,6 @@ FRAME_EMBEDDINGS, FRAME_T_S, FRAME_IS_BLANK = "frame_embeddings", "frame_t_s", "
 DEFAULT_INDEX_DIR = Path("storage/index/videos")
 DEFAULT_EMBEDDINGS_DIR = Path("storage/embeddings/videos")
 DEFAULT_VIDEOS_TABLE = Path("storage/validated/videos")  # day partitions <YYYY-MM-DD>.parquet
-RUN_PIPELINE_FIRST = "run `make run` first"
 
 
 # ---------------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def load_embedder(model: str | Path, text_model_dir: Path | None = None,
 
 
 def version_uri(version: str, name: str = REGISTERED_NAME) -> str:
-    return f"models:/{name}/{version}"
+    return registered_version_uri(name, version)
 
 
 def load_version_model(version: str, name: str = REGISTERED_NAME, text_max_length: int | None = None) -> MAC:
@@ -475,26 +475,9 @@ def video_index_quality(index_root: Path, embeddings_dir: Path, n_queries: int =
 # search: videos for a text query, with the best-matching second (`mmpipe search --videos`)
 
 
-class SearchSetupError(FileNotFoundError):
-    """A model, index or file the search needs does not exist yet."""
-
-
-def _require_tracking_store() -> None:
-    uri = tracking_uri()
-    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    if store is not None and not store.exists():  # opening it would create an empty store
-        raise SearchSetupError(f"no MLflow tracking store at {store}; {RUN_PIPELINE_FIRST}")
-
-
 def resolve_model_uri(name: str = REGISTERED_NAME, aliases: Sequence[str] = (CHAMPION, CHALLENGER)) -> str:
     """``models:/name@alias`` for the first alias that is set (champion, else challenger)."""
-    _require_tracking_store()
-    client = configure()
-    for alias in aliases:
-        if alias_version(client, name, alias) is not None:
-            return f"models:/{name}@{alias}"
-    raise SearchSetupError(f"registered model {name!r} has none of the aliases {list(aliases)}; "
-                           f"{RUN_PIPELINE_FIRST} (or pass a model URI / checkpoint directory)")
+    return registry_model_uri(name, aliases)
 
 
 class VideoSearcher:
@@ -547,7 +530,7 @@ class VideoSearcher:
             model = self._model
             if model is None:
                 version = self.index_version
-                _require_tracking_store()
+                require_tracking_store()
                 model = version_uri(version) if version is not None else resolve_model_uri()
             try:
                 self._model = load_embedder(model, self.text_model_dir)

@@ -74,10 +74,12 @@ from mmpipe.registry.mlflow_registry import (
     RunContext,
     configure,
     register_logged_model,
-    tracking_uri,
 )
 from mmpipe.registry.pyfunc import (TEXT_PACKAGE, decode_base64_image, encode_base64_image,
                                      log_model_with_text_tower, warn_on_package_drift)
+from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError,
+                                     resolve_model_uri as registry_model_uri,
+                                     version_uri as registered_version_uri)
 from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixels, read_rgb
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.spec import Trained
@@ -360,7 +362,7 @@ def load_embedder(model: str | Path, text_model_dir: Path | None = None,
 
 
 def version_uri(version: str, name: str = REGISTERED_NAME) -> str:
-    return f"models:/{name}/{version}"
+    return registered_version_uri(name, version)
 
 
 def cache_mismatches(config: PinCLIPConfig, model_max_length: int, text_tower: str | None,
@@ -403,37 +405,10 @@ DEFAULT_INDEX_DIR = Path("storage/index/pins")
 DEFAULT_PINS_TABLE = Path("storage/validated/pins")  # day partitions <YYYY-MM-DD>.parquet
 DEFAULT_EMBEDDINGS_DIR = Path("storage/embeddings/pins")
 
-RUN_PIPELINE_FIRST = "run `make run` first"
-
-
-class SearchSetupError(FileNotFoundError):
-    """A model, index or file the search needs does not exist yet."""
-
-
-def _sqlite_store_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
 def resolve_model_uri(name: str | None = None, aliases: Sequence[str] | None = None) -> str:
     """``models:/name@alias`` for the first alias that is set: by default the registered
     PinCLIP at ``champion``, else ``challenger``."""
-    store = _sqlite_store_path(tracking_uri())
-    if store is not None and not store.exists():  # opening it would create an empty store
-        raise SearchSetupError(f"no MLflow tracking store at {store}; {RUN_PIPELINE_FIRST}")
-
-    from mlflow.exceptions import MlflowException
-
-    name = name or REGISTERED_NAME
-    aliases = aliases or (CHAMPION, CHALLENGER)
-    client = configure()
-    for alias in aliases:
-        try:
-            client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            continue
-        return f"models:/{name}@{alias}"
-    raise SearchSetupError(f"registered model {name!r} has none of the aliases {list(aliases)}; "
-                           f"{RUN_PIPELINE_FIRST} (or pass a model URI / checkpoint directory)")
+    return registry_model_uri(name or REGISTERED_NAME, aliases or (CHAMPION, CHALLENGER))
 
 
 class PinSearcher:
@@ -479,8 +454,6 @@ class PinSearcher:
     @property
     def embedder(self) -> PinEmbedder:
         if not isinstance(self._model, PinEmbedder):
-            from mlflow.exceptions import MlflowException
-
             model = resolve_model_uri() if self._model is None else self._model
             try:
                 self._model = load_embedder(model, self.text_model_dir)
