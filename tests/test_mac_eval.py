@@ -241,8 +241,9 @@ def test_the_trained_model_beats_the_untrained_encoder_and_chance(outcome):
     result, _, _ = outcome
     mac, untrained = result.metrics[MODEL_NAME], result.metrics[UNTRAINED]
     for window in (VALIDATION, TEST):
-        t2v_r5 = metric_key("text_to_video", "R@5", window)
-        assert mac[t2v_r5] >= untrained[t2v_r5] + 0.3, window
+        # R@1: on 16 single-colour videos the untrained encoder's R@5 is already 0.75.
+        t2v_r1 = metric_key("text_to_video", "R@1", window)
+        assert mac[t2v_r1] >= untrained[t2v_r1] + 0.3, window
         assert mac[metric_key("video_to_text", "R@5", window)] > untrained[metric_key("video_to_text", "R@5", window)]
         assert mac[metric_key("text_to_video", "median_rank", window)] < untrained[
             metric_key("text_to_video", "median_rank", window)]

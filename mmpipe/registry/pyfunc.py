@@ -16,8 +16,9 @@ from os import PathLike
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.models import infer_signature
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from mmpipe.nn.text_tower import default_text_model_dir
 from mmpipe.train.checkpoint import MODEL_FILE
@@ -124,4 +125,23 @@ def log_model_with_text_tower(model, record: dict, config_file: str, python_mode
                       **(metadata or {})},
         )
     return info.model_uri
+
+
+
+def logged_weights(model_uri: str) -> tuple[dict, dict]:
+    """The state dict and JSON record of a model logged by :func:`log_model_with_text_tower`
+    (``models:/name/version`` or a run's model URI), read from its ``weights`` and
+    ``config`` artifacts without loading the pyfunc, so another system can start from a
+    registered model's weights without importing its code."""
+    with tempfile.TemporaryDirectory(prefix="logged-") as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        spec = yaml.safe_load((root / "MLmodel").read_text())
+        artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+        missing = [name for name in ("weights", "config") if name not in artifacts]
+        if missing:
+            raise ValueError(f"{model_uri} has no {missing} artifacts: it was not logged with "
+                             "log_model_with_text_tower")
+        state = load_file(str(root / artifacts["weights"]["path"]))
+        record = json.loads((root / artifacts["config"]["path"]).read_text())
+    return state, record
 

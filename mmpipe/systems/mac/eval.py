@@ -104,7 +104,9 @@ UNMASKED = {"mask_ratio": 0.0, "text_mask_ratio": 0.0}
 #   numbers, so the division uses MACSettings' default steps: a params.yaml `mac.train.steps`
 #   needs this entry changed with it;
 # * mask_0 / mask_50 / mask_90: the video mask-ratio sweep (0.75 is the model itself), text
-#   masking as in the model, plotted as R@1 against training wall-clock.
+#   masking as in the model, plotted as R@1 against training wall-clock;
+# * from_scratch: the same training from a random initialisation instead of the image
+#   encoder's weights (train.warm_start_state), which of the two measures better.
 SWEEPS = {
     "unmasked": {"train": dict(UNMASKED)},
     "unmasked_same_time": {"train": {**UNMASKED,
@@ -112,6 +114,7 @@ SWEEPS = {
     "mask_0": {"train": {"mask_ratio": 0.0}},
     "mask_50": {"train": {"mask_ratio": 0.5}},
     "mask_90": {"train": {"mask_ratio": 0.9}},
+    "from_scratch": {"train": {"warm_start": False}},
 }
 MASK_SWEEP = ("mask_0", "mask_50", "mask_90")  # with the model itself, the points of the sweep plot
 
@@ -676,7 +679,8 @@ def evaluate_sweeps(inputs: MACInputs, settings: MACSettings, model_dir: Path,
              "Each sweep is the default training with the overrides of its SPEC entry: `unmasked` trains without "
              "video or text masking for as many steps, `unmasked_same_time` for the masked run's wall-clock "
              f"(its steps over the unmasked/masked step-time ratio, {UNMASKED_STEP_TIME_RATIO:g}), `mask_*` the "
-             f"video mask-ratio sweep. Validation: {counts[VALIDATION]['captions']} captions over "
+             "video mask-ratio sweep, `from_scratch` starts from random weights instead of the image encoder's. "
+             f"Validation: {counts[VALIDATION]['captions']} captions over "
              f"{counts[VALIDATION]['videos']} videos; test: {counts[TEST]['captions']} over {counts[TEST]['videos']}. "
              "Same MSR-VTT protocol as the eval report.", "",
              "## Retrieval", "",

@@ -14,8 +14,13 @@
   transformer. Running MiniLM live on masked input tokens would cost a forward pass of a
   22M-parameter tower per caption per step on two CPU cores, more than the whole video
   side; masking its cached states costs nothing and keeps the masked-then-align recipe.
-* Both are mean-pooled over the tokens they kept, projected and L2-normalised; a learned
-  temperature scales their similarities (``logit_scale``, clamped as open_clip does).
+* Both are layer-normed, mean-pooled over the tokens they kept, projected and
+  L2-normalised; a learned temperature scales their similarities (``logit_scale``,
+  clamped as open_clip does).
+* The shapes are PinCLIP's (a per-patch copy of its conv stem, its ViT's width and depth,
+  its text adapter's), so training can start from the image encoder's champion
+  (``train.warm_start_state``): from scratch, a few hundred CPU steps on a few hundred
+  videos stay near chance.
 
 Masking is a training device: at inference both ratios are 0 and every token is seen.
 """
@@ -36,11 +41,13 @@ from mmpipe.nn.layers import Block, attendable, masked_mean
 class MACConfig:
     image_size: int = 96
     patch_size: int = 16  # 6x6 patches per 96 px frame
-    # Patch stem: each kept patch through two small stride-2 convolutions before its
-    # linear embedding (0: the plain linear patch embedding). It runs per patch, after
-    # masking, so a dropped patch still costs nothing; it gives the encoder the local
-    # colour/edge detectors a transformer from scratch takes many steps to learn.
-    patch_stem_channels: int = 32
+    # Patch stem: each kept patch through two stride-2 3x3 convolutions (half, then all
+    # of these channels, each with a GroupNorm, as PinCLIP's image stem) before its linear
+    # embedding (0: the plain linear patch embedding). It runs per patch, after masking, so
+    # a dropped patch still costs nothing; it gives the encoder the local colour/edge
+    # detectors a transformer from scratch takes many steps to learn, and the shape of the
+    # image encoder's stem that training starts from (train.warm_start_state).
+    patch_stem_channels: int = 64
     max_frames: int = 8  # temporal position embeddings: clips of up to this many frames
     # PinCLIP's ViT size: on two CPU cores the default run's budget buys a few hundred
     # masked steps of this, and the world's captions name a handful of attributes.
@@ -116,9 +123,10 @@ class PatchEmbedding(nn.Module):
             return
         if p % 4:
             raise ValueError(f"the patch stem halves a patch twice: patch_size {p} must be a multiple of 4")
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1), nn.GELU(),
-                                  nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GELU())
-        self.linear = nn.Linear(2 * c * (p // 4) ** 2, config.width)
+        half = max(c // 2, 16)
+        self.stem = nn.Sequential(nn.Conv2d(3, half, 3, stride=2, padding=1), nn.GroupNorm(1, half), nn.GELU(),
+                                  nn.Conv2d(half, c, 3, stride=2, padding=1), nn.GroupNorm(1, c), nn.GELU())
+        self.linear = nn.Linear(c * (p // 4) ** 2, config.width)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         if self.stem is None:
@@ -193,7 +201,7 @@ class TextEncoder(nn.Module):
         attend = attendable(keep)
         for block in self.blocks:
             x = block(x, attend)
-        return F.normalize(self.proj(self.norm(masked_mean(x, keep))), dim=-1)
+        return F.normalize(self.proj(masked_mean(self.norm(x), keep)), dim=-1)
 
 
 def _keep_real_tokens(mask: torch.Tensor, mask_ratio: float, generator: torch.Generator | None) -> torch.Tensor:
