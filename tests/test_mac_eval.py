@@ -26,6 +26,7 @@ from mmpipe.eval.report import write_report
 from mmpipe.media.features import FeatureTable
 from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.registry.mlflow_registry import RunContext, start_run
+from mmpipe.registry.pyfunc import logged_weights
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import TEST, TRAIN, VALIDATION, mac_inputs
 from mmpipe.systems.mac.eval import (BASELINES, MODEL_NAME, PINCLIP_FRAMES, PRIMARY_METRIC, RANDOM_NAME, SWEEPS,
@@ -313,6 +314,11 @@ def test_a_registered_version_loads_with_the_clip_length_it_was_trained_with(tmp
     assert n_frames == TINY.train.n_frames
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    # What a warm start reads of a registered version: its weights and record, without its pyfunc.
+    weights, record = logged_weights(f"models:/mac/{version}")
+    assert set(weights) == set(model.state_dict()) and record["model"]["width"] == config.width
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(weights[name], tensor)
 
 
 # ---------------------------------------------------------------------------------------

