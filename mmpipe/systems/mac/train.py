@@ -119,7 +119,7 @@ def warm_start_state(source: dict[str, torch.Tensor], model: MAC) -> dict[str, t
     if any(name.startswith("text_top_layers.") for name in source):
         raise ValueError("the source tunes its text tower's top layers live; MAC reads the cached final "
                          "states, so its text side cannot start from it: train MAC with warm_start: false")
-    state = model.state_dict()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # never write into model
     loaded: set[str] = set()
     mismatched = []
 
