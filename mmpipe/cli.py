@@ -271,7 +271,124 @@ def run_load_videos(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND_GROUPS = [add_world_commands, add_search_commands, add_registry_commands, add_load_commands]
+def add_moment_commands(subparsers) -> None:
+    evaluate = subparsers.add_parser(
+        "eval-moments",
+        help="score moment predictions (QVHighlights-style JSONL) against ground truth",
+        description="Print R1/R5 at IoU 0.3/0.5/0.7, mIoU and MR-mAP (moment_detr's standalone evaluation; "
+                    "mmpipe/eval/moment.py) of a prediction file against a ground-truth file. Prediction lines: "
+                    '{"qid", "query", "vid", "pred_relevant_windows": [[start, end, score], ...]}, best first; '
+                    'ground-truth lines: {"qid", ..., "relevant_windows": [[start, end], ...]}.',
+    )
+    evaluate.add_argument("predictions", type=Path, help="prediction JSONL")
+    evaluate.add_argument("ground_truth", type=Path, help="ground-truth JSONL")
+    evaluate.add_argument("--shared-only", action="store_true",
+                          help="score only the queries both files hold (default: they must hold the same)")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    evaluate.set_defaults(func=run_eval_moments)
+
+    moment = subparsers.add_parser(
+        "moment",
+        help="where in a stored video a query happens: the top spans by the moment model",
+        description="Print the top spans (start s, end s, score) of --query in stored video --video by the "
+                    "registered moment model (champion, else challenger), over the frame features of the image "
+                    "encoder version it was trained on.",
+    )
+    moment.add_argument("--video", required=True, help="a video id, e.g. v0042")
+    moment.add_argument("--query", required=True, help='e.g. "the red striped circle moves to the left"')
+    moment.add_argument("--k", type=int, default=5, help="number of spans (default: 5)")
+    moment.add_argument("--model", default=None, help="MLflow model URI (default: models:/moment@champion, "
+                                                      "else @challenger)")
+    moment.add_argument("--storage", type=Path, default=None, help="storage root (default: <project>/storage)")
+    moment.set_defaults(func=run_moment)
+
+
+def run_eval_moments(args: argparse.Namespace) -> int:
+    import json
+
+    from mmpipe.eval.moment import evaluate_files
+    from mmpipe.eval.report import metrics_table_markdown
+    from mmpipe.io import write_bytes_atomic
+
+    try:
+        metrics = evaluate_files(args.predictions, args.ground_truth, match_number=not args.shared_only)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"mmpipe eval-moments: {error}") from None
+    print(metrics_table_markdown({args.predictions.name: metrics}), end="")
+    if args.json is not None:
+        write_bytes_atomic((json.dumps(metrics, indent=2) + "\n").encode(), args.json)
+    return 0
+
+
+def run_moment(args: argparse.Namespace) -> int:
+    from mmpipe.params import project_root
+    from mmpipe.registry.serving import SearchSetupError
+    from mmpipe.systems.moment.serve import moment_lookup
+
+    if args.k < 1:
+        raise SystemExit(f"--k must be >= 1, got {args.k}")
+    try:
+        spans, predictor = moment_lookup(args.video, args.query, args.storage or project_root() / "storage",
+                                         args.model)
+    except (SearchSetupError, FileNotFoundError) as error:
+        raise SystemExit(f"mmpipe moment: {error}") from None
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"mmpipe moment: {error.args[0] if error.args else error}") from None
+    for start, end, score in spans[:args.k]:
+        print(f"{start:7.2f}s  {end:7.2f}s  {score:.4f}")
+    return 0
+
+
+def add_summarize_commands(subparsers) -> None:
+    summarize = subparsers.add_parser(
+        "summarize",
+        help="a query-focused summary of a stored video, written as an MP4",
+        description="Score the detected shots of stored video --video for --query (concept words, e.g. \"red, "
+                    "striped\") with the registered CHAN (champion, else challenger), keep the best under the "
+                    "length budget (the model's own unless --share or --seconds), write them concatenated in "
+                    "time order to --out (MP4) and print the chosen shots' times.",
+    )
+    summarize.add_argument("--video", required=True, help="a video id, e.g. v0042")
+    summarize.add_argument("--query", required=True, help='concept words, e.g. "red, striped"')
+    summarize.add_argument("--out", type=Path, required=True, help="the MP4 to write, e.g. summary.mp4")
+    budget = summarize.add_mutually_exclusive_group()
+    budget.add_argument("--share", type=float, default=None, help="keep this share of the shots, e.g. 0.4")
+    budget.add_argument("--seconds", type=float, default=None, help="keep at most this many seconds")
+    summarize.add_argument("--json", type=Path, default=None,
+                           help="also write the summary (mmpipe.video_summaries JSON) to this file")
+    summarize.add_argument("--model", default=None, help="MLflow model URI (default: models:/chan@champion, "
+                                                         "else @challenger)")
+    summarize.add_argument("--storage", type=Path, default=None, help="storage root (default: <project>/storage)")
+    summarize.add_argument("--raw", type=Path, default=None, help="raw root (default: <project>/data/raw)")
+    summarize.set_defaults(func=run_summarize)
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    from mmpipe.eval.summarization import LengthBudget, write_summaries
+    from mmpipe.media.decode import VideoDecodeError
+    from mmpipe.params import project_root
+    from mmpipe.registry.serving import SearchSetupError
+    from mmpipe.systems.chan.serve import resolve_model_uri, summarize_video
+
+    try:
+        budget = (LengthBudget(shots_share=args.share, seconds=args.seconds)
+                  if args.share is not None or args.seconds is not None else None)
+        summary = summarize_video(args.video, args.query, args.out, args.storage or project_root() / "storage",
+                                  args.raw or project_root() / "data" / "raw", budget, args.model)
+    except (SearchSetupError, FileNotFoundError, VideoDecodeError) as error:
+        raise SystemExit(f"mmpipe summarize: {error}") from None
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"mmpipe summarize: {error.args[0] if error.args else error}") from None
+    if args.json is not None:
+        write_summaries(args.json, [summary], model=args.model or resolve_model_uri())
+    for shot in summary.shots:
+        print(f"shot {shot.shot_id:3d}  {shot.start_s:7.2f}s  {shot.end_s:7.2f}s  score {shot.score:.3f}")
+    print(f"{len(summary.shots)} shots, {summary.seconds:.2f}s -> {args.out}")
+    return 0
+
+
+COMMAND_GROUPS = [add_world_commands, add_search_commands, add_registry_commands, add_load_commands,
+                  add_moment_commands, add_summarize_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from tests.conftest import PROJECT_ROOT
 
 # The tiny preset of params.yaml (what `SCALE=tiny make run` trains), as launchpad config.
 TINY_PINCLIP = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]["pinclip"]
+TINY_MOMENT = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]["moment"]
 
 
 def _resources(raw_root: Path, storage: Path) -> dict:
@@ -50,7 +51,8 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
         selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),  # as `make run`
         resources=_resources(raw_root, storage),
         instance=instance,
-        run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip}},
+        run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip,
+                            "moment_model": {"config": TINY_MOMENT}}},
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
 

@@ -145,3 +145,51 @@ def write_report(
     for plot, png in plots.items():
         paths[plot] = write_bytes_atomic(png, directory / f"{plot}.png")
     return paths
+
+
+def methods_legend(order, roles: Mapping[str, str], descriptions: Mapping[str, str]) -> list[str]:
+    """One markdown bullet per method of ``order``: its name in bold, its role (``roles``;
+    "other" when it has none) and its description, when it has one."""
+    return [f"- **{name}** ({roles.get(name, 'other')})" + (f": {descriptions[name]}" if descriptions.get(name) else "")
+            for name in order]
+
+
+def signed_points(value: float) -> str:
+    """A difference of two shares in points: 0.123 -> "+12.3"; "n/a" when not a number."""
+    return f"{100 * value:+.1f}" if value is not None and math.isfinite(value) else "n/a"
+
+
+def times(value: float) -> str:
+    """A ratio: 1.5 -> "1.50x"; "inf", or "n/a" when not a number."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return "inf" if math.isinf(value) else f"{value:.2f}x"
+
+
+def comparison_line(c: Mapping) -> str:
+    """One line of a model against its best baseline (:func:`mmpipe.eval.retrieval.paired_comparison`
+    plus ``metric`` and ``best_baseline``): the values, the ratio and the difference with their intervals."""
+    return (f"{c['metric']}: {c['model']:.3f} vs best baseline {c['best_baseline']} {c['baseline']:.3f}: "
+            f"{times(c['ratio'])} (90% CI {times(c['ratio_ci'][0])} to {times(c['ratio_ci'][1])}), "
+            f"{signed_points(c['difference'])} points (90% CI {signed_points(c['difference_ci'][0])} to "
+            f"{signed_points(c['difference_ci'][1])})")
+
+
+# What a report summary keeps of each comparison of the model with its best baseline
+# (summary field -> comparison key), for the overview and the DVC metrics.
+COMPARISON_FIELDS = {"best_baseline": "best_baseline", "gains": "gain", "gain_ci": "gain_ci", "ratio": "ratio",
+                     "ratio_ci": "ratio_ci", "difference": "difference", "difference_ci": "difference_ci"}
+
+
+def comparisons_summary(comparisons: Mapping[str, Mapping]) -> dict:
+    """``{field: {metric: value}}`` of comparisons keyed by metric (see COMPARISON_FIELDS)."""
+    return {field: {metric: c[key] for metric, c in comparisons.items()} for field, key in COMPARISON_FIELDS.items()}
+
+
+def report_order(metrics: Mapping[str, Mapping], model: str, baselines) -> list[str]:
+    """The rows of a report: the model, its baselines, then every other method scored; a
+    model or baseline without metrics is an error naming what there is."""
+    missing = [name for name in (model, *baselines) if name not in metrics]
+    if missing:
+        raise ValueError(f"no metrics for {missing}; have {sorted(metrics)}")
+    return list(dict.fromkeys([model, *baselines, *metrics]))

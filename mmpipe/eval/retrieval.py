@@ -320,6 +320,12 @@ def paired_bootstrap_gain(
     both, so what the interval measures is how much the gain depends on which queries
     happened to be held out. A percentile interval at ``level``.
     """
+    return _paired_interval(model, baseline, relative_gain, n_resamples, level, seed)
+
+
+def _paired_interval(model, baseline, statistic, n_resamples: int, level: float, seed: int) -> tuple[float, float]:
+    """Percentile interval at ``level`` of ``statistic(mean(model), mean(baseline))`` over
+    ``n_resamples`` paired resamples of the queries, the draws fixed by ``seed``."""
     model, baseline = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if model.shape != baseline.shape or model.ndim != 1:
         raise ValueError(f"need two equally long 1-D arrays, got {model.shape} and {baseline.shape}")
@@ -328,9 +334,32 @@ def paired_bootstrap_gain(
     if len(model) == 0:
         return math.nan, math.nan
     draws = np.random.default_rng(seed).integers(0, len(model), size=(n_resamples, len(model)))
-    gains = [relative_gain(m, b) for m, b in zip(model[draws].mean(1), baseline[draws].mean(1))]
-    low, high = np.quantile(gains, [(1 - level) / 2, (1 + level) / 2])
+    values = [statistic(m, b) for m, b in zip(model[draws].mean(1), baseline[draws].mean(1))]
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def paired_bootstrap_difference(model: np.ndarray, baseline: np.ndarray, n_resamples: int = 2000,
+                                level: float = 0.9, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of mean(model) - mean(baseline) over paired resamples of the
+    queries (say, each query's hit at R1, 0 or 1, so the interval is in points of recall).
+    The draws are :func:`paired_bootstrap_gain`'s with the same seed, so a ratio and a
+    difference reported side by side come from the same resamples."""
+    return _paired_interval(model, baseline, lambda m, b: m - b, n_resamples, level, seed)
+
+
+def paired_comparison(model: np.ndarray, baseline: np.ndarray, n_resamples: int = 2000, level: float = 0.9,
+                      seed: int = 0) -> dict:
+    """mean(model) against mean(baseline) over the same queries (per-query scores, such as
+    hits): their values, the relative gain, the ratio (1 + gain: for metrics that are never
+    negative) and the difference, each with its paired-bootstrap interval from the same draws."""
+    model_value, baseline_value = float(np.mean(model)), float(np.mean(baseline))
+    gain = relative_gain(model_value, baseline_value)
+    gain_ci = paired_bootstrap_gain(model, baseline, n_resamples, level, seed)
+    return {"model": model_value, "baseline": baseline_value, "gain": gain, "gain_ci": gain_ci,
+            "ratio": 1 + gain, "ratio_ci": (1 + gain_ci[0], 1 + gain_ci[1]),
+            "difference": model_value - baseline_value,
+            "difference_ci": paired_bootstrap_difference(model, baseline, n_resamples, level, seed)}
 
 
 def neighbors_from_pairs(pairs: pd.DataFrame) -> dict[str, set[str]]:

@@ -149,3 +149,51 @@ def _declared_frame_count(stream, container, native_fps: float) -> int:
     if container.duration is not None:
         return int(round(container.duration / av.time_base * native_fps))
     return 0
+
+
+def write_spans_mp4(source: Path, spans, out: Path, crf: int = 23) -> int:
+    """Write the frames of video ``source`` that fall in any of ``spans`` ([start_s, end_s)
+    from the first frame, as the frame store times them) to ``out``: one H.264 MP4 at the
+    source's frame rate, the spans back to back in time order. Frames are encoded as they
+    are decoded (a long video never sits in memory) into a temporary file moved into place
+    at the end. Returns the number of frames written."""
+    from fractions import Fraction
+
+    from mmpipe.io import atomic_path
+
+    spans = sorted((float(start), float(end)) for start, end in spans)
+    if not spans or any(end <= start for start, end in spans):
+        raise ValueError(f"need at least one span with end > start, got {spans}")
+    written = 0
+    with atomic_path(Path(out)) as tmp, av.open(str(tmp), "w", format="mp4") as output:
+        try:
+            with av.open(str(source)) as container:
+                if not container.streams.video:
+                    raise VideoDecodeError(f"{source}: no video stream")
+                stream = container.streams.video[0]
+                rate = Fraction(stream.average_rate or 25).limit_denominator(1000)
+                # Frames are stamped in 1/rate: the stream's own time base turns into the
+                # muxer's once the header is written.
+                time_base = 1 / rate
+                encoded, first_time = None, None
+                for position, frame in enumerate(container.decode(stream)):
+                    raw_time = frame.time if frame.time is not None else position / float(rate)
+                    first_time = raw_time if first_time is None else first_time
+                    t = raw_time - first_time + _BIN_EPSILON
+                    if not any(start <= t < end for start, end in spans):
+                        continue
+                    if encoded is None:  # yuv420p needs even sides
+                        encoded = output.add_stream("libx264", rate=rate, options={"crf": str(crf)})
+                        encoded.width, encoded.height = frame.width - frame.width % 2, frame.height - frame.height % 2
+                        encoded.pix_fmt = "yuv420p"
+                        encoded.time_base = time_base
+                    picture = frame.reformat(width=encoded.width, height=encoded.height, format="yuv420p")
+                    picture.pts, picture.time_base = written, time_base
+                    output.mux(encoded.encode(picture))
+                    written += 1
+                if encoded is None:
+                    raise ValueError(f"no frame of {source} falls in the spans {spans}")
+                output.mux(encoded.encode())
+        except (av.error.FFmpegError, OSError) as error:
+            raise VideoDecodeError(f"{source}: cannot be decoded ({type(error).__name__}: {error})") from error
+    return written

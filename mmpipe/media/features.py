@@ -227,6 +227,31 @@ class PyfuncImageEncoder:
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
+def registry_text_embeddings(model_name: str, version: str, texts: Sequence[str], batch_size: int = 256,
+                             predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> np.ndarray:
+    """[len(texts), D] text embeddings by registered model ``model_name`` at ``version``
+    through the registry's pyfunc contract (a ``text`` column in, an ``embedding`` column
+    out): the image encoder's own text side, in the space of its frame features, reached
+    without importing the system that registered it. ``predict`` replaces the MLflow model."""
+    uri = f"models:/{model_name}/{version}"
+    if predict is None:
+        import mlflow
+
+        from mmpipe.registry.mlflow_registry import configure
+
+        configure()
+        predict = mlflow.pyfunc.load_model(uri).predict
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start:start + batch_size])
+        out = predict(pd.DataFrame({"text": batch}))
+        if "embedding" not in out.columns or len(out) != len(batch):
+            raise ValueError(f"{uri} returned {list(out.columns)} x {len(out)} rows for {len(batch)} texts; "
+                             "the contract is one 'embedding' per text row")
+        parts.append(np.stack([np.asarray(vector, dtype=np.float32) for vector in out["embedding"]]))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
 # ---------------------------------------------------------------------------------------
 # the stored tables: one .npz per day (row columns + embedding + meta), written atomically
 

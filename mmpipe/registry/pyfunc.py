@@ -147,3 +147,17 @@ def logged_weights(model_uri: str) -> tuple[dict, dict]:
         record = json.loads((root / artifacts["config"]["path"]).read_text())
     return state, record
 
+
+def read_logged_record(config_path: Path, text_model_dir: Path | None, model: str) -> dict:
+    """The JSON record :func:`log_model_with_text_tower` logged (``config_path``), checked
+    against the text tower it is about to run with: a tower logged as an artifact needs its
+    directory (``text_model_dir``); the packaged one warns when the installed package is
+    another version than ``model`` was logged with."""
+    record = json.loads(Path(config_path).read_text())
+    tower = record["text"]["tower"]
+    if text_model_dir is None and "artifact" in tower:
+        raise ValueError(f"this model's text tower was logged as the {tower['artifact']!r} artifact: "
+                         "pass its directory")
+    if text_model_dir is None and tower.get("package") == TEXT_PACKAGE:
+        warn_on_package_drift(tower.get("version"), model)
+    return record

@@ -4,10 +4,12 @@
 registry CLI); systems never import each other.
 """
 
+from mmpipe.systems.chan import SPEC as CHAN
+from mmpipe.systems.moment import SPEC as MOMENT
 from mmpipe.systems.pinclip import SPEC as PINCLIP
 
 # MAC's SPEC (mmpipe.systems.mac) joins with its assets (orchestration/definitions.py).
-SPECS = (PINCLIP,)
+SPECS = (PINCLIP, CHAN, MOMENT)
 
 
 def spec_named(name: str):

@@ -277,3 +277,12 @@ def fit(
     for record in history:  # the last metrics of each phase: a fusion run still reports its towers' loss
         final.update(record)
     return FitResult(end, final, history, previous_seconds + time.perf_counter() - started, validation)
+
+
+def load_trained_model(out_dir: Path, build: Callable[[dict], nn.Module]) -> nn.Module:
+    """The model a training run left in ``out_dir`` (its last checkpoint), in eval mode:
+    ``build(config)`` makes it from the config the run recorded, then its weights are loaded."""
+    checkpoint = Path(out_dir) / CHECKPOINT_DIR
+    model = build(read_trainer_state(checkpoint)["config"])
+    load_checkpoint(checkpoint, model, restore_rng=False)
+    return model.eval()

@@ -46,10 +46,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mmpipe.eval.report import metrics_table_markdown
-from mmpipe.eval.retrieval import (DEFAULT_KS, first_relevant_ranks, paired_bootstrap_gain, relative_gain,
-                                   summarise_ranks)
-from mmpipe.media.features import VideoFeaturesConfig
+from mmpipe.eval.report import comparison_line, metrics_table_markdown, signed_points, times
+from mmpipe.eval.retrieval import (DEFAULT_KS, first_relevant_ranks, paired_bootstrap_difference,
+                                   paired_comparison, summarise_ranks)
+from mmpipe.media.features import VideoFeaturesConfig, registry_text_embeddings
 from mmpipe.spec import EvalOutcome
 from mmpipe.systems.mac.data import TEST, TRAIN, VALIDATION, MACInputs
 from mmpipe.systems.mac.model import MAC
@@ -245,30 +245,6 @@ def mean_frame_embeddings(frame_features, video_ids: Sequence[str]) -> np.ndarra
     return _unit_rows(pooled)
 
 
-def registry_text_embeddings(model_name: str, version: str, texts: Sequence[str], batch_size: int = 256
-                             ) -> np.ndarray:
-    """[len(texts), D] text embeddings by registered model ``model_name`` at ``version``,
-    through the registry's pyfunc contract (a ``text`` column in, an ``embedding`` column
-    out): systems never import each other, so PinCLIP's text tower is reached this way.
-    The one place the registry is called; tests replace it."""
-    import mlflow
-
-    from mmpipe.registry.mlflow_registry import configure
-
-    configure()
-    uri = f"models:/{model_name}/{version}"
-    predict = mlflow.pyfunc.load_model(uri).predict
-    parts = []
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start:start + batch_size])
-        out = predict(pd.DataFrame({"text": batch}))
-        if "embedding" not in out.columns or len(out) != len(batch):
-            raise ValueError(f"{uri} returned {list(out.columns)} x {len(out)} rows for {len(batch)} texts; "
-                             "the contract is one 'embedding' per text row")
-        parts.append(np.stack([np.asarray(vector, dtype=np.float32) for vector in out["embedding"]]))
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
 def pinclip_frames_embeddings(inputs: MACInputs, queries: Mapping[str, WindowQueries]) -> MethodEmbeddings:
     """The baseline without video training: mean-pooled frame embeddings of the image
     encoder's champion against the text embeddings of the *same* registered version, so
@@ -323,22 +299,6 @@ def score_methods(methods: Sequence[MethodEmbeddings], queries: Mapping[str, Win
     return Scores(metrics, ranks)
 
 
-def paired_bootstrap_difference(model: np.ndarray, baseline: np.ndarray, n_resamples: int = 2000,
-                                level: float = 0.9, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of mean(model) - mean(baseline) over paired resamples of the
-    queries. The draws are :func:`paired_bootstrap_gain`'s with the same seed, so a ratio
-    and a difference reported side by side come from the same resamples."""
-    model, baseline = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-    if model.shape != baseline.shape or model.ndim != 1:
-        raise ValueError(f"need two equally long 1-D arrays, got {model.shape} and {baseline.shape}")
-    if len(model) == 0:
-        return math.nan, math.nan
-    draws = np.random.default_rng(seed).integers(0, len(model), size=(n_resamples, len(model)))
-    differences = model[draws].mean(1) - baseline[draws].mean(1)
-    low, high = np.quantile(differences, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
 def _best(metrics: Mapping[str, Mapping[str, float]], methods: Sequence[str], key: str) -> str | None:
     scored = [name for name in methods if _finite(metrics.get(name, {}).get(key))]
     return max(scored, key=lambda name: metrics[name][key]) if scored else None
@@ -356,15 +316,7 @@ def compare(scores: Scores, model: str, others: Sequence[str], window: str, dire
                 "difference": math.nan, "difference_ci": (math.nan, math.nan)}
     hits = scores.ranks[model][window][direction] <= k
     baseline_hits = scores.ranks[best][window][direction] <= k
-    model_value, baseline_value = scores.metrics[model][key], scores.metrics[best][key]
-    gain = relative_gain(model_value, baseline_value)
-    gain_ci = paired_bootstrap_gain(hits, baseline_hits)
-    return {"metric": key, "best_baseline": best, "model": model_value, "baseline": baseline_value,
-            "gain": gain, "gain_ci": gain_ci,
-            # R@k is never negative, so ratio = 1 + relative gain, interval included
-            "ratio": 1 + gain, "ratio_ci": (1 + gain_ci[0], 1 + gain_ci[1]),
-            "difference": model_value - baseline_value,
-            "difference_ci": paired_bootstrap_difference(hits, baseline_hits)}
+    return {"metric": key, "best_baseline": best, **paired_comparison(hits, baseline_hits)}
 
 
 def duplicate_captions(inputs: MACInputs, queries: WindowQueries) -> int:
@@ -381,21 +333,6 @@ def duplicate_captions(inputs: MACInputs, queries: WindowQueries) -> int:
 
 # ---------------------------------------------------------------------------------------
 # the report
-
-
-def _times(value: float) -> str:
-    return f"{value:.2f}x" if _finite(value) else ("inf" if value == math.inf else "n/a")
-
-
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f}" if _finite(value) else "n/a"
-
-
-def _comparison_line(c: dict) -> str:
-    return (f"{c['metric']}: {c['model']:.3f} vs best baseline {c['best_baseline']} {c['baseline']:.3f}: "
-            f"{_times(c['ratio'])} (90% CI {_times(c['ratio_ci'][0])} to {_times(c['ratio_ci'][1])}), "
-            f"{_points(c['difference'])} points (90% CI {_points(c['difference_ci'][0])} to "
-            f"{_points(c['difference_ci'][1])})")
 
 
 def table_columns(window: str) -> list[str]:
@@ -459,10 +396,10 @@ def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MAC
     lines = [f"# MAC evaluation: {model}", ""]
     if headline["best_baseline"] is not None:
         lines += [f"**Text→video, test window: R@{GAIN_K} {headline['model']:.3f}** against the best baseline "
-                  f"{headline['best_baseline']} {headline['baseline']:.3f}: {_times(headline['ratio'])} (90% CI "
-                  f"{_times(headline['ratio_ci'][0])} to {_times(headline['ratio_ci'][1])}), "
-                  f"{_points(headline['difference'])} points (90% CI {_points(headline['difference_ci'][0])} to "
-                  f"{_points(headline['difference_ci'][1])}).", ""]
+                  f"{headline['best_baseline']} {headline['baseline']:.3f}: {times(headline['ratio'])} (90% CI "
+                  f"{times(headline['ratio_ci'][0])} to {times(headline['ratio_ci'][1])}), "
+                  f"{signed_points(headline['difference'])} points (90% CI {signed_points(headline['difference_ci'][0])} to "
+                  f"{signed_points(headline['difference_ci'][1])}).", ""]
     lines += [
         f"Windows by video creation date: train before **{w.train_end}** ({train_videos} videos, the only ones "
         f"training saw), validation {w.train_end} to {w.test_start} ({counts[VALIDATION]['videos']} videos, "
@@ -481,7 +418,7 @@ def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MAC
                   f"{counts[window]['captions']} captions)", "",
                   metrics_table_markdown({name: metrics[name] for name in order}, columns=table_columns(window),
                                          highlight=model), ""]
-        lines += [f"- {_comparison_line(c)}" for key, c in comparisons.items()
+        lines += [f"- {comparison_line(c)}" for key, c in comparisons.items()
                   if key.endswith(f"/{window}") and c["best_baseline"] is not None]
         lines.append("")
     lines += ["## Rows", ""]
@@ -698,8 +635,8 @@ def evaluate_sweeps(inputs: MACInputs, settings: MACSettings, model_dir: Path,
     lines += [f"## Differences ({MODEL_NAME} − sweep, in points of recall)", ""]
     for d in differences.values():
         model_value, sweep_value = scores.metrics[MODEL_NAME][d["metric"]], scores.metrics[d["sweep"]][d["metric"]]
-        lines.append(f"- {d['sweep']}, {d['metric']}: {_points(d['difference'])} ({MODEL_NAME} {model_value:.3f}, "
-                     f"{d['sweep']} {sweep_value:.3f}; 90% CI {_points(d['ci'][0])} to {_points(d['ci'][1])})")
+        lines.append(f"- {d['sweep']}, {d['metric']}: {signed_points(d['difference'])} ({MODEL_NAME} {model_value:.3f}, "
+                     f"{d['sweep']} {sweep_value:.3f}; 90% CI {signed_points(d['ci'][0])} to {signed_points(d['ci'][1])})")
     markdown = "\n".join(lines) + "\n"
 
     sweep_key = recall_key(TEXT_TO_VIDEO, 1, TEST)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,8 +76,7 @@ from mmpipe.registry.mlflow_registry import (
     configure,
     register_logged_model,
 )
-from mmpipe.registry.pyfunc import (TEXT_PACKAGE, log_model_with_text_tower,
-                                     warn_on_package_drift)
+from mmpipe.registry.pyfunc import log_model_with_text_tower, read_logged_record
 from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError, require_tracking_store,
                                      resolve_model_uri as registry_model_uri,
                                      version_uri as registered_version_uri)
@@ -183,13 +181,7 @@ class MACEmbedder:
     @classmethod
     def from_files(cls, weights: Path, config_path: Path, text_model_dir: Path | None = None) -> MACEmbedder:
         """Load logged artifacts; ``text_model_dir=None`` means the packaged MiniLM."""
-        record = json.loads(Path(config_path).read_text())
-        tower = record["text"]["tower"]
-        if text_model_dir is None and "artifact" in tower:
-            raise ValueError(f"this model's text tower was logged as the {tower['artifact']!r} artifact: "
-                             "pass its directory")
-        if text_model_dir is None and tower.get("package") == TEXT_PACKAGE:
-            warn_on_package_drift(tower.get("version"), "MAC")
+        record = read_logged_record(config_path, text_model_dir, "MAC")
         model = MAC(MACConfig.from_dict(record["model"]))
         model.load_state_dict(load_file(str(weights)))
         return cls(model, record["clip"]["n_frames"], record["text"]["max_length"], text_model_dir)
