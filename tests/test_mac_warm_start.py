@@ -62,6 +62,30 @@ def test_time_starts_neutral_so_a_still_clip_embeds_like_one_frame():
     torch.testing.assert_close(still, one, atol=1e-5, rtol=1e-4)
 
 
+def test_frame_local_blocks_start_a_clip_as_the_mean_of_its_frame_embeddings():
+    # The source's blocks attend within each frame and one more block, across the clip,
+    # starts as the identity: a clip of different frames embeds as the mean of its frames'
+    # (unnormalised) embeddings, each computed by the source's blocks alone.
+    _, mac = _pair(MACConfig(**{**PLAIN.to_dict(), "depth": 3, "local_depth": 2}))
+    frames = torch.randn(2, 3, 3, 32, 32)
+    video = mac.video
+    with torch.no_grad():
+        tokens = video.patch_embed(patchify(frames.flatten(0, 1), 8)) + video.spatial_pos  # [6, 16, 32]
+        for block in video.blocks[:2]:
+            tokens = block(tokens)
+        per_frame = video.proj(video.norm(tokens).mean(1)).view(2, 3, -1)
+        expected = torch.nn.functional.normalize(per_frame.mean(1), dim=-1)
+        torch.testing.assert_close(mac.encode_video(frames), expected, atol=1e-4, rtol=1e-3)
+        # Joint attention from the first block mixes the frames: not the mean.
+        joint = _pair()[1]
+        assert not torch.allclose(joint.encode_video(frames), expected, atol=1e-3)
+
+
+def test_local_depth_beyond_depth_is_refused():
+    with pytest.raises(ValueError, match="local_depth 3 must be between 0 and depth 2"):
+        MACConfig(**{**PLAIN.to_dict(), "local_depth": 3})
+
+
 def test_the_conv_stem_is_copied_layer_by_layer():
     source_config = PinCLIPConfig.tiny(text_hidden_size=32, image_size=32, patch_size=2, stem_channels=32,
                                        stem_stride=4)
