@@ -20,7 +20,19 @@ from mmpipe.world.captions import SYNONYMS, choose_mentions, mentioned_values, p
 from mmpipe.world.config import world_config
 from mmpipe.world.generate import generate_world
 from mmpipe.eval.classification import oracle_auc, roc_auc
-from mmpipe.world.pins import DEFECTS, PinWorld, generate_boards
+from mmpipe.eval.splits import cold_items, date_windows
+from mmpipe.world.generate import stream_rng
+from mmpipe.world.pins import (
+    CLICK_NOISE_STD,
+    DEFECTS,
+    POSITION_BIAS,
+    VALUE_OFFSETS,
+    PinWorld,
+    generate_boards,
+    generate_interactions,
+    generate_pins,
+    generate_users,
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -137,7 +149,8 @@ def test_tables_and_truth_follow_the_layout(tiny_world):
     assert (pins["image_path"] == "images/" + pins["pin_id"] + ".jpg").all()
     assert pins["created_at"].between(world["start_date"], world["end_date"]).all()
     interactions = good_rows(tiny_world, "interactions")
-    assert len(interactions) == cfg.n_impressions
+    assert world["exploration_impressions"] > 0
+    assert len(interactions) == cfg.n_impressions + world["exploration_impressions"]
     assert interactions["position"].between(0, 19).all() and interactions["clicked"].isin([0, 1]).all()
 
 
@@ -275,7 +288,7 @@ def test_roc_auc_matches_pairwise_counting():
 
 def test_clicks_follow_the_true_probabilities(tiny_world):
     interactions = good_rows(tiny_world, "interactions").merge(truth(tiny_world, "impressions"), on="impression_id")
-    assert len(interactions) == world_config("tiny").n_impressions
+    assert len(interactions) == world_config("tiny").n_impressions + world_json(tiny_world)["exploration_impressions"]
     p, clicked = interactions["p_click"].to_numpy(), interactions["clicked"].to_numpy()
     standard_error = np.sqrt((p * (1 - p)).sum()) / len(p)
     assert abs(clicked.mean() - p.mean()) < 4 * standard_error
@@ -311,17 +324,126 @@ def test_user_affinities_drive_clicks(tiny_world):
     assert clicked[total > 0.5].mean() > 2 * clicked[total < -0.5].mean()
 
 
-def test_cold_pins_have_few_or_no_impressions(tiny_world):
+def test_the_feed_shows_cold_pins_few_times_or_never(tiny_world):
     cutoff = world_json(tiny_world)["cutoff_date"]
     pins = good_rows(tiny_world, "pins")
     interactions = good_rows(tiny_world, "interactions").merge(truth(tiny_world, "impressions"), on="impression_id")
-    counts = interactions.groupby("pin_id").size().reindex(pins["pin_id"], fill_value=0)
+    feed = interactions[~interactions["is_exploration"]]  # exploration: see the tests below
+    counts = feed.groupby("pin_id").size().reindex(pins["pin_id"], fill_value=0)
     cold = (pins["created_at"] >= cutoff).to_numpy()
     assert cold.sum() >= 10
     assert counts[cold].max() <= 2 and (counts[cold] == 0).mean() >= 0.3
     assert counts[~cold].mean() > 5
     is_cold = pins.set_index("pin_id").loc[interactions["pin_id"], "created_at"].to_numpy() >= cutoff
     assert (interactions["is_cold_item"].to_numpy() == is_cold).all()
+
+
+# --------------------------------------------------------------------------------------
+# exploration of new pins
+
+
+def day_index(dates: pd.Series | np.ndarray) -> np.ndarray:
+    """Days since the tiny world's start of ISO dates."""
+    start = pd.Timestamp(world_config("tiny").start_date)
+    return (pd.to_datetime(pd.Series(np.asarray(dates))) - start).dt.days.to_numpy()
+
+
+def test_exploration_shows_new_pins_the_feed_serves_in_their_first_days(tiny_world):
+    cfg, world = world_config("tiny"), world_json(tiny_world)
+    pins = good_rows(tiny_world, "pins").set_index("pin_id")
+    users = good_rows(tiny_world, "users").set_index("user_id")
+    shown = good_rows(tiny_world, "interactions").merge(truth(tiny_world, "impressions"), on="impression_id")
+    feed, explored = shown[~shown["is_exploration"]], shown[shown["is_exploration"]]
+    assert len(explored) == world["exploration_impressions"] > 0
+    assert shown["is_exploration"].is_monotonic_increasing  # the block follows the feed's
+    assert explored["impression_id"].min() > feed["impression_id"].max()
+
+    # Only new pins, from the day they exist, within their first cold_days days, to users
+    # who have signed up; and only pins the feed serves: a pin it never shows stays unseen.
+    age = day_index(explored["date"]) - day_index(pins.loc[explored["pin_id"], "created_at"])
+    assert age.min() == 0 and age.max() == cfg.cold_days - 1
+    assert (explored["date"].to_numpy() >= users.loc[explored["user_id"], "signup_date"].to_numpy()).all()
+    served = set(feed["pin_id"])
+    assert explored["pin_id"].isin(served).all()
+    assert explored["pin_id"].nunique() >= 0.8 * len(served)  # every pin is new for a while
+    assert explored["position"].nunique() == 20
+
+    # exploration_share of each day's impressions.
+    per_day = shown.groupby(["date", "is_exploration"]).size().unstack(fill_value=0)
+    ratio = cfg.exploration_share / (1 - cfg.exploration_share)
+    assert len(per_day) == cfg.n_days
+    assert (per_day[True] == np.round(per_day[False] * ratio)).all()
+
+
+def test_exploration_gives_cold_items_impressions_in_the_test_window(tiny_world):
+    """Cold as eval/splits defines it: no impression and no save before the training cut-off."""
+    shown = good_rows(tiny_world, "interactions").merge(truth(tiny_world, "impressions"), on="impression_id")
+    pins = good_rows(tiny_world, "pins")
+    windows = date_windows(shown["date"])
+    cold = set(pins["pin_id"][cold_items(pins["pin_id"], shown, good_rows(tiny_world, "board_pins"),
+                                         windows.train_end)])
+    in_test = shown[(windows.window_of(shown["date"]) == "test") & shown["pin_id"].isin(cold)]
+    n_explored = int(in_test["is_exploration"].sum())
+    assert n_explored >= 2 * (len(in_test) - n_explored) and n_explored >= 100
+    assert in_test["clicked"].sum() >= 10
+    # Before the cut-off no cold item is shown, by definition; exploration keeps to it.
+    assert not shown.loc[shown["date"] < windows.train_end, "pin_id"].isin(cold).any()
+
+
+@pytest.fixture(scope="module")
+def tiny_stages(tmp_path_factory):
+    """The tiny world's pins and users, in memory, for the interaction stage alone."""
+    cfg = world_config("tiny")
+    pins = generate_pins(tmp_path_factory.mktemp("stages"), cfg, stream_rng(cfg.seed, "pins"), progress=False,
+                         workers=1)
+    return cfg, pins, generate_users(cfg, stream_rng(cfg.seed, "users"))
+
+
+def good_impressions(stage) -> pd.DataFrame:
+    good = stage.interactions.drop(index=stage.bad_records["row_index"])
+    return good.merge(stage.impressions, on="impression_id", validate="one_to_one")
+
+
+def test_exploration_clicks_come_from_the_click_model(tiny_stages):
+    """logit(p_click) less the model's known terms (user bias, position, the pin's quality,
+    the user's affinities to its main object) is the model's noise, N(0, CLICK_NOISE_STD),
+    for exploration as for the feed: same model, same item quality."""
+    cfg, pins, users = tiny_stages
+    stage = generate_interactions(cfg, stream_rng(cfg.seed, "interactions"), pins, users)
+    shown = good_impressions(stage)
+    user = pd.Index(users.user_ids).get_indexer(shown["user_id"])
+    pin = pd.Index(pins.pin_ids).get_indexer(shown["pin_id"])
+    p = shown["p_click"].to_numpy()
+    known = (users.bias[user] + np.asarray(POSITION_BIAS)[shown["position"].to_numpy()] + stage.quality[pin]
+             + users.affinity[user[:, None], VALUE_OFFSETS[None, :] + pins.main_values[pin]].sum(axis=1))
+    noise = np.log(p / (1 - p)) - known
+    for is_exploration in (False, True):
+        part = noise[shown["is_exploration"].to_numpy() == is_exploration]
+        assert len(part) >= 500
+        assert abs(part.mean()) < 4 * CLICK_NOISE_STD / np.sqrt(len(part))
+        assert abs(part.std() - CLICK_NOISE_STD) < 0.05
+
+
+def test_exploration_leaves_the_feed_as_it_was(tiny_stages):
+    """Exploration draws from its own stream after the feed, and its rows follow the feed's:
+    the world without it is a prefix of the world with it, bad rows included."""
+    cfg, pins, users = tiny_stages
+    with_it = generate_interactions(cfg, stream_rng(cfg.seed, "interactions"), pins, users)
+    without = generate_interactions(cfg.replace(exploration_share=0.0), stream_rng(cfg.seed, "interactions"),
+                                    pins, users)
+    assert without.n_exploration == 0 and with_it.n_exploration == len(good_impressions(with_it)) - cfg.n_impressions
+    assert not without.impressions["is_exploration"].any()
+    for name in ("interactions", "impressions", "bad_records"):
+        before, after = getattr(without, name), getattr(with_it, name)
+        assert len(after) > len(before)
+        pd.testing.assert_frame_equal(after.iloc[: len(before)].reset_index(drop=True), before)
+    np.testing.assert_array_equal(with_it.quality, without.quality)
+    np.testing.assert_array_equal(with_it.activity, without.activity)
+    # The exploration block's bad rows are listed at their place in the whole table.
+    bad = with_it.bad_records.iloc[len(without.bad_records):]
+    assert (bad["row_index"] >= len(without.interactions)).all()
+    rows = with_it.interactions.iloc[bad["row_index"]]
+    assert list(rows["impression_id"]) == list(bad["record_id"])
 
 
 # --------------------------------------------------------------------------------------
@@ -429,7 +551,9 @@ def test_cli_generates_a_world_and_bad_rows_leave_the_good_ones_alone(tiny_world
     assert "oracle AUC" in printed and "interactions" in printed
     world = world_json(out)
     assert world["seed"] == 0 and world["config"]["bad_rate"] == 0.1
-    assert world["bad_records"]["interactions"] == round(0.1 * world_config("tiny").n_impressions)
+    # The feed's block and the exploration block each get their share.
+    n_feed, n_explored = world_config("tiny").n_impressions, world["exploration_impressions"]
+    assert world["bad_records"]["interactions"] == round(0.1 * n_feed) + round(0.1 * n_explored)
     # More bad rows, same good data: the bad ones are drawn from their own streams.
     for table in ("pins", "boards", "board_pins", "users", "interactions"):
         pd.testing.assert_frame_equal(

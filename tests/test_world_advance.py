@@ -3,6 +3,7 @@ where the truth says, deterministic, and leaves everything already delivered unt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -17,7 +18,7 @@ from PIL import Image
 from mmpipe import layout
 from mmpipe.cli import main
 from mmpipe.eval.classification import oracle_auc
-from mmpipe.world.advance import APPENDED_TABLES, advance, stamp_truth_rows
+from mmpipe.world.advance import APPENDED_TABLES, advance, stamp_truth_rows, world_config_of
 from mmpipe.world.config import world_config
 from mmpipe.world.pins import DEFECTS
 
@@ -190,10 +191,42 @@ def test_interactions_reference_known_users_and_pins_and_keep_the_cold_rule(tiny
     on_last_day = new[new["date"] == DAY_2]
     cold_when_shown = (pins.loc[on_last_day["pin_id"], "created_at"] >= world["cutoff_date"]).to_numpy()
     assert (on_last_day["is_cold_item"].to_numpy() == cold_when_shown).all()
-    shown = good_rows(two_days, "interactions").groupby("pin_id").size().reindex(pins.index, fill_value=0)
+    # The feed shows cold pins few times or never (exploration: see the next test).
+    everything = good_rows(two_days, "interactions").merge(truth(two_days, "impressions"), on="impression_id")
+    feed = everything[~everything["is_exploration"]]
+    shown = feed.groupby("pin_id").size().reindex(pins.index, fill_value=0)
     cold = (pins["created_at"] >= world["cutoff_date"]).to_numpy()
     assert cold.sum() >= 10 and shown[cold].max() <= 2 and (shown[cold] == 0).mean() >= 0.3
     assert shown[~cold].mean() > 5
+
+
+def test_each_new_day_explores_the_new_pins_the_feed_serves(tiny_world, two_days):
+    """The generator's rule on every advanced day: exploration_share of the day's impressions
+    go to pins in their first cold_days days that the feed has shown by then, after the
+    feed's rows in the day's log."""
+    everything = good_rows(two_days, "interactions").merge(truth(two_days, "impressions"), on="impression_id")
+    new = everything.iloc[len(truth(tiny_world, "impressions")):]
+    created = good_rows(two_days, "pins").set_index("pin_id")["created_at"]
+    ratio = CFG.exploration_share / (1 - CFG.exploration_share)
+    for day in (DAY_1, DAY_2):
+        rows = new[new["date"] == day]
+        feed, explored = rows[~rows["is_exploration"]], rows[rows["is_exploration"]]
+        assert len(explored) == round(len(feed) * ratio) > 0
+        assert rows["is_exploration"].is_monotonic_increasing
+        age = (pd.to_datetime(explored["date"]) - pd.to_datetime(created.loc[explored["pin_id"]].to_numpy())).dt.days
+        assert age.between(0, CFG.cold_days - 1).all() and (age == 0).any() and (age == 1).any()
+        served = everything.loc[~everything["is_exploration"] & (everything["date"] <= day), "pin_id"]
+        assert explored["pin_id"].isin(set(served)).all()
+        assert explored["is_cold_item"].all()  # every pin in its first cold_days days is cold
+    world = json.loads(layout.truth_path(two_days, "world").read_text())
+    assert world["exploration_impressions"] == int(everything["is_exploration"].sum())
+
+
+def test_a_world_from_before_exploration_is_advanced_without_it():
+    config = dataclasses.asdict(CFG)  # as world.json records it
+    assert world_config_of({"config": config}) == CFG
+    del config["exploration_share"]
+    assert world_config_of({"config": config}) == CFG.replace(exploration_share=0.0)
 
 
 def test_manifest_and_world_json_describe_the_new_window(tiny_world, one_day):

@@ -20,6 +20,10 @@ the truth it wrote. Only what is new to a daily delivery is decided here:
   on the day it appears, and none until it leaves the cold window; then it is shown by a
   persistent popularity, like every warm pin. ``impressions.is_cold_item`` says whether
   the pin was cold on the impression's day.
+- Exploration follows the generator's rule (see ``mmpipe.world.pins.exploration_count``):
+  ``exploration_share`` of the day's impressions go to the pins in their first
+  ``cold_days`` days that the feed has shown (so far, the day's feed included), after the
+  feed's rows in the day's log; ``impressions.is_exploration`` marks them.
 - Bad rows. Each appended table gets ``bad_rate`` of its new good rows as bad rows, at
   least one; the kinds rotate at random, so every kind turns up over a few days.
 - Ids continue each sequence past every id any row mentions, including the unknown ids
@@ -79,7 +83,10 @@ from mmpipe.world.pins import (
     day_to_date,
     describe_pins,
     draw_clicks,
+    draw_exploration,
     draw_off_theme,
+    exploration_count,
+    exploration_pool,
     format_id,
     generate_interactions,
     generate_users,
@@ -224,6 +231,9 @@ def write_table_atomic(df: pd.DataFrame, path: Path) -> None:
 
 def world_config_of(world: dict) -> WorldConfig:
     config = dict(world["config"])
+    # A world written before exploration existed had none; advancing it with the default
+    # share would break the replay of its interactions (``replay_latent_state``).
+    config.setdefault("exploration_share", 0.0)
     config["video_seconds"] = tuple(config["video_seconds"])
     return WorldConfig(**config)
 
@@ -434,7 +444,8 @@ def new_board_saves(w: World, day: int, pins: NewPins, block: DayBlock) -> None:
 
 def new_interactions(w: World, day: int, pins: NewPins, block: DayBlock) -> None:
     """The day's impressions and clicks: existing users (by activity) see warm pins (by
-    popularity) and the new pins (their cold exposure), clicking by the world's model."""
+    popularity) and the new pins (their cold exposure), then the day's exploration of new
+    pins, clicking by the world's model."""
     cfg, iso = w.cfg, day_to_date(w.manifest["start_date"], day)
     rng = day_rng(cfg.seed, "interactions", day)
     bad_rng = split_rng(rng)
@@ -456,6 +467,30 @@ def new_interactions(w: World, day: int, pins: NewPins, block: DayBlock) -> None
     position = rng.integers(0, N_POSITIONS, size=len(pin))
     p_click, clicked = draw_clicks(rng, w.users, user, position, quality[pin], main_values[pin])
 
+    # Exploration: its own stream, split off after the feed's last draw, so the feed's rows
+    # are what they would be without it. The served pins are those the feed has shown, in
+    # the committed world or today (every committed impression is of a served pin); a pin
+    # in its first cold_days days can only have been shown since the first of those days.
+    explore_rng = split_rng(rng)
+    recent = np.flatnonzero(pin_days > day - cfg.cold_days)
+    since = day_to_date(w.manifest["start_date"], day - cfg.cold_days + 1)
+    committed_rows = w.raw["interactions"]
+    recent_rows = good_rows(committed_rows[committed_rows["date"] >= since], w.truth["bad_records"], "interactions")
+    shown_before = set(recent_rows["pin_id"])
+    served = np.zeros(len(pin_ids), dtype=bool)
+    served[recent] = [pin_ids[p] in shown_before for p in recent]
+    served |= np.bincount(pin, minlength=len(pin_ids)) > 0
+    e_pin, e_user = draw_exploration(
+        explore_rng, int(exploration_count(len(pin), cfg.exploration_share)),
+        exploration_pool(pin_days, day, cfg.cold_days, served), np.flatnonzero(w.users.signup_days <= day), w.activity,
+    )
+    e_position = explore_rng.integers(0, N_POSITIONS, size=len(e_pin))
+    e_p_click, e_clicked = draw_clicks(explore_rng, w.users, e_user, e_position, quality[e_pin], main_values[e_pin])
+    is_exploration = np.repeat([False, True], [len(pin), len(e_pin)])
+    pin, user = np.concatenate([pin, e_pin]), np.concatenate([user, e_user])
+    position, p_click = np.concatenate([position, e_position]), np.concatenate([p_click, e_p_click])
+    clicked = np.concatenate([clicked, e_clicked])
+
     impression_ids = w.ids.ids("i", len(pin))
     good = pd.DataFrame({
         "impression_id": impression_ids,
@@ -473,7 +508,8 @@ def new_interactions(w: World, day: int, pins: NewPins, block: DayBlock) -> None
     interactions, positions = interleave(good, bad, bad_rng)
     block.raw["interactions"] = interactions
     block.truth["impressions"] = pd.DataFrame(
-        {"impression_id": impression_ids, "p_click": p_click, "is_cold_item": is_cold[pin]}
+        {"impression_id": impression_ids, "p_click": p_click, "is_cold_item": is_cold[pin],
+         "is_exploration": is_exploration}
     )
     block.add_bad(bad_records_frame("interactions", positions, bad_ids, defects), len(w.raw["interactions"]))
 
@@ -542,6 +578,9 @@ def world_summary(w: World, raw: dict[str, pd.DataFrame], truth: dict[str, pd.Da
         "dates": dates,
         "cutoff_date": dates[len(dates) - cfg.cold_days],  # first day whose new pins are cold
         "mean_p_click": float(p_click.mean()),
+        # A world generated before exploration existed has no such column: none of its
+        # impressions, nor of the days advanced from it, are exploration.
+        "exploration_impressions": int(truth["impressions"].get("is_exploration", pd.Series(dtype=bool)).sum()),
         "counts": {table: len(df) for table, df in raw.items()},
         "bad_records": {table: int((bad["table"] == table).sum()) for table in raw},
         "advanced_days": len(dates) - cfg.n_days,

@@ -145,6 +145,7 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "caption_mention_probability": MENTION_PROBABILITY,
         "position_bias": POSITION_BIAS,
         "mean_p_click": interactions.mean_p_click,
+        "exploration_impressions": interactions.n_exploration,  # good ones, of truth's impressions
         "counts": counts,
         "bad_records": bad_counts,
     }
@@ -161,6 +162,7 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "counts": counts,
         "bad_records": bad_counts,
         "mean_p_click": interactions.mean_p_click,
+        "exploration_impressions": interactions.n_exploration,
         "cutoff_date": world["cutoff_date"],
         "video_generation_s": round(video_seconds, 1),
     }

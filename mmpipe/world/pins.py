@@ -668,7 +668,7 @@ def generate_users(cfg: WorldConfig, rng: np.random.Generator) -> UserWorld:
 # impressions and clicks
 
 
-# A cold pin is shown 0, 1 or 2 times in all, with these probabilities.
+# A cold pin is shown 0, 1 or 2 times in all by the feed, with these probabilities.
 COLD_IMPRESSION_PROBABILITIES = (0.5, 0.3, 0.2)
 # Spread of the lognormal popularity of warm pins and activity of users.
 EXPOSURE_SIGMA = 0.8
@@ -682,14 +682,58 @@ class InteractionWorld:
     impressions: pd.DataFrame  # truth, good rows in table order
     bad_records: pd.DataFrame
     mean_p_click: float
+    n_exploration: int  # good impressions from exploration (the last block of the log)
     # Latent state that no file records, kept for ``world advance`` (which replays this stage):
     quality: np.ndarray  # [n_pins] item quality of each good pin
     activity: np.ndarray  # [n_users] how often each user is shown things, relative to others
 
 
 def cold_impression_counts(n_cold: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each of ``n_cold`` cold pins is shown: most never, some once or twice."""
+    """How often each of ``n_cold`` cold pins is shown by the feed: most never, some once or twice."""
     return rng.choice(len(COLD_IMPRESSION_PROBABILITIES), size=n_cold, p=COLD_IMPRESSION_PROBABILITIES)
+
+
+# Exploration. A feed that shows pins by their popularity learns nothing about new ones, so
+# real platforms set aside part of each day's traffic to show fresh items; without it a pin
+# created after the training cut-off has 0-2 impressions, too few for any cold-start CTR
+# model to be scored on. The rule, the same for the generated days and for `world advance`:
+# - a share of each day's impressions, ``WorldConfig.exploration_share``, is exploration:
+#   round(feed * share / (1 - share)) impressions on top of the day's ``feed`` impressions;
+# - they go to the day's new pins, those in their first ``cold_days`` days (created on the
+#   day or the cold_days - 1 days before it), never before a pin exists; among them only the
+#   pins the feed serves, those it shows at least once (a pin the feed never shows stays
+#   unseen: pins that never reach serving exist, and evaluations count them);
+# - each one shows a new pin chosen uniformly to a user drawn by activity among the users
+#   who have signed up, at a uniform position; the click comes from ``draw_clicks``.
+# Exploration draws from its own split stream after every draw of the feed, and its rows
+# follow the feed's in the log, so the feed's impressions are the same as without it.
+
+
+def exploration_count(n_feed: int | np.ndarray, share: float) -> np.ndarray:
+    """Exploration impressions of days with ``n_feed`` feed impressions each: ``share`` of
+    each day's impressions, feed and exploration together."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"exploration_share must be in [0, 1), got {share}")
+    return np.round(np.asarray(n_feed, dtype=np.float64) * share / (1.0 - share)).astype(np.int64)
+
+
+def exploration_pool(pin_days: np.ndarray, day: int, cold_days: int, served: np.ndarray) -> np.ndarray:
+    """Indices of the pins explored on ``day``: created within its last ``cold_days`` days
+    and served by the feed (``served``, row-aligned with ``pin_days``)."""
+    return np.flatnonzero((pin_days <= day) & (pin_days > day - cold_days) & served)
+
+
+def draw_exploration(
+    rng: np.random.Generator, n: int, pool: np.ndarray, eligible_users: np.ndarray, activity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pin, user) of ``n`` exploration impressions of one day: pins uniform over ``pool``,
+    users by ``activity`` among ``eligible_users``. Empty when the pool or the users are."""
+    if n == 0 or len(pool) == 0 or len(eligible_users) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    weights = activity[eligible_users]
+    pin = pool[rng.integers(len(pool), size=n)]
+    user = rng.choice(eligible_users, size=n, p=weights / weights.sum())
+    return pin, user
 
 
 def draw_clicks(
@@ -733,6 +777,56 @@ def bad_interaction_rows(
     return bad, bad_ids
 
 
+@dataclass
+class ImpressionLog:
+    """One block of the impressions log: raw rows (good and bad), truth, bad records."""
+
+    interactions: pd.DataFrame
+    impressions: pd.DataFrame
+    bad_records: pd.DataFrame  # row_index within this block
+    width: int  # digits of its ids
+    n_defects: int
+
+
+def log_block(
+    cfg: WorldConfig, pins: PinWorld, users: UserWorld, shown: dict[str, np.ndarray], is_exploration: bool,
+    first_number: int, width: int | None, n_earlier_defects: int, bad_rng: np.random.Generator,
+) -> ImpressionLog:
+    """Impressions ``shown`` (arrays user, pin, day, position, clicked, p_click, is_cold,
+    row-aligned) as a daily log with ids from ``first_number``, and their share of bad rows
+    (unknown users and pins numbered past the ``n_earlier_defects`` of earlier blocks).
+    ``width``: the ids' digits, None to size them for this block."""
+    n, n_users, n_pins = len(shown["pin"]), len(users.user_ids), len(pins.pin_ids)
+    order = np.argsort(shown["day"], kind="stable")  # a daily log
+    defects = assign_defects("interactions", n, cfg.bad_rate, bad_rng)
+    width = id_width(first_number - 1 + n + len(defects), 7) if width is None else width
+    impression_ids = [format_id("i", first_number + k, width) for k in range(n)]
+    dates = [day_to_date(cfg.start_date, d) for d in range(cfg.n_days)]
+    good = pd.DataFrame(
+        {
+            "impression_id": impression_ids,
+            "user_id": [users.user_ids[u] for u in shown["user"][order]],
+            "pin_id": [pins.pin_ids[p] for p in shown["pin"][order]],
+            "date": [dates[d] for d in shown["day"][order]],
+            "position": shown["position"][order].astype(np.int64),
+            "clicked": shown["clicked"][order],
+        }
+    )
+    impressions = pd.DataFrame(
+        {"impression_id": impression_ids, "p_click": shown["p_click"][order],
+         "is_cold_item": shown["is_cold"][order], "is_exploration": np.full(n, is_exploration)}
+    )
+    user_width, pin_width = len(users.user_ids[0]) - 1, len(pins.pin_ids[0]) - 1
+    bad, bad_ids = bad_interaction_rows(
+        good, defects, bad_rng, first_number + n, width,
+        n_users + users.n_bad_ids + 1 + n_earlier_defects, user_width,
+        n_pins + pins.n_bad_ids + 1 + n_earlier_defects, pin_width,
+    )
+    interactions, positions = interleave(good, bad, bad_rng)
+    return ImpressionLog(interactions, impressions, bad_records_frame("interactions", positions, bad_ids, defects),
+                         width, len(defects))
+
+
 def generate_interactions(
     cfg: WorldConfig, rng: np.random.Generator, pins: PinWorld, users: UserWorld
 ) -> InteractionWorld:
@@ -741,7 +835,7 @@ def generate_interactions(
     first_cold_day = cfg.n_days - cfg.cold_days
     is_cold = pins.days >= first_cold_day
 
-    # Cold pins are barely shown: most never, some once or twice.
+    # The feed. Cold pins are barely shown: most never, some once or twice.
     cold_pins = np.flatnonzero(is_cold)
     cold_counts = cold_impression_counts(len(cold_pins), rng)
     cold_shown = np.repeat(cold_pins, cold_counts)[: cfg.n_impressions]
@@ -760,37 +854,48 @@ def generate_interactions(
 
     quality = rng.normal(0.0, ITEM_QUALITY_STD, size=n_pins)
     p_click, clicked = draw_clicks(rng, users, user, position, quality[pin], pins.main_values[pin])
+    feed = {"user": user, "pin": pin, "day": day, "position": position, "clicked": clicked, "p_click": p_click,
+            "is_cold": is_cold[pin]}
+    blocks = [log_block(cfg, pins, users, feed, False, 1, None, 0, bad_rng)]
 
-    order = np.argsort(day, kind="stable")  # a daily log
-    defects = assign_defects("interactions", n, cfg.bad_rate, bad_rng)
-    width = id_width(n + len(defects), 7)
-    impression_ids = [format_id("i", k + 1, width) for k in range(n)]
-    dates = [day_to_date(cfg.start_date, d) for d in range(cfg.n_days)]
-    good = pd.DataFrame(
-        {
-            "impression_id": impression_ids,
-            "user_id": [users.user_ids[u] for u in user[order]],
-            "pin_id": [pins.pin_ids[p] for p in pin[order]],
-            "date": [dates[d] for d in day[order]],
-            "position": position[order].astype(np.int64),
-            "clicked": clicked[order],
-        }
-    )
-    impressions = pd.DataFrame(
-        {"impression_id": impression_ids, "p_click": p_click[order], "is_cold_item": is_cold[pin[order]]}
-    )
+    # Exploration (the rule is above ``exploration_count``): its own stream, split off after
+    # the feed's last draw; its block follows the feed's in the log. Its ids start past every
+    # id the feed's rows could take at any bad rate up to 1 (n good, as many bad), so that
+    # they, like every good row, do not depend on how many bad rows there are.
+    explore_rng = split_rng(rng)
+    explore_bad_rng = split_rng(explore_rng)
+    counts = exploration_count(np.bincount(day, minlength=cfg.n_days), cfg.exploration_share)
+    served = np.bincount(pin, minlength=n_pins) > 0
+    explored = [
+        draw_exploration(explore_rng, int(counts[d]), exploration_pool(pins.days, d, cfg.cold_days, served),
+                         np.flatnonzero(users.signup_days <= d), activity)
+        for d in range(cfg.n_days)
+    ]
+    e_pin = np.concatenate([p for p, _ in explored])
+    e_user = np.concatenate([u for _, u in explored])
+    all_p_click = [p_click]
+    if len(e_pin):  # no exploration, no block: not even the bad rows every block gets
+        e_day = np.concatenate([np.full(len(p), d) for d, (p, _) in enumerate(explored)])
+        e_position = explore_rng.integers(0, N_POSITIONS, size=len(e_pin))
+        e_p_click, e_clicked = draw_clicks(explore_rng, users, e_user, e_position, quality[e_pin],
+                                           pins.main_values[e_pin])
+        shown = {"user": e_user, "pin": e_pin, "day": e_day, "position": e_position, "clicked": e_clicked,
+                 "p_click": e_p_click, "is_cold": is_cold[e_pin]}
+        reserved = n + bad_row_count(n, max(cfg.bad_rate, 1.0), len(DEFECTS["interactions"]))
+        blocks.append(log_block(cfg, pins, users, shown, True, reserved + 1, blocks[0].width,
+                                blocks[0].n_defects, explore_bad_rng))
+        all_p_click.append(e_p_click)
 
-    user_width, pin_width = len(users.user_ids[0]) - 1, len(pins.pin_ids[0]) - 1
-    bad, bad_ids = bad_interaction_rows(
-        good, defects, bad_rng, n + 1, width,
-        n_users + users.n_bad_ids + 1, user_width, n_pins + pins.n_bad_ids + 1, pin_width,
-    )
-    interactions, positions = interleave(good, bad, bad_rng)
+    offset, bad_records = 0, []
+    for block in blocks:
+        bad_records.append(block.bad_records.assign(row_index=block.bad_records["row_index"] + offset))
+        offset += len(block.interactions)
     return InteractionWorld(
-        interactions=interactions,
-        impressions=impressions,
-        bad_records=bad_records_frame("interactions", positions, bad_ids, defects),
-        mean_p_click=float(p_click.mean()),
+        interactions=pd.concat([block.interactions for block in blocks], ignore_index=True),
+        impressions=pd.concat([block.impressions for block in blocks], ignore_index=True),
+        bad_records=pd.concat(bad_records, ignore_index=True),
+        mean_p_click=float(np.concatenate(all_p_click).mean()),
+        n_exploration=len(e_pin),
         quality=quality,
         activity=activity,
     )
