@@ -102,7 +102,7 @@ TRUTH_FILES = {
     "board_themes": "board_themes.parquet",  # board_id, attribute, value
     "board_saves": "board_saves.parquet",  # board_id, pin_id, on_theme
     "user_affinities": "user_affinities.parquet",  # user_id, attribute, value, affinity
-    "impressions": "impressions.parquet",  # impression_id, p_click, is_cold_item
+    "impressions": "impressions.parquet",  # impression_id, p_click, is_cold_item, is_exploration
     # video_id, object_id, <attributes>, motion, start_s, end_s, and the path: x/y_start, x/y_end,
     # rotation_deg, spin_deg_per_s (videos.VideoObject.from_truth_row rebuilds any frame's pose)
     "video_objects": "video_objects.parquet",
