@@ -7,9 +7,10 @@ registry CLI); systems never import each other.
 from mmpipe.systems.chan import SPEC as CHAN
 from mmpipe.systems.moment import SPEC as MOMENT
 from mmpipe.systems.pinclip import SPEC as PINCLIP
+from mmpipe.systems.semantic_id import SPEC as SEMANTIC_ID
 
 # MAC's SPEC (mmpipe.systems.mac) joins with its assets (orchestration/definitions.py).
-SPECS = (PINCLIP, CHAN, MOMENT)
+SPECS = (PINCLIP, CHAN, MOMENT, SEMANTIC_ID)
 
 
 def spec_named(name: str):
