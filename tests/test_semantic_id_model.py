@@ -102,6 +102,23 @@ def test_behavior_encoder_starts_at_the_centred_input():
     assert torch.allclose(encoder(x), torch.nn.functional.normalize(x, dim=-1), atol=1e-6)
 
 
+def test_rqvae_starts_on_the_first_batch_principal_axes():
+    # Data of rank 6 in 16 dimensions, a latent of 8: the first training batch sets the
+    # projection to its principal axes, so encoding and decoding (codes aside) lose nothing,
+    # and the codes then start as residual k-means in that subspace.
+    generator = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(200, 6, generator=generator) @ torch.randn(6, 16, generator=generator),
+                                      dim=-1)
+    model = RQVAE(CodebookConfig(dim=16, hidden=32, latent=8, levels=2, codes=4)).train()
+    model(x, generator)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decoder(model.encoder(x)), x, atol=1e-5, rtol=1e-4)
+        assert bool(model.project_initialised)
+        first = model.project.detach().clone()
+        model(x[:50], generator)  # later batches leave it to the optimiser
+        torch.testing.assert_close(model.project, first)
+
+
 def test_rqvae_learns_to_reconstruct_better_than_random_codes():
     generator = torch.Generator().manual_seed(0)
     basis = torch.randn(4, 16, generator=generator)

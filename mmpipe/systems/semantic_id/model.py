@@ -184,15 +184,45 @@ class ResidualQuantizer(nn.Module):
 
 
 class RQVAE(nn.Module):
+    """Encoder: a linear map onto the ``latent`` principal axes of the first batch plus a
+    residual MLP starting at zero; decoder: the map's transpose plus its own zero-started
+    MLP. So training starts from residual k-means in the data's principal subspace (what
+    plain RQ-KMeans does, a strong start on a few thousand items), and the MLPs and codes
+    move from there on the reconstruction loss; a randomly initialised MLP auto-encoder
+    first has to find that subspace and, on the small world, ended below RQ-KMeans."""
+
     def __init__(self, config: CodebookConfig):
         super().__init__()
         self.config = config
-        self.encoder = mlp([config.dim, config.hidden, config.latent])
+        self.project = nn.Parameter(torch.empty(config.latent, config.dim))
+        nn.init.orthogonal_(self.project)
+        self.register_buffer("project_initialised", torch.zeros((), dtype=torch.bool))
+        self.encoder_delta = mlp([config.dim, config.hidden, config.latent])
+        self.decoder_delta = mlp([config.latent, config.hidden, config.dim])
+        for delta in (self.encoder_delta, self.decoder_delta):
+            nn.init.zeros_(delta[-1].weight)
+            nn.init.zeros_(delta[-1].bias)
         self.quantizer = ResidualQuantizer(config.levels, config.codes, config.latent, config.commitment,
                                            config.dead_after)
-        self.decoder = mlp([config.latent, config.hidden, config.dim])
+
+    def encoder(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.project) + self.encoder_delta(x)
+
+    def decoder(self, z: torch.Tensor) -> torch.Tensor:
+        return F.linear(z, self.project.t()) + self.decoder_delta(z)
+
+    @torch.no_grad()
+    def _init_projection(self, x: torch.Tensor) -> None:
+        """The first batch's top ``latent`` right singular vectors (uncentred: the inputs
+        are already centred unit vectors), as many as the batch has."""
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        rank = min(len(vh), self.config.latent)
+        self.project.data[:rank] = vh[:rank]
+        self.project_initialised.fill_(True)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Quantized]:
+        if self.training and not bool(self.project_initialised):
+            self._init_projection(x)
         quantized = self.quantizer(self.encoder(x), generator)
         return self.decoder(quantized.quantized), quantized
 
