@@ -47,6 +47,7 @@ class CTRConfig:
     attention_hidden: int = 32
     hidden: int = 64
     id_dropout: float = 0.5
+    memorization_l2: float = 0.0  # weight of ItemEncoder.memorization_penalty in the loss
     item_buckets: int = 1 << 16
     user_buckets: int = 1 << 14
     countries: int = 1  # unknown + the training countries
@@ -100,6 +101,18 @@ class ItemEncoder(nn.Module):
         if c.residual_codebooks:
             self.residual = nn.ParameterList(nn.Parameter(torch.zeros(c.codes, c.embedding_dim))
                                              for _ in range(c.levels))
+
+    def memorization_penalty(self, rows: torch.Tensor) -> torch.Tensor:
+        """Mean squared norm of the ID and semantic-ID rows that ``rows`` (unique, >= 0) use:
+        DIN's mini-batch aware regularisation, which decays only the rows a batch touches
+        (with a handful of impressions per item, these tables otherwise memorise noise)."""
+        total = rows.new_zeros((), dtype=torch.float)
+        if self.config.use_id:
+            total = total + self.ids(self.buckets[rows]).pow(2).sum(-1).mean()
+        if self.config.use_semantic_ids:
+            codes = self.codes[rows]
+            total = total + sum(table(codes[:, level]).pow(2).sum(-1).mean() for level, table in enumerate(self.levels))
+        return total
 
     def set_items(self, buckets: torch.Tensor, codes: torch.Tensor | None, embedding: torch.Tensor) -> None:
         with torch.no_grad():

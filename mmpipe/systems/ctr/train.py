@@ -119,7 +119,7 @@ class CTRTask(TrainingTask):
         self.train_rows = inputs.rows(TRAIN)
         if not len(self.train_rows):
             raise ValueError("no impressions in the train window")
-        self.clicked = torch.from_numpy(inputs.impressions["clicked"].to_numpy(np.int64))
+        self.clicked = torch.from_numpy(inputs.impressions["clicked"].to_numpy(np.int64).copy())
         self.has_validation = len(inputs.rows(VALIDATION)) > 0
 
     def phases(self) -> list[Phase]:
@@ -140,8 +140,13 @@ class CTRTask(TrainingTask):
         id_keep = torch.bernoulli(torch.full(batch["target"].shape, keep), generator=generator)
         history_keep = torch.bernoulli(torch.full(batch["history"].shape, keep), generator=generator)
         logits = self.model(**batch, id_keep=id_keep, history_id_keep=history_keep)
-        loss = click_loss(logits, self.clicked[rows])
-        return {"loss": loss, "bce": loss.detach()}
+        bce = click_loss(logits, self.clicked[rows])
+        out = {"loss": bce, "bce": bce.detach()}
+        if self.model.config.memorization_l2 > 0:
+            used = torch.unique(torch.cat([batch["target"], batch["history"].flatten()]))
+            penalty = self.model.items.memorization_penalty(used[used >= 0])
+            out.update(loss=bce + self.model.config.memorization_l2 * penalty, memorization=penalty.detach())
+        return out
 
 
 def config_record(settings: CTRSettings, model: CTRModel) -> dict:
