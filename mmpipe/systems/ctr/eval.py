@@ -41,13 +41,17 @@ POPULARITY = "popularity"
 ID_ONLY = "id_only"
 MULTIMODAL = "multimodal"
 SEMANTIC_IDS = "semantic_ids"
+CONTENT_ONLY = "content_only"
 ORACLE = "oracle"
 CONTENT_CEILING = "content_ceiling"
 # The ablation ladder, each step adding one part (the model is the last).
 LADDER = (ID_ONLY, MULTIMODAL, SEMANTIC_IDS, MODEL_NAME)
 ABLATIONS = {ID_ONLY: {"model": {"use_semantic_ids": False, "use_multimodal": False, "residual_codebooks": False}}}
 SWEEPS = {MULTIMODAL: {"model": {"use_semantic_ids": False, "residual_codebooks": False}},
-          SEMANTIC_IDS: {"model": {"residual_codebooks": False}}}
+          SEMANTIC_IDS: {"model": {"residual_codebooks": False}},
+          # Off the ladder: the multimodal embedding alone, no item-keyed table (ID or code),
+          # to show what the tables add or cost.
+          CONTENT_ONLY: {"model": {"use_id": False, "use_semantic_ids": False, "residual_codebooks": False}}}
 BASELINES = (POPULARITY, ID_ONLY)
 SUBSETS = ("all", "warm", "cold")
 SMOOTHING = 20.0
@@ -75,6 +79,7 @@ DESCRIPTIONS = {
     ID_ONLY: "DIN on hashed item IDs only (a cold item's ID row was never trained: zero).",
     MULTIMODAL: "DIN + hashed ID + the multimodal embedding, no semantic IDs.",
     SEMANTIC_IDS: "DIN + hashed ID + multimodal embedding + per-level semantic-ID tables, no residual codebooks.",
+    CONTENT_ONLY: "DIN on the multimodal embedding alone: no hashed ID, no semantic-ID tables (off the ladder).",
     ORACLE: "the world's true p_click of each impression (every term of the click model, noise included).",
     CONTENT_CEILING: "the click model without the item's latent quality and the per-impression noise: the best a "
                      "model knowing the user and the item's content can do on an item it never saw behaviour of.",
@@ -189,8 +194,9 @@ def score(models: Mapping[str, object], inputs: CTRInputs, n_resamples: int = N_
             exposure = exposure_auc(scores, inputs, window)
             ladder = [name for name in LADDER if name in scores]
             pairs = list(zip(ladder[1:], ladder[:-1]))
-            if MODEL_NAME in scores and ID_ONLY in scores and (MODEL_NAME, ID_ONLY) not in pairs:
-                pairs.append((MODEL_NAME, ID_ONLY))
+            for other in (MODEL_NAME, CONTENT_ONLY):
+                if other in scores and ID_ONLY in scores and (other, ID_ONLY) not in pairs:
+                    pairs.append((other, ID_ONLY))
             for better, base in pairs:
                 comparisons[f"{better}_vs_{base}"] = compare(scores[better], scores[base], inputs, window, n_resamples)
     if ID_ONLY in metrics:
@@ -239,7 +245,7 @@ def _ci(c: Mapping, key: str = "difference_ci") -> str:
 
 def report(metrics: dict, comparisons: dict, exposure: dict, inputs: CTRInputs) -> tuple[str, dict[str, bytes], dict]:
     order = report_order(metrics, MODEL_NAME, BASELINES)
-    methods = [name for name in (POPULARITY, *LADDER, CONTENT_CEILING, ORACLE) if name in metrics]
+    methods = [name for name in (POPULARITY, *LADDER, CONTENT_ONLY, CONTENT_CEILING, ORACLE) if name in metrics]
     w, frame = inputs.windows, inputs.impressions
     counts = {window: {subset: int(((frame["window"] == window) & mask).sum())
                        for subset, mask in (("all", frame["window"] == window), ("cold", frame["cold"]))}
@@ -282,7 +288,7 @@ def report(metrics: dict, comparisons: dict, exposure: dict, inputs: CTRInputs) 
         lines.append(f"| {name} | " + " | ".join(f"{values[label]:.3f}" if math.isfinite(values[label]) else "n/a"
                                                  for label, _, _ in EXPOSURE_BUCKETS) + " |")
     roles = {MODEL_NAME: "model", **dict.fromkeys(BASELINES, "baseline"), MULTIMODAL: "ablation",
-             SEMANTIC_IDS: "ablation", ORACLE: "ceiling", CONTENT_CEILING: "ceiling"}
+             SEMANTIC_IDS: "ablation", CONTENT_ONLY: "ablation", ORACLE: "ceiling", CONTENT_CEILING: "ceiling"}
     lines += ["", "## Rows", "", *methods_legend(order, roles, DESCRIPTIONS)]
     plots = {"auc_by_training_impressions": line_plot_png(exposure, "AUC (test)",
                                                           "AUC by the item's training impressions",

@@ -35,8 +35,14 @@ from torch import nn
 @dataclass(frozen=True)
 class CTRConfig:
     use_id: bool = True
+    use_user_id: bool = True  # a hashed user-ID embedding and taste vector (users are warm: all trained on)
     use_semantic_ids: bool = True
     use_multimodal: bool = True
+    # Level l's table keyed by the code prefix (c_1..c_l) instead of c_l alone: below the first
+    # level a residual code means nothing without the codes above it ("prefix n-grams", as in
+    # Singh et al., Better Generalization with Semantic IDs). Prefixes past prefix_buckets are hashed.
+    semantic_id_prefix: bool = False
+    prefix_buckets: int = 1 << 14
     residual_codebooks: bool = True  # needs use_semantic_ids (the codes index A_l) and use_multimodal
     id_dim: int = 16
     semantic_id_dim: int = 8  # per level
@@ -92,8 +98,10 @@ class ItemEncoder(nn.Module):
         if c.use_id:
             self.ids = nn.Embedding(c.item_buckets, c.id_dim)
             nn.init.zeros_(self.ids.weight)
+        self.register_buffer("table_rows", torch.zeros(c.n_items, c.levels, dtype=torch.long))
         if c.use_semantic_ids:
-            self.levels = nn.ModuleList(nn.Embedding(c.codes, c.semantic_id_dim) for _ in range(c.levels))
+            self.levels = nn.ModuleList(nn.Embedding(self.table_size(level), c.semantic_id_dim)
+                                        for level in range(c.levels))
             for table in self.levels:
                 nn.init.normal_(table.weight, std=0.05)
         if c.use_multimodal:
@@ -110,15 +118,38 @@ class ItemEncoder(nn.Module):
         if self.config.use_id:
             total = total + self.ids(self.buckets[rows]).pow(2).sum(-1).mean()
         if self.config.use_semantic_ids:
-            codes = self.codes[rows]
+            codes = self.table_rows[rows]
             total = total + sum(table(codes[:, level]).pow(2).sum(-1).mean() for level, table in enumerate(self.levels))
         return total
+
+    def memorizing_parameters(self) -> list[nn.Parameter]:
+        """The per-item and per-code tables (hashed IDs, semantic-ID levels): what can learn
+        one item's clicks by heart, unlike the shared maps of the content."""
+        tables = ([self.ids.weight] if self.config.use_id else []) + \
+            ([table.weight for table in self.levels] if self.config.use_semantic_ids else [])
+        return tables
+
+    def table_size(self, level: int) -> int:
+        c = self.config
+        return min(c.codes ** (level + 1), c.prefix_buckets) if c.semantic_id_prefix else c.codes
 
     def set_items(self, buckets: torch.Tensor, codes: torch.Tensor | None, embedding: torch.Tensor) -> None:
         with torch.no_grad():
             self.buckets.copy_(buckets)
             if codes is not None:
                 self.codes.copy_(codes)
+                prefix = torch.zeros_like(codes[:, 0])
+                for level in range(codes.shape[1]):
+                    if self.config.semantic_id_prefix:  # the prefix as a number in base K, hashed when large
+                        prefix = prefix * self.config.codes + codes[:, level]
+                        size = self.table_size(level)
+                        # A multiplicative (Fibonacci) hash, its high 32 bits, when the prefixes
+                        # outnumber the rows: a plain modulo merges prefixes by their low digits.
+                        key = prefix if self.config.codes ** (level + 1) <= size else \
+                            ((prefix * -7046029254386353131) >> 32) & 0xFFFFFFFF
+                        self.table_rows[:, level] = torch.remainder(key, size)
+                    else:
+                        self.table_rows[:, level] = codes[:, level]
             self.embedding.copy_(embedding)
 
     def aligned_embedding(self, rows: torch.Tensor) -> torch.Tensor:
@@ -137,7 +168,7 @@ class ItemEncoder(nn.Module):
         if self.config.use_id:
             parts.append(self.ids(self.buckets[safe]))
         if self.config.use_semantic_ids:
-            codes = self.codes[safe]
+            codes = self.table_rows[safe]
             parts.extend(table(codes[..., level]) for level, table in enumerate(self.levels))
         if self.config.use_multimodal:
             parts.append(self.project(self.aligned_embedding(safe)))
@@ -186,6 +217,8 @@ class CTRModel(nn.Module):
                 tenure: torch.Tensor, position: torch.Tensor, id_keep: torch.Tensor | None = None,
                 history_id_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Click logits [B] of target item rows [B] with history item rows [B, H] (-1: padding)."""
+        if not self.config.use_user_id:  # every user shares bucket 0: the history alone says who she is
+            user = torch.zeros_like(user)
         # Each distinct item of the batch is encoded once (histories repeat items); the ID
         # dropout is per occurrence, applied to the ID columns (the first id_dim) after.
         rows = torch.cat([target.unsqueeze(1), history], 1)

@@ -87,7 +87,7 @@ class CTRScorer:
             history=torch.from_numpy(history),
             user=torch.from_numpy(stable_bucket(frame["user_id"], self.data.user_buckets)),
             country=torch.from_numpy(country), tenure=torch.from_numpy(tenure),
-            position=torch.from_numpy(frame["position"].to_numpy(np.int64)))
+            position=torch.from_numpy(frame["position"].to_numpy(np.int64).copy()))
         return torch.sigmoid(logits).numpy()
 
 

@@ -30,6 +30,10 @@ class CTRTrainConfig:
     batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-5
+    # The learning rate of the ID and semantic-ID tables relative to the rest: with ~13
+    # training impressions an item they learn noise faster than the shared content path
+    # learns taste (on the small world the full model peaked at step 300 and fell after).
+    table_lr_scale: float = 1.0
     warmup_steps: int = 50
     validate_every: int = 100
     patience: int = 4
@@ -47,9 +51,11 @@ class CTRSettings:
     model: CTRConfig = CTRConfig()
     train: CTRTrainConfig = CTRTrainConfig()
     data: DataSettings = DataSettings()
-    # The multimodal embedding: "behavior" (the semantic-ID system's behavior-aware encoder,
-    # whose space the codes quantize) or "fused" (PinCLIP's fused embedding).
-    embedding: str = "behavior"
+    # The multimodal embedding: "fused" (PinCLIP's) or "behavior" (the semantic-ID system's
+    # behavior-aware encoder, whose space the codes quantize). On the small world both give
+    # the same content-only DIN (validation AUC 0.668 / 0.667) and a linear probe reads the
+    # main object's attributes better from fused (colour 0.85 vs 0.77, shape 0.60 vs 0.49).
+    embedding: str = "fused"
 
 
 def sized_config(config: CTRConfig, inputs: CTRInputs) -> CTRConfig:
@@ -76,7 +82,7 @@ def batch_tensors(inputs: CTRInputs, rows: np.ndarray) -> dict[str, torch.Tensor
     return {"target": torch.from_numpy(inputs.item_row[rows]), "history": torch.from_numpy(inputs.history[rows]),
             "user": torch.from_numpy(inputs.user_bucket[rows]), "country": torch.from_numpy(inputs.country[rows]),
             "tenure": torch.from_numpy(inputs.tenure[rows]),
-            "position": torch.from_numpy(frame["position"].to_numpy(np.int64)[rows])}
+            "position": torch.from_numpy(frame["position"].to_numpy(np.int64)[rows].copy())}
 
 
 @torch.no_grad()
@@ -125,11 +131,17 @@ class CTRTask(TrainingTask):
     def phases(self) -> list[Phase]:
         cfg = self.cfg
         return [Phase("ctr", cfg.steps, cfg.lr, warmup_steps=min(cfg.warmup_steps, cfg.steps),
-                      make_optimizer=lambda: torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
-                                                               weight_decay=cfg.weight_decay),
+                      make_optimizer=self.make_optimizer,
                       training_forward=self.forward,
                       validate=(lambda: validation_score(self.model, self.inputs)) if self.has_validation else None,
                       validate_every=cfg.validate_every, patience=cfg.patience)]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        tables = self.model.items.memorizing_parameters()
+        table_ids = {id(p) for p in tables}
+        rest = [p for p in self.model.parameters() if id(p) not in table_ids]
+        groups = [{"params": rest}] + ([{"params": tables, "lr_scale": self.cfg.table_lr_scale}] if tables else [])
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def forward(self, step: int) -> dict[str, torch.Tensor | float]:
         seed = int(np.random.default_rng([self.cfg.seed, step]).integers(2**62))
