@@ -115,3 +115,12 @@ def test_content_beats_ids_on_cold_items(seed):
         p = predict(trained, inputs, test)
         aucs[name] = roc_auc(p[cold], frame["clicked"].to_numpy()[test][cold])
     assert aucs["full"] > aucs["id_only"] + 0.1, aucs
+
+
+def test_prefix_tables_key_a_level_by_the_codes_above_it():
+    model = small_model(use_id=False, use_multimodal=False, residual_codebooks=False, semantic_id_prefix=True)
+    rows = model.items.table_rows  # codes [[0,1],[0,2],[1,1],[2,0],[0,1],[1,2]], K = 3
+    assert rows[:, 0].tolist() == [0, 0, 1, 2, 0, 1]
+    assert rows[:, 1].tolist() == [1, 2, 4, 6, 1, 5]  # c1 * K + c2: items 0 and 2 share c2 = 1, not the prefix
+    vectors = model.items(torch.arange(6))
+    assert torch.equal(vectors[0], vectors[4]) and not torch.equal(vectors[0, 8:], vectors[2, 8:])

@@ -5,13 +5,12 @@ registry CLI); systems never import each other.
 """
 
 from mmpipe.systems.chan import SPEC as CHAN
-from mmpipe.systems.ctr import SPEC as CTR
 from mmpipe.systems.moment import SPEC as MOMENT
 from mmpipe.systems.pinclip import SPEC as PINCLIP
 from mmpipe.systems.semantic_id import SPEC as SEMANTIC_ID
 
-# MAC's SPEC (mmpipe.systems.mac) joins with its assets (orchestration/definitions.py).
-SPECS = (PINCLIP, CHAN, MOMENT, SEMANTIC_ID, CTR)
+# MAC's and CTR's SPECs (mmpipe.systems.mac, .ctr) join with their assets (orchestration/definitions.py).
+SPECS = (PINCLIP, CHAN, MOMENT, SEMANTIC_ID)
 
 
 def spec_named(name: str):
