@@ -6,7 +6,7 @@ comes from the factory."""
 import dagster as dg
 import numpy as np
 
-from mmpipe.media.features import read_frame_features, read_query_text_features, read_shot_features
+from mmpipe.media.features import read_frame_features, read_shot_features, text_states_of
 from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.chan import SPEC
 from mmpipe.systems.chan.data import TEST, VALIDATION, chan_inputs
@@ -22,9 +22,7 @@ from orchestration.resources import PipelinePaths
 
 def read_inputs(paths: PipelinePaths, frame_extremes: bool):
     queries = read_validated(paths, "summary_queries").reset_index(drop=True)
-    cached = read_query_text_features(paths.storage(), ["summary_queries"])
-    # The cache's rows follow its own table order: align them with the queries by id.
-    text = cached.text.take(cached.rows("summary_queries", queries["query_id"].astype(str).tolist()))
+    text = text_states_of(paths.storage(), "summary_queries", queries["query_id"].tolist())
     # video_features.encoder's current version; frame features for the shots' frame extremes
     frames = read_frame_features(paths.storage()) if frame_extremes else None
     return chan_inputs(read_validated(paths, "videos"), read_validated(paths, "video_shots"), queries,

@@ -9,7 +9,7 @@ import dagster as dg
 
 from mmpipe.embeddings import write_day_embeddings
 from mmpipe.index.faiss_index import IndexConfig
-from mmpipe.media.features import read_frame_features, read_query_text_features
+from mmpipe.media.features import read_frame_features, text_states_of
 from mmpipe.params import load_params
 from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.mac import SPEC
@@ -32,10 +32,7 @@ def embeddings_dir(paths: PipelinePaths):
 
 def load_inputs(paths: PipelinePaths, settings: MACSettings):
     captions = read_validated(paths, "video_captions").reset_index(drop=True)
-    cached = read_query_text_features(paths.storage(), ["video_captions"])
-    # The cache's rows follow its own table order: align them with the captions by id (a
-    # caption the cache lacks is an error asking to rematerialize query_text_features).
-    text = cached.text.take(cached.rows("video_captions", captions["caption_id"].astype(str).tolist()))
+    text = text_states_of(paths.storage(), "video_captions", captions["caption_id"].tolist())
     return mac_inputs(read_validated(paths, "videos"), frame_store_loader(paths.storage("frames")),
                       captions[["caption_id", "video_id", "caption"]], text,
                       read_frame_features(paths.storage()))  # video_features.encoder's current version

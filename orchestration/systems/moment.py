@@ -5,7 +5,7 @@ from the factory."""
 
 import dagster as dg
 
-from mmpipe.media.features import read_frame_features, read_query_text_features
+from mmpipe.media.features import read_frame_features, text_states_of
 from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.moment import SPEC
 from mmpipe.systems.moment.data import TEST, VALIDATION, moment_inputs
@@ -21,8 +21,7 @@ from orchestration.resources import PipelinePaths
 
 def load_inputs(paths: PipelinePaths, settings: MomentSettings):
     queries = read_validated(paths, "moment_queries").reset_index(drop=True)
-    cached = read_query_text_features(paths.storage(), ["moment_queries"])
-    text = cached.text.take(cached.rows("moment_queries", queries["query_id"].astype(str).tolist()))
+    text = text_states_of(paths.storage(), "moment_queries", queries["query_id"].tolist())
     return moment_inputs(read_validated(paths, "videos"), queries, text,
                          read_frame_features(paths.storage()))  # video_features.encoder's current version
 
