@@ -46,7 +46,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mmpipe.eval.report import comparison_line, metrics_table_markdown, signed_points, times
+from mmpipe.eval.report import comparison_line, metrics_table_markdown, signed_points, times, windows_sentence
 from mmpipe.eval.retrieval import (DEFAULT_KS, first_relevant_ranks, paired_bootstrap_difference,
                                    paired_comparison, summarise_ranks)
 from mmpipe.media.features import VideoFeaturesConfig, registry_text_embeddings
@@ -401,11 +401,10 @@ def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MAC
                   f"{signed_points(headline['difference'])} points (90% CI {signed_points(headline['difference_ci'][0])} to "
                   f"{signed_points(headline['difference_ci'][1])}).", ""]
     lines += [
-        f"Windows by video creation date: train before **{w.train_end}** ({train_videos} videos, the only ones "
-        f"training saw), validation {w.train_end} to {w.test_start} ({counts[VALIDATION]['videos']} videos, "
-        f"{counts[VALIDATION]['captions']} captions: the promotion gate reads `{PRIMARY_METRIC}`), test from "
-        f"**{w.test_start}** ({counts[TEST]['videos']} videos, {counts[TEST]['captions']} captions). MSR-VTT "
-        "protocol within each window: every caption is a text query over the window's videos, its own video "
+        windows_sentence(w, "video", {TRAIN: f"{train_videos} videos",
+                                      **{window: f"{counts[window]['videos']} videos, {counts[window]['captions']} "
+                                                 "captions" for window in (VALIDATION, TEST)}}, PRIMARY_METRIC)
+        + " MSR-VTT protocol within each window: every caption is a text query over the window's videos, its own video "
         "the one relevant result; every captioned video is a query over the window's captions, any of its "
         "captions relevant. Ranks are those of the best-ranked relevant result, ties counted against the model. "
         f"Videos are embedded from their middle clip of {n_frames} frames, unmasked.", "",
