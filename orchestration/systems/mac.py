@@ -1,5 +1,5 @@
 """MAC in the asset graph: what it trains on (the validated videos' stored frames, their
-captions' text-tower states, and the image encoder's frame features for the eval's
+captions' and moment queries' text-tower states, and the image encoder's frame features for the eval's
 baseline), and what its champion feeds (per-day video embeddings, the FAISS video index).
 Its lifecycle comes from the factory."""
 
@@ -13,7 +13,7 @@ from mmpipe.media.features import read_frame_features, text_states_of
 from mmpipe.params import load_params
 from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.mac import SPEC
-from mmpipe.systems.mac.data import frame_store_loader, mac_inputs
+from mmpipe.systems.mac.data import frame_store_loader, frame_store_times, mac_inputs
 from mmpipe.systems.mac.serve import (embed_day, load_embedder, sync_video_index, version_uri,
                                       video_index_quality)
 from mmpipe.systems.mac.train import MACSettings
@@ -33,14 +33,18 @@ def embeddings_dir(paths: PipelinePaths):
 def load_inputs(paths: PipelinePaths, settings: MACSettings):
     captions = read_validated(paths, "video_captions").reset_index(drop=True)
     text = text_states_of(paths.storage(), "video_captions", captions["caption_id"].tolist())
+    queries = read_validated(paths, "moment_queries").reset_index(drop=True)
     return mac_inputs(read_validated(paths, "videos"), frame_store_loader(paths.storage("frames")),
                       captions[["caption_id", "video_id", "caption"]], text,
-                      read_frame_features(paths.storage()))  # video_features.encoder's current version
+                      read_frame_features(paths.storage()),  # video_features.encoder's current version
+                      queries[["query_id", "video_id", "windows"]],
+                      text_states_of(paths.storage(), "moment_queries", queries["query_id"].tolist()),
+                      frame_store_times(paths.storage("frames")))
 
 
 INPUTS = SystemInputs(
     deps=[names.VALIDATED_FRAMES, names.QUERY_TEXT_FEATURES, names.FRAME_FEATURES, names.validated("video_captions"),
-          names.validated("videos")],
+          names.validated("moment_queries"), names.validated("videos")],
     load=load_inputs,
     # Day-partitioned inputs (frames, frame features) cannot join an unpartitioned training
     # run's selection; the daily ingest keeps them current.
