@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.systems.mac.data import TEST, TRAIN, VideoClips, clip_indices, mac_inputs
 from mmpipe.systems.mac.model import MAC, MACConfig, _keep_real_tokens, patchify, random_masking
-from mmpipe.systems.mac.train import (MACSettings, MACTask, MACTrainConfig, load_trained, text_to_video_recall,
-                                      train_mac)
+from mmpipe.systems.mac.train import (MACSettings, MACTask, MACTrainConfig, embed_clips, load_trained,
+                                      text_to_video_recall, train_mac)
 
 TINY = MACConfig(image_size=32, patch_size=8, max_frames=4, width=32, depth=2, heads=2, mlp=64, text_width=32,
                  text_depth=1, text_heads=2, text_mlp=64, embed_dim=16)
@@ -188,3 +188,17 @@ def test_training_adds_the_moment_loss_over_distinct_videos():
     plain = MACTask(tiny_settings(moment_batch_size=8, moment_weight=0.0), inputs).training_forward(0)
     assert "moment_loss" not in plain
     torch.testing.assert_close(plain["loss"].detach(), out["caption_loss"])
+
+
+def test_a_video_embeds_as_the_mean_of_its_inference_clips():
+    inputs = informative_world(12)
+    model = MAC(TINY).eval()
+    rows = np.arange(4)
+    with torch.no_grad():
+        middle = model.encode_video(inputs.clips.pixels(rows, 3, 32)).numpy()
+        early = model.encode_video(inputs.clips.pixels(rows, 3, 32, offset=0.25)).numpy()
+        late = model.encode_video(inputs.clips.pixels(rows, 3, 32, offset=0.75)).numpy()
+    np.testing.assert_allclose(embed_clips(model, inputs.clips, rows, 3), middle, atol=1e-6)
+    mean = (early + late) / np.linalg.norm(early + late, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed_clips(model, inputs.clips, rows, 3, n_clips=2), mean, atol=1e-6)
+    assert clip_indices(6, 3, offset=0.25).tolist() == [0, 2, 4] and clip_indices(6, 3).tolist() == [1, 3, 5]

@@ -68,7 +68,8 @@ def video_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) ->
     for day in sorted(context.partition_keys):
         day_videos = read_validated(paths, "videos", [day])
         try:
-            frame = embed_day(embedder.model, day_videos, paths.storage("frames"), embedder.n_frames, version)
+            frame = embed_day(embedder.model, day_videos, paths.storage("frames"), embedder.n_frames, version,
+                              n_clips=embedder.n_clips)
         except FileNotFoundError as error:  # the day's frame store is missing
             raise dg.Failure(description=str(error)) from error
         write_day_embeddings(frame, embeddings_dir(paths), day)

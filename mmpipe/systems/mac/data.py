@@ -5,7 +5,10 @@ A clip is ``n_frames`` frames spread over the whole video, TSN-style: the stored
 cut into ``n_frames`` equal segments and one frame is taken from each, at random in
 training (a different clip of the same video every time it is drawn) and from the middle
 at inference (the same clip every time). A caption describes the whole video ("first a
-red star rises, then ..."), so every clip covers all of it.
+red star rises, then ..."), so every clip covers all of it. At inference a video can be
+embedded from several such clips (``clip_offsets``: clip c takes the frame at (c + 0.5) /
+n_clips of each segment) and their embeddings averaged: 8 frames of a 20 s video are 2.5 s
+apart, and a visit shorter than that can fall between them.
 
 The training window's moment queries give a second, finer kind of pair (``MomentClips``):
 a query says what happens inside its true windows ("the pink object slides to the left"),
@@ -32,13 +35,16 @@ from mmpipe.nn.text_tower import TextFeatures
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
 
-def clip_indices(n_stored: int, n_frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
+def clip_indices(n_stored: int, n_frames: int, rng: np.random.Generator | None = None,
+                 offset: float = 0.5) -> np.ndarray:
     """Which of ``n_stored`` frames make a clip of ``n_frames``: one from each of
-    ``n_frames`` equal segments, at random with ``rng``, else each segment's middle.
-    A video shorter than the clip repeats frames (in order).
+    ``n_frames`` equal segments, at random with ``rng``, else at ``offset`` (0 to 1) of
+    each segment, its middle by default. A video shorter than the clip repeats frames (in order).
 
     >>> clip_indices(8, 4).tolist()
     [1, 3, 5, 7]
+    >>> clip_indices(8, 4, offset=0.25).tolist()
+    [0, 2, 4, 6]
     >>> clip_indices(2, 4).tolist()
     [0, 0, 1, 1]
     """
@@ -46,10 +52,21 @@ def clip_indices(n_stored: int, n_frames: int, rng: np.random.Generator | None =
         raise ValueError(f"need frames to sample, got {n_stored} stored and a clip of {n_frames}")
     edges = np.linspace(0, n_stored, n_frames + 1)
     if rng is None:
-        picks = (edges[:-1] + edges[1:]) / 2
+        picks = edges[:-1] + offset * (edges[1:] - edges[:-1])
     else:
         picks = edges[:-1] + rng.random(n_frames) * (edges[1:] - edges[:-1])
     return np.minimum(picks.astype(np.int64), n_stored - 1)
+
+
+def clip_offsets(n_clips: int) -> list[float]:
+    """Where in each segment the ``n_clips`` inference clips take their frame: evenly spread.
+
+    >>> clip_offsets(1), clip_offsets(4)
+    ([0.5], [0.125, 0.375, 0.625, 0.875])
+    """
+    if n_clips < 1:
+        raise ValueError(f"need at least one clip, got {n_clips}")
+    return [(c + 0.5) / n_clips for c in range(n_clips)]
 
 
 @dataclass
@@ -63,11 +80,13 @@ class VideoClips:
         return len(self.video_ids)
 
     def pixels(self, rows: Sequence[int], n_frames: int, image_size: int,
-               rng: np.random.Generator | None = None, within: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+               rng: np.random.Generator | None = None, within: Sequence[np.ndarray] | None = None,
+               offset: float = 0.5) -> torch.Tensor:
         """Normalised clips [len(rows), n_frames, 3, image_size, image_size]; with ``within``,
-        clip i is drawn from the stored frames ``within[i]`` of its video only."""
+        clip i is drawn from the stored frames ``within[i]`` of its video only; without
+        ``rng``, at ``offset`` of each segment (:func:`clip_indices`)."""
         spans = [np.arange(len(self.frames[row])) for row in rows] if within is None else list(within)
-        clips = np.stack([self.frames[row][span[clip_indices(len(span), n_frames, rng)]]
+        clips = np.stack([self.frames[row][span[clip_indices(len(span), n_frames, rng, offset)]]
                           for row, span in zip(rows, spans)])
         pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3)  # [B, T, 3, S, S]
         if pixels.shape[-1] != image_size:  # frames stored at another size than the model's

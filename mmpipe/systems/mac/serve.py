@@ -13,9 +13,10 @@ value cannot run code), and it is exactly what the frame store holds, so base64 
 ``storage/frames/<day>/<video_id>.npy`` serves a stored video as the pipeline embedded it.
 Frames must be square (the frame store's are); any side is resized to the model's.
 
-A clip is embedded the way the pipeline embeds videos: ``n_frames`` frames (the number the
-model was trained with), one from the middle of each of ``n_frames`` equal segments
-(:func:`mmpipe.systems.mac.data.clip_indices`), unmasked; an image is a one-frame clip.
+A clip is embedded the way the pipeline embeds videos: ``n_clips`` clips of ``n_frames``
+frames (the number the model was trained with), clip c taking the frame at (c + 0.5) /
+n_clips of each of ``n_frames`` equal segments (:func:`mmpipe.systems.mac.data.clip_offsets`),
+unmasked, their embeddings averaged; an image is a one-frame clip.
 A text runs through the text tower (the packaged MiniLM unless the model was logged with
 another) cut at the token length its training captions were cut at, then MAC's text
 encoder. The output has the L2-normalised embedding in ``embedding`` and the row's kind in
@@ -25,7 +26,7 @@ towards its video), so a text embedding searches the video index directly.
 A logged model holds these artifacts:
 
     weights     model.safetensors, MAC's state dict
-    config      mac.json: {"model": MACConfig, "clip": {"n_frames"},
+    config      mac.json: {"model": MACConfig, "clip": {"n_frames", "n_clips"},
                            "text": {"max_length", "tower"}}
     text_model  the text tower's directory, only when it is not the packaged MiniLM
     code/       the mmpipe source (``code_paths``), so the model loads without mmpipe installed
@@ -83,7 +84,7 @@ from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError, requi
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import VideoClips
 from mmpipe.systems.mac.model import MAC, MACConfig
-from mmpipe.systems.mac.train import MACSettings
+from mmpipe.systems.mac.train import MACSettings, embed_clips
 from mmpipe.train.checkpoint import STATE_FILE as CHECKPOINT_STATE_FILE
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 
@@ -143,17 +144,13 @@ def _present_text(value) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-@torch.no_grad()
-def encode_clips(model: MAC, clips: Sequence[np.ndarray], n_frames: int, batch_size: int = 64) -> np.ndarray:
-    """Unmasked embeddings [N, E] of clips (uint8 [T_i, S, S, 3] each): ``n_frames`` frames
-    from the middle of equal segments of each, through the same ``VideoClips.pixels`` that
-    training and the eval read clips with, so a served clip embeds as an indexed one."""
-    model.eval()
+def encode_clips(model: MAC, clips: Sequence[np.ndarray], n_frames: int, batch_size: int = 64,
+                 n_clips: int = 1) -> np.ndarray:
+    """Unmasked embeddings [N, E] of clips (uint8 [T_i, S, S, 3] each): the mean of
+    ``n_clips`` clips of ``n_frames`` frames, through the same ``embed_clips`` that
+    validation and the eval embed videos with, so a served clip embeds as an indexed one."""
     store = VideoClips([str(i) for i in range(len(clips))], list(clips))
-    size = model.config.image_size
-    parts = [model.encode_video(store.pixels(range(start, min(start + batch_size, len(clips))), n_frames, size)).numpy()
-             for start in range(0, len(clips), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
+    return embed_clips(model, store, range(len(clips)), n_frames, n_clips, batch_size)
 
 
 def encode_single_frames(model: MAC, frames: np.ndarray | Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -170,9 +167,9 @@ class MACEmbedder:
     with and its text tower (loaded on the first text, so video-only use never loads it)."""
 
     def __init__(self, model: MAC, n_frames: int, text_max_length: int, text_model_dir: Path | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, n_clips: int = 1):
         self.model = model.eval()
-        self.n_frames = n_frames
+        self.n_frames, self.n_clips = n_frames, n_clips
         self.text_max_length = text_max_length
         self.text_model_dir = text_model_dir
         self.batch_size = batch_size
@@ -184,7 +181,9 @@ class MACEmbedder:
         record = read_logged_record(config_path, text_model_dir, "MAC")
         model = MAC(MACConfig.from_dict(record["model"]))
         model.load_state_dict(load_file(str(weights)))
-        return cls(model, record["clip"]["n_frames"], record["text"]["max_length"], text_model_dir)
+        # versions logged before multi-clip embeddings used the middle clip alone
+        return cls(model, record["clip"]["n_frames"], record["text"]["max_length"], text_model_dir,
+                   n_clips=record["clip"].get("n_clips", 1))
 
     @classmethod
     def from_checkpoint(cls, directory: Path, text_model_dir: Path | None = None,
@@ -197,7 +196,8 @@ class MACEmbedder:
         load_checkpoint(Path(directory), model, restore_rng=False)
         if text_max_length is None:
             text_max_length = VideoFeaturesConfig.from_params().text_max_length
-        return cls(model, config["train"]["n_frames"], text_max_length, text_model_dir)
+        return cls(model, config["train"]["n_frames"], text_max_length, text_model_dir,
+                   n_clips=config["train"].get("inference_clips", 1))
 
     @property
     def embed_dim(self) -> int:
@@ -233,7 +233,7 @@ class MACEmbedder:
 
     def encode_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Video embeddings [N, E] of uint8 clips [T_i, S, S, 3]."""
-        return encode_clips(self.model, clips, self.n_frames, self.batch_size)
+        return encode_clips(self.model, clips, self.n_frames, self.batch_size, self.n_clips)
 
     def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings [N, E] of uint8 images [S, S, 3], each a one-frame clip."""
@@ -303,10 +303,11 @@ def default_input_example(image_size: int) -> pd.DataFrame:
 
 def log_mac(model: MAC, text_model_dir: Path | None, run_context: RunContext, *, n_frames: int,
             text_max_length: int, registered_name: str = REGISTERED_NAME,
-            input_example: pd.DataFrame | None = None) -> tuple[str, str]:
+            input_example: pd.DataFrame | None = None, n_clips: int = 1) -> tuple[str, str]:
     """Log ``model`` as a pyfunc in the active run and register it; return (model_uri, version).
 
-    ``n_frames`` is the clip length it was trained with; ``text_model_dir`` the text tower
+    ``n_frames`` is the clip length it was trained with, ``n_clips`` how many clips a video
+    is embedded from; ``text_model_dir`` the text tower
     its captions were cached by (None, or the packaged MiniLM's own directory, pins the
     package; any other directory is logged as an artifact) and ``text_max_length`` the
     token length they were cut at. The new version gets the ``challenger`` alias and the
@@ -317,11 +318,15 @@ def log_mac(model: MAC, text_model_dir: Path | None, run_context: RunContext, *,
                            "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
     if not 1 <= n_frames <= model.config.max_frames:
         raise ValueError(f"n_frames must be in [1, {model.config.max_frames}], got {n_frames}")
-    record = {"model": model.config.to_dict(), "clip": {"n_frames": n_frames}, "text": {"max_length": text_max_length}}
+    if n_clips < 1:
+        raise ValueError(f"n_clips must be >= 1, got {n_clips}")
+    record = {"model": model.config.to_dict(), "clip": {"n_frames": n_frames, "n_clips": n_clips},
+              "text": {"max_length": text_max_length}}
     example = default_input_example(model.config.image_size) if input_example is None else input_example
     model_uri = log_model_with_text_tower(
         model, record, CONFIG_FILE, MACPyfunc, MACEmbedder.from_files, text_model_dir, example,
-        metadata={"embed_dim": model.config.embed_dim, "n_frames": n_frames, "outputs": [TEXT, VIDEO, IMAGE]})
+        metadata={"embed_dim": model.config.embed_dim, "n_frames": n_frames, "n_clips": n_clips,
+                  "outputs": [TEXT, VIDEO, IMAGE]})
     return model_uri, register_logged_model(model_uri, registered_name, run_context)
 
 
@@ -332,7 +337,7 @@ def register(trained: Trained, settings: MACSettings, run_context: RunContext) -
     queries the same way."""
     text_max_length = VideoFeaturesConfig.from_params().text_max_length
     return log_mac(trained.model, None, run_context, n_frames=settings.train.n_frames,
-                   text_max_length=text_max_length)[1]
+                   text_max_length=text_max_length, n_clips=settings.train.inference_clips)[1]
 
 
 def load_embedder(model: str | Path, text_model_dir: Path | None = None,
@@ -374,9 +379,9 @@ def load_version_model(version: str, name: str = REGISTERED_NAME, text_max_lengt
 
 
 def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int, model_version: str,
-              batch_size: int = 64) -> pd.DataFrame:
+              batch_size: int = 64, n_clips: int = 1) -> pd.DataFrame:
     """The embedding store's rows for the validated ``videos`` (video_id, created_at) of a day:
-    per video its middle clip of ``n_frames`` frames, unmasked (``video``), and every stored
+    per video the mean of its ``n_clips`` clips of ``n_frames`` frames, unmasked (``video``), and every stored
     frame as a one-frame clip (``frame_embeddings``, with ``frame_t_s`` and ``frame_is_blank``
     from the frame index), so a search can say which second matches a query best.
 
@@ -402,7 +407,7 @@ def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int
             clips.append(load_frames(day_dir, video_id)[rows["frame_index"].to_numpy()])
             t_s.append(rows["t_s"].to_numpy(np.float64))
             blank.append(rows["is_blank"].to_numpy(bool))
-    video = encode_clips(model, clips, n_frames, batch_size)
+    video = encode_clips(model, clips, n_frames, batch_size, n_clips)
     per_frame = encode_single_frames(model, [frame for clip in clips for frame in clip], batch_size * 4)
     bounds = np.cumsum([0, *map(len, clips)])
     frame = embedding_frame(ids, days, {VIDEO: video}, model_version, id_column=VIDEO_ID)

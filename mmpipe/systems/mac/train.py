@@ -10,15 +10,17 @@ early on text->video R@5 over the validation window's videos; training never see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mmpipe.nn.losses import clamp_logit_scale_
 from mmpipe.spec import Trained
-from mmpipe.systems.mac.data import TRAIN, VALIDATION, MACInputs
+from mmpipe.systems.mac.data import TRAIN, VALIDATION, MACInputs, VideoClips, clip_offsets
 from mmpipe.systems.mac.losses import masked_then_align
 from mmpipe.systems.mac.model import MAC, MACConfig
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
@@ -30,6 +32,10 @@ class MACTrainConfig:
     steps: int = 300
     batch_size: int = 64  # videos per step, each once
     n_frames: int = 8  # frames per clip, spread over the whole video
+    # Clips per video averaged at inference (validation, eval, serving; data.clip_offsets).
+    # Small world, defaults: validation/test text->video R@5 0.341/0.157 with 8 clips (early
+    # stopping on 8-clip validation too), 0.324/0.131 for the same model's middle clip.
+    inference_clips: int = 8
     mask_ratio: float = 0.75  # share of each frame's patches dropped in training (0 at inference)
     text_mask_ratio: float = 0.2  # share of each caption's tokens dropped in training
     # Weight of a second masked-then-align loss over moment queries and clips of their true
@@ -170,13 +176,27 @@ def warm_start_state(source: dict[str, torch.Tensor], model: MAC) -> dict[str, t
 
 
 @torch.no_grad()
-def embed_videos(model: MAC, inputs: MACInputs, rows: np.ndarray, n_frames: int, batch_size: int = 64) -> np.ndarray:
-    """Unmasked embeddings [len(rows), E] of each video's middle clip (the same every call)."""
+def embed_clips(model: MAC, clips: VideoClips, rows: Sequence[int], n_frames: int, n_clips: int = 1,
+                batch_size: int = 64) -> np.ndarray:
+    """Unmasked unit embeddings [len(rows), E] of videos ``rows`` of ``clips``: the mean of
+    their ``n_clips`` inference clips' embeddings (``data.clip_offsets``; 1: the middle
+    clip), renormalised; the same every call."""
     model.eval()
-    size = model.config.image_size
-    parts = [model.encode_video(inputs.clips.pixels(rows[start:start + batch_size], n_frames, size)).numpy()
-             for start in range(0, len(rows), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
+    rows, size = np.asarray(rows, dtype=np.int64), model.config.image_size
+    if not len(rows):
+        return np.zeros((0, model.config.embed_dim), np.float32)
+    total = torch.zeros(len(rows), model.config.embed_dim)
+    for offset in clip_offsets(n_clips):
+        total += torch.cat([model.encode_video(clips.pixels(rows[start:start + batch_size], n_frames, size,
+                                                            offset=offset))
+                            for start in range(0, len(rows), batch_size)])
+    return F.normalize(total, dim=-1).numpy()
+
+
+def embed_videos(model: MAC, inputs: MACInputs, rows: np.ndarray, n_frames: int, n_clips: int = 1,
+                 batch_size: int = 64) -> np.ndarray:
+    """Unmasked embeddings [len(rows), E] of videos (rows of ``inputs.videos``): :func:`embed_clips`."""
+    return embed_clips(model, inputs.clips, rows, n_frames, n_clips, batch_size)
 
 
 @torch.no_grad()
@@ -188,14 +208,16 @@ def embed_captions(model: MAC, inputs: MACInputs, rows: np.ndarray, batch_size: 
     return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
 
 
-def text_to_video_recall(model: MAC, inputs: MACInputs, window: str, n_frames: int, k: int = 5) -> float:
+def text_to_video_recall(model: MAC, inputs: MACInputs, window: str, n_frames: int, k: int = 5,
+                         n_clips: int = 1) -> float:
     """Share of the window's captions whose video ranks in the top ``k`` among the window's
-    videos (ties count against): the validation score, cheap enough to run during training."""
+    videos (ties count against), videos embedded from ``n_clips`` clips: the validation
+    score, cheap enough to run during training."""
     video_rows = inputs.video_rows(window)
     caption_rows = inputs.caption_rows(window)
     if not len(video_rows) or not len(caption_rows):
         return 0.0
-    videos = embed_videos(model, inputs, video_rows, n_frames)
+    videos = embed_videos(model, inputs, video_rows, n_frames, n_clips)
     captions = embed_captions(model, inputs, caption_rows)
     position = np.full(len(inputs.videos), -1)
     position[video_rows] = np.arange(len(video_rows))
@@ -287,7 +309,8 @@ class MACTask(TrainingTask):
         return masked_then_align(video, text, logit_scale)
 
     def validate(self) -> float:
-        return text_to_video_recall(self.model, self.inputs, VALIDATION, self.cfg.n_frames)
+        return text_to_video_recall(self.model, self.inputs, VALIDATION, self.cfg.n_frames,
+                                    n_clips=self.cfg.inference_clips)
 
 
 def train_mac(settings: MACSettings, inputs: MACInputs, out_dir: Path | None = None, resume: bool = True,
