@@ -28,8 +28,7 @@ TINY_MAX_QUARANTINE_RATE = 0.7
 from tests.conftest import PROJECT_ROOT
 
 # The tiny preset of params.yaml (what `SCALE=tiny make run` trains), as launchpad config.
-TINY_PINCLIP = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]["pinclip"]
-TINY_MOMENT = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]["moment"]
+TINY = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]
 
 
 def _resources(raw_root: Path, storage: Path) -> dict:
@@ -45,14 +44,14 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
 
     days = manifest_days(raw_root)
     register_days(instance, days)
-    pinclip = {"config": TINY_PINCLIP}
+    pinclip = {"config": TINY["pinclip"]}
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),  # as `make run`
         resources=_resources(raw_root, storage),
         instance=instance,
         run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip,
-                            "moment_model": {"config": TINY_MOMENT}}},
+                            "mac_model": {"config": TINY["mac"]}, "moment_model": {"config": TINY["moment"]}}},
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
 

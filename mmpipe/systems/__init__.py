@@ -5,11 +5,11 @@ registry CLI); systems never import each other.
 """
 
 from mmpipe.systems.chan import SPEC as CHAN
+from mmpipe.systems.mac import SPEC as MAC
 from mmpipe.systems.moment import SPEC as MOMENT
 from mmpipe.systems.pinclip import SPEC as PINCLIP
 
-# MAC's SPEC (mmpipe.systems.mac) joins with its assets (orchestration/definitions.py).
-SPECS = (PINCLIP, CHAN, MOMENT)
+SPECS = (PINCLIP, MAC, MOMENT, CHAN)
 
 
 def spec_named(name: str):

@@ -34,9 +34,9 @@ A logged model holds these artifacts:
 **Files** the pipeline writes (paths under ``project_root()``)::
 
     storage/embeddings/videos/created_at=<day>.parquet   one row per video of the day:
-        video_id, created_at, video (the middle clip's embedding), frame_embeddings (each
-        stored frame as a one-frame clip, in time order), frame_t_s, frame_is_blank,
-        model_version
+        video_id, created_at, video (the mean of its inference clips' embeddings),
+        frame_embeddings (the first stored frame of each second as a one-frame clip, in time
+        order), frame_t_s, frame_is_blank, model_version
     storage/index/videos/video/          VectorIndex of the video embeddings
     storage/index/videos/partitions.json the model version and the days it holds
 
@@ -381,16 +381,17 @@ def load_version_model(version: str, name: str = REGISTERED_NAME, text_max_lengt
 def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int, model_version: str,
               batch_size: int = 64, n_clips: int = 1) -> pd.DataFrame:
     """The embedding store's rows for the validated ``videos`` (video_id, created_at) of a day:
-    per video the mean of its ``n_clips`` clips of ``n_frames`` frames, unmasked (``video``), and every stored
-    frame as a one-frame clip (``frame_embeddings``, with ``frame_t_s`` and ``frame_is_blank``
-    from the frame index), so a search can say which second matches a query best.
+    per video the mean of its ``n_clips`` clips of ``n_frames`` frames, unmasked (``video``), and the
+    first stored frame of each second as a one-frame clip (``frame_embeddings``, with ``frame_t_s``
+    and ``frame_is_blank`` from the frame index), so a search can say which second matches a
+    query best (a search names a second, so finer frames would cost without telling more).
 
     ``frames_root`` is the frame store (``storage/frames``: ``<day>/<video_id>.npy`` and
     ``<day>/index.parquet``). Videos it holds no frames of (frame extraction quarantined
     them) are left out; a day without a frame store is an error.
     """
     videos = videos.drop_duplicates(VIDEO_ID).reset_index(drop=True)
-    ids, days, clips, t_s, blank = [], [], [], [], []
+    ids, days, clips, t_s, blank, per_second = [], [], [], [], [], []
     for day, day_videos in videos.groupby("created_at", sort=True):
         day_dir = Path(frames_root) / str(day)
         if not (day_dir / INDEX_FILE).is_file():
@@ -405,17 +406,30 @@ def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int
             ids.append(video_id)
             days.append(str(day))
             clips.append(load_frames(day_dir, video_id)[rows["frame_index"].to_numpy()])
-            t_s.append(rows["t_s"].to_numpy(np.float64))
-            blank.append(rows["is_blank"].to_numpy(bool))
+            seconds = first_of_each_second(rows["t_s"].to_numpy(np.float64))
+            t_s.append(rows["t_s"].to_numpy(np.float64)[seconds])
+            blank.append(rows["is_blank"].to_numpy(bool)[seconds])
+            per_second.append(seconds)
     video = encode_clips(model, clips, n_frames, batch_size, n_clips)
-    per_frame = encode_single_frames(model, [frame for clip in clips for frame in clip], batch_size * 4)
-    bounds = np.cumsum([0, *map(len, clips)])
+    per_frame = encode_single_frames(model, [frame for clip, seconds in zip(clips, per_second)
+                                             for frame in clip[seconds]], batch_size * 4)
+    bounds = np.cumsum([0, *map(len, per_second)])
     frame = embedding_frame(ids, days, {VIDEO: video}, model_version, id_column=VIDEO_ID)
     frame.insert(3, FRAME_EMBEDDINGS, pd.Series([list(per_frame[start:stop]) for start, stop in
                                                  zip(bounds[:-1], bounds[1:])], dtype=object))
     frame.insert(4, FRAME_T_S, pd.Series(t_s, dtype=object))
     frame.insert(5, FRAME_IS_BLANK, pd.Series(blank, dtype=object))
     return frame
+
+
+def first_of_each_second(t_s: np.ndarray) -> np.ndarray:
+    """Positions (in time order) of the first of the frames at times ``t_s`` within each second.
+
+    >>> first_of_each_second(np.array([0.0, 0.5, 1.0, 1.5, 3.2])).tolist()
+    [0, 2, 4]
+    """
+    _, first = np.unique(np.floor(np.asarray(t_s, np.float64)).astype(np.int64), return_index=True)
+    return np.sort(first)
 
 
 def best_second(frame_embeddings: np.ndarray, t_s: np.ndarray, is_blank: np.ndarray, query: np.ndarray
