@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mmpipe.train.checkpoint import read_trainer_state
-from mmpipe.train.loop import LoopConfig, Phase, TrainingTask, cosine_lr, fit
+from mmpipe.train.loop import LoopConfig, Phase, TrainingTask, config_changes, cosine_lr, fit
 
 
 class LinearRegression(TrainingTask):
@@ -136,3 +136,21 @@ def test_the_checkpoint_records_wall_clock_across_resumes(tmp_path):
     second = fit(LinearRegression(), tmp_path, resume=True)
     total = read_trainer_state(tmp_path / "checkpoint")["extra"]["train_seconds"]
     assert recorded < total <= second.seconds  # the resumed run adds its own time to the first's
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, caplog):
+    """New defaults (or a launchpad override) change the config record: the run trains
+    afresh and says why, instead of loading weights of other shapes or taking a finished
+    run of other settings for this one. The same record resumes (here: nothing left to do)."""
+    fit(LinearRegression(), tmp_path, config_record={"model": {"width": 4}, "lr": 0.1})
+    assert fit(LinearRegression(), tmp_path, config_record={"model": {"width": 4}, "lr": 0.1}).history == []
+    with caplog.at_level("WARNING"):
+        again = fit(LinearRegression(), tmp_path, config_record={"model": {"width": 8}, "lr": 0.1})
+    assert "not resuming" in caplog.text and "model.width: 4 -> 8" in caplog.text
+    assert [h["step"] for h in again.history] == list(range(1, 31))  # trained every step again
+    assert read_trainer_state(tmp_path / "checkpoint")["config"] == {"model": {"width": 8}, "lr": 0.1}
+
+
+def test_config_changes_names_each_difference_as_json_sees_it():
+    assert config_changes({"a": (1, 2), "b": 1, "n": {"x": 1}}, {"a": [1, 2], "c": 2, "n": {"x": 2}}) == [
+        "b: 1 -> <absent>", "c: <absent> -> 2", "n.x: 1 -> 2"]

@@ -32,6 +32,8 @@ training can come to the loop without touching any system.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import time
@@ -175,6 +177,39 @@ def _scalar(value) -> float:
     return float(value.detach().item()) if torch.is_tensor(value) else float(value)
 
 
+def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """What differs between two configuration records, one ``key: old -> new`` each (nested
+    keys joined by dots), compared as JSON (a tuple equals a list).
+
+    >>> config_changes({"model": {"width": 64, "depth": 3}}, {"model": {"width": 128, "depth": 3}})
+    ['model.width: 64 -> 128']
+    """
+    stored, current = json.loads(json.dumps(stored)), json.loads(json.dumps(current))
+    changes = []
+    for key in sorted(set(stored) | set(current), key=str):
+        old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old} -> {new}")
+    return changes
+
+
+def _resumable(checkpoint: Path, config_record: dict | None) -> bool:
+    """Whether the checkpoint continues this run: it was written with the same configuration.
+    Another configuration (new defaults, a launchpad override) trains afresh: resuming would
+    load weights of other shapes, or take a finished run of other settings for this one."""
+    stored = read_trainer_state(checkpoint).get("config")
+    if config_record is None or stored is None:
+        return True
+    changes = config_changes(stored, config_record)
+    if changes:
+        shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+        logging.getLogger(__name__).warning(
+            "not resuming %s: it was trained with another configuration (%s); training afresh", checkpoint, shown)
+    return not changes
+
+
 def fit(
     task: TrainingTask,
     out_dir: Path | None = None,
@@ -189,13 +224,14 @@ def fit(
     """Run ``task``'s phases one after another (global step numbers run on across
     phases); checkpoints go to ``out_dir/checkpoint``. ``stop_after`` ends the run at that
     step, with a checkpoint, as an interrupted run would; calling again with
-    ``resume=True`` continues it."""
+    ``resume=True`` continues it, unless ``config_record`` differs from the one the
+    checkpoint was written with (then it trains afresh and says why)."""
     phases = list(task.phases())
     total = sum(phase.steps for phase in phases)
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     rank, _ = world()
     start = 0
-    if resume and checkpoint is not None and checkpoint.exists():
+    if resume and checkpoint is not None and checkpoint.exists() and _resumable(checkpoint, config_record):
         start = read_trainer_state(checkpoint)["step"]
     end = total if stop_after is None else min(total, stop_after)
     history: list[Metrics] = []
