@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mmpipe.nn.losses import clamp_logit_scale_
+from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import TRAIN, VALIDATION, MACInputs, VideoClips, clip_offsets
 from mmpipe.systems.mac.losses import masked_then_align
@@ -288,11 +289,8 @@ class MACTask(TrainingTask):
         cfg = self.cfg
         rows, captions, rng, masks = self.batch(step)
         pixels = self.inputs.clips.pixels(rows, cfg.n_frames, self.model.config.image_size, rng)
-        video = self.model.encode_video(pixels, cfg.mask_ratio, masks)
-        hidden, mask = self.inputs.text.tokens(captions)
-        text = self.model.encode_text(hidden, mask, cfg.text_mask_ratio, masks)
         logit_scale = self.model.logit_scale.exp()
-        loss = masked_then_align(video, text, logit_scale)
+        loss = self.masked_pairs_loss(pixels, self.inputs.text, captions, masks, logit_scale)
         out = {"loss": loss, "temperature": 1 / logit_scale.detach(), "videos": len(rows)}
         if len(self.moment_videos) > 1:
             moment_loss = self.moment_loss(rng, masks, logit_scale)
@@ -309,10 +307,16 @@ class MACTask(TrainingTask):
         queries = np.asarray([rng.choice(self.moment_queries[int(row)]) for row in videos])
         pixels = self.inputs.clips.pixels(videos, cfg.n_frames, self.model.config.image_size, rng,
                                           within=[moments.frames[q] for q in queries])
-        video = self.model.encode_video(pixels, cfg.mask_ratio, masks)
-        hidden, mask = moments.text.tokens(queries)
-        text = self.model.encode_text(hidden, mask, cfg.text_mask_ratio, masks)
-        return masked_then_align(video, text, logit_scale)
+        return self.masked_pairs_loss(pixels, moments.text, queries, masks, logit_scale)
+
+    def masked_pairs_loss(self, pixels: torch.Tensor, text: TextFeatures, text_rows: np.ndarray,
+                          masks: torch.Generator, logit_scale: torch.Tensor) -> torch.Tensor:
+        """Masked-then-align between clip i of ``pixels`` and row ``text_rows[i]`` of ``text``,
+        each side masked at its training ratio."""
+        video = self.model.encode_video(pixels, self.cfg.mask_ratio, masks)
+        hidden, mask = text.tokens(text_rows)
+        return masked_then_align(video, self.model.encode_text(hidden, mask, self.cfg.text_mask_ratio, masks),
+                                 logit_scale)
 
     def validate(self) -> float:
         return text_to_video_recall(self.model, self.inputs, VALIDATION, self.cfg.n_frames,
