@@ -12,20 +12,30 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run world version materialize ablations day test ui clean
+.PHONY: lock setup run world version materialize ablations day test ui clean
 
 setup: $(VENV)/.installed
 
 # torch comes first, pinned: the CPU wheel on disk. A looser requirement pulls CUDA builds.
-$(VENV)/.installed: pyproject.toml
+# Every version comes from constraints.txt (what CI tested), so a fresh machine gets the same set.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@# DVC pulls hydra-core, which pins antlr4 4.9; Dagster's asset-selection parser needs 4.13.
 	@# DVC only needs antlr through hydra's `dvc exp run -S` composition, which we do not use.
 	$(BIN)/pip install -q antlr4-python3-runtime==4.13.2 2>&1 | grep -v "requires antlr4" || true
 	touch $@
+
+# Re-pin constraints.txt to what .venv holds (after changing pyproject.toml: `make setup` with
+# the new requirement, then `make lock`). torch loses the local `+cpu` tag of the CPU wheel (the
+# pin matches it and PyPI's build alike); antlr4 goes back to the 4.9.3 that DVC's hydra pins, so
+# the constraints stay installable in one resolve (setup then upgrades it, see above).
+lock: setup
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/' \
+	    -e 's/^antlr4-python3-runtime==.*/antlr4-python3-runtime==4.9.3/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
