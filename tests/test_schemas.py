@@ -114,6 +114,22 @@ def _write_image(data: bytes):
     return change
 
 
+def _symlink_out(root: Path, row: dict) -> dict:
+    """A good JPEG outside the root, reached through a link inside it."""
+    outside = root.parent / f"{root.name}_outside.jpg"
+    outside.write_bytes(jpeg_bytes(seed=7))
+    (root / "images" / "link.jpg").symlink_to(outside)
+    return {**row, "image_path": "images/link.jpg"}
+
+
+def _symlinked_folder_out(root: Path, row: dict) -> dict:
+    outside = root.parent / f"{root.name}_outside"
+    outside.mkdir()
+    (outside / "p.jpg").write_bytes(jpeg_bytes(seed=7))
+    (root / "more_images").symlink_to(outside, target_is_directory=True)
+    return {**row, "image_path": "more_images/p.jpg"}
+
+
 def _set(**changes):
     return lambda root, row: {**row, **changes}
 
@@ -126,6 +142,10 @@ PIN_DEFECTS = {
     "missing_image": (_set(image_path="images/nowhere.jpg"), "image_path.file_exists"),
     "path_traversal": (_set(image_path="../../etc/passwd"), "image_path.inside_root"),
     "absolute_path": (_set(image_path="/etc/passwd"), "image_path.inside_root"),
+    "dotdot_coming_back_inside": (_set(image_path="images/../images/p0.jpg"), "image_path.inside_root"),
+    "windows_separators": (_set(image_path="..\\..\\etc\\passwd"), "image_path.inside_root"),
+    "symlink_out_of_root": (_symlink_out, "image_path.inside_root"),
+    "symlinked_folder_out_of_root": (_symlinked_folder_out, "image_path.inside_root"),
     "duplicate_id": (_set(pin_id="p1", image_path="images/p1.jpg"), "pin_id.unique_id"),
     "null_id": (_set(pin_id=None), "pin_id.not_nullable"),
     "empty_text": (_set(title="  ", description=""), "has_text"),
@@ -168,6 +188,25 @@ def test_messages_say_what_is_wrong(raw_root):
     raw = pd.DataFrame(GOOD_PINS + [{**new_pin(), "image_path": "../../etc/passwd"}])
     message = validate_pins(raw, raw_root, MIN_DATE, MAX_DATE).quarantine["message"].iloc[0]
     assert "'../../etc/passwd' escapes the data root" in message
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/etc/passwd", "is absolute"),
+    ("images/../images/p0.jpg", "contains '..'"),
+    ("..\\p0.jpg", "holds a backslash"),
+    ("images/link.jpg", "through a symbolic link"),
+])
+def test_path_messages_name_the_path_and_why(raw_root, path, words):
+    _symlink_out(raw_root, new_pin())
+    raw = pd.DataFrame(GOOD_PINS + [{**new_pin(), "image_path": path}])
+    message = validate_pins(raw, raw_root, MIN_DATE, MAX_DATE).quarantine["message"].iloc[0]
+    assert f"image_path: path {path!r}" in message and words in message, message
+
+
+def test_a_link_inside_the_root_to_a_file_inside_it_is_fine(raw_root):
+    (raw_root / "images" / "alias.jpg").symlink_to(raw_root / "images" / "p0.jpg")
+    raw = pd.DataFrame(GOOD_PINS + [{**new_pin(), "image_path": "images/alias.jpg"}])
+    assert validate_pins(raw, raw_root, MIN_DATE, MAX_DATE).quarantine.empty
 
 
 def test_a_row_breaking_several_rules_is_one_record_listing_all(raw_root):
