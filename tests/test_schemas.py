@@ -169,6 +169,67 @@ def test_each_pin_defect_is_quarantined_under_its_rule(raw_root, defect):
     assert_only_bad_row_quarantined(result, len(GOOD_PINS), rule)
 
 
+def _pixels(seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 64, 3), dtype=np.uint8))
+
+
+def _phone_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Phone maker", "Phone 12", 6  # make, model, orientation
+    return exif.tobytes()
+
+
+def _without_jfif(data: bytes) -> bytes:
+    """The JPEG with its APP0 (JFIF) segment cut out, as camera firmware writes them."""
+    assert data[2:4] == b"\xff\xe0"
+    length = int.from_bytes(data[4:6], "big")
+    return data[:2] + data[4 + length:]
+
+
+def _saved(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, **{"format": "JPEG", **options})
+    return buffer.getvalue()
+
+
+# JPEGs as cameras, phones and print tools write them: all of them must pass.
+JPEG_VARIANTS = {
+    "exif_app1_no_jfif": lambda: _without_jfif(_saved(_pixels(), exif=_phone_exif())),
+    "progressive": lambda: _saved(_pixels(), progressive=True),
+    "restart_markers": lambda: _saved(_pixels(), restart_marker_blocks=2),
+    "cmyk": lambda: _saved(_pixels().convert("CMYK")),
+    "greyscale": lambda: _saved(_pixels().convert("L")),
+    "phone_mpo_with_depth_map": lambda: _saved(_pixels(), format="MPO", save_all=True,
+                                               append_images=[_pixels(1).convert("L")], exif=_phone_exif()),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(JPEG_VARIANTS))
+def test_every_kind_of_jpeg_passes(raw_root, variant):
+    data = JPEG_VARIANTS[variant]()
+    assert data[:3] == b"\xff\xd8\xff"
+    row = _write_image(data)(raw_root, new_pin())
+    result = validate_pins(pd.DataFrame(GOOD_PINS + [row]), raw_root, MIN_DATE, MAX_DATE)
+    assert result.quarantine.empty, result.quarantine["message"].tolist()
+    assert result.valid["row_index"].tolist() == [0, 1, 2, 3, 4]
+
+
+def _bomb_jpeg(side: int = 60000) -> bytes:
+    """A small JPEG whose frame header claims ``side`` x ``side`` pixels."""
+    data = bytearray(jpeg_bytes())
+    start = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
+    data[start + 5: start + 9] = side.to_bytes(2, "big") * 2
+    return bytes(data)
+
+
+def test_a_decompression_bomb_is_named_as_one(raw_root):
+    row = _write_image(_bomb_jpeg())(raw_root, new_pin())
+    result = validate_pins(pd.DataFrame(GOOD_PINS + [row]), raw_root, MIN_DATE, MAX_DATE)
+    assert rules_by_row(result) == {4: "image_path.decompression_bomb"}
+    message = result.quarantine["message"].iloc[0]
+    assert "'images/bad.jpg' is a decompression bomb" in message and "corrupt" not in message
+
+
 def test_clean_pins_pass_typed_with_their_row_index(raw_root):
     result = validate_pins(pd.DataFrame(GOOD_PINS), raw_root, MIN_DATE, MAX_DATE)
     assert result.quarantine.empty and list(result.quarantine.columns) == QUARANTINE_COLUMNS
