@@ -314,6 +314,16 @@ def test_captions_with_typos_are_not_garbled():
 @pytest.mark.parametrize("text", [
     "Café crème brûlée, so dreamy 🍰", "e\u0301te\u0301", "line one\nline two\ttab",
     "Vi\u1ec7t Nam", "👩\u200d🎨 art inspo", "Wall art #aesthetic #decoridea",
+    # emoji: variation selector U+FE0F (a combining mark), ZWJ sequences with it, keycaps,
+    # skin tones, a subdivision flag spelt in tag characters
+    "I \u2764\ufe0f this", "\u2764\ufe0f\u200d\U0001f525 hot", "1\ufe0f\u20e3 first pick", "\U0001f44d\U0001f3fd ok",
+    "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f football",
+    # scripts whose vowel signs are combining marks: Hindi (nukta + vowel sign + anusvara on
+    # one consonant in "padhen"), Thai tone marks, Hebrew points, Arabic, CJK
+    "\u092a\u0922\u093c\u0947\u0902", "\u0939\u093f\u0902\u0926\u0940 \u092e\u0947\u0902 \u0938\u091c\u093e\u0935\u091f",
+    "\u0e19\u0e49\u0e33\u0e15\u0e32\u0e25", "\u05e9\u05c1\u05b8\u05dc\u05d5\u05b9\u05dd", "\u0645\u0631\u062d\u0628\u0627", "日本語のテキスト",
+    # Latin-1 text that is not mojibake
+    "S\u00c3O PAULO", "na\u00efve caf\u00e9 \u00a92026",
 ])
 def test_ordinary_text_in_many_forms_is_not_garbled(text):
     assert not looks_garbled(text)
@@ -326,9 +336,21 @@ def test_generated_garbage_is_always_garbled():
             assert looks_garbled(garbled_text(rng, length))
 
 
-@pytest.mark.parametrize("text", ["a\x00b", "bad\ufffddecode", "\u202eevil", "\u0301start", "ok\ue000", "z\u0300\u0301\u0302"])
-def test_odd_characters_are_garbled(text):
-    assert looks_garbled(text)
+@pytest.mark.parametrize("text, reason", [
+    ("a\x00b", "control character U+0000 at position 1"),
+    ("bad\ufffddecode", "replacement character"),
+    ("\u202eevil", "invisible format character U+202E"),
+    ("\u0301start", "combining mark with no letter to attach to U+0301 at position 0"),
+    ("ok \u0301", "combining mark with no letter to attach to U+0301 at position 3"),
+    ("ok\ue000", "private-use character"),
+    ("z\u0300\u0301\u0302", "pile of combining marks U+0302 at position 3"),
+    ("\u0915\u093c\u0947\u0902\u0901\u0902", "pile of combining marks U+0902 at position 5"),
+    ("\ufe0f alone", "variation selector with nothing to select"),
+    ("tag\U000e0067 in text", "tag character outside an emoji flag"),
+    ("Caf\u00c3\u00a9 cr\u00c3\u00a8me", "mojibake '\u00c3\u00a9' at position 3 (UTF-8 read as cp1252: 'Caf\u00e9 cr\u00e8me')"),
+])
+def test_odd_characters_are_garbled(text, reason):
+    assert reason in garbled_reason(text)
 
 
 # -----------------------------------------------------------------------------
