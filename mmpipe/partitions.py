@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.layout import MANIFEST_FILE, RAW_TABLES, raw_table_path
-from mmpipe.schemas.tables import parse_iso_dates
+from mmpipe.schemas.tables import iso_date_strings, parse_iso_dates
 
 # The date column each partitioned table is split by.
 DAY_COLUMN: dict[str, str] = {"pins": "created_at", "interactions": "date", "videos": "created_at"}
@@ -75,7 +75,8 @@ def row_days(table: str, raw: pd.DataFrame, manifest: dict) -> pd.Series:
     if table not in DAY_COLUMN:
         raise KeyError(f"{table} is not partitioned by day; partitioned: {PARTITIONED_TABLES}")
     raw = raw.reset_index(drop=True)
-    parsed = parse_iso_dates(raw[DAY_COLUMN[table]])
+    # the same reading of the date the validation's parser gives (timestamps to their UTC day)
+    parsed = parse_iso_dates(iso_date_strings(raw[DAY_COLUMN[table]]))
     low, high = pd.Timestamp(manifest["start_date"]), pd.Timestamp(manifest["end_date"])
     usable = parsed.notna() & parsed.between(low, high)
     days = pd.Series(delivery_days(manifest, table, len(raw)), index=raw.index, dtype=object)

@@ -430,6 +430,66 @@ def test_interaction_defects(changes, rule):
 
 
 # -----------------------------------------------------------------------------
+# dates given as timestamps, and dates in the future
+
+
+@pytest.mark.parametrize("values, days", [
+    (["2026-01-03 13:45:00", "2026-01-05T08:00:00Z", "2026-01-05T08:00:00.250+01:00"],
+     ["2026-01-03", "2026-01-05", "2026-01-05"]),
+    (["2026-01-06T23:30:00-05:00", "2026-01-06 23:30"], ["2026-01-07", "2026-01-06"]),  # the UTC day
+    (pd.to_datetime(["2026-01-03 13:45", "2026-01-05 08:00"]), ["2026-01-03", "2026-01-05"]),
+    (pd.to_datetime(["2026-01-03 13:45", "2026-01-05 20:00"]).tz_localize("US/Pacific"), ["2026-01-03", "2026-01-06"]),
+    (["2026-02-30 10:00", "junk", "2026-01-02"], ["2026-02-30 10:00", "junk", "2026-01-02"]),  # left for iso_date
+])
+def test_timestamps_in_date_columns_count_for_their_utc_day(values, days):
+    from mmpipe.schemas.tables import iso_date_strings
+
+    assert iso_date_strings(pd.Series(values)).tolist() == days
+
+
+def test_timestamped_interactions_validate_and_partition_by_their_own_day():
+    """A date column written as timestamps spreads over its days (it once fell back to the
+    delivery day, all of it, and was quarantined wholesale)."""
+    from mmpipe.partitions import row_days
+
+    stamps = ["2026-01-03T09:15:00Z", "2026-01-04T18:00:00Z", "2026-01-05T00:00:01Z", "2026-01-06T23:59:59Z"]
+    raw = pd.DataFrame([{**row, "date": stamp} for row, stamp in zip(GOOD_IMPRESSIONS, stamps)])
+    manifest = {"start_date": MIN_DATE, "end_date": MAX_DATE}
+    assert row_days("interactions", raw, manifest).tolist() == ["2026-01-03", "2026-01-04", "2026-01-05", "2026-01-06"]
+    result = validate_interactions(raw, {"u0", "u1"}, {"p0", "p1", "p2"}, MIN_DATE, MAX_DATE)
+    assert result.quarantine.empty, result.quarantine["message"].tolist()
+    assert result.valid["date"].tolist() == ["2026-01-03", "2026-01-04", "2026-01-05", "2026-01-06"]
+    typed = raw.assign(date=pd.to_datetime(stamps))  # a Parquet timestamp column reads back typed
+    assert row_days("interactions", typed, manifest).tolist() == result.valid["date"].tolist()
+
+
+TOMORROW = (date.today() + timedelta(days=2)).isoformat()
+
+
+@pytest.mark.parametrize("table, validate, good, column", [
+    ("users", lambda raw: validate_users(raw), GOOD_USERS, "signup_date"),
+    ("boards", lambda raw: validate_boards(raw), GOOD_BOARDS, "created_at"),
+    ("board_pins", lambda raw: validate_board_pins(raw, {"p0", "p1", "p2"}, {"b0", "b1"}), GOOD_SAVES, "saved_at"),
+])
+def test_future_dates_are_quarantined(table, validate, good, column):
+    bad = {**good[-1], column: TOMORROW}
+    if table != "board_pins":
+        bad[f"{table[:-1]}_id"] = "new"
+    else:
+        bad["pin_id"] = "p2"
+    result = validate(pd.DataFrame(good + [bad]))
+    assert_only_bad_row_quarantined(result, len(good), f"{column}.not_in_future")
+    assert f"{column}='{TOMORROW}' is in the future (after " in result.quarantine["message"].iloc[0]
+
+
+def test_dates_after_the_delivery_window_are_in_the_future():
+    raw = pd.DataFrame(GOOD_USERS + [{**GOOD_USERS[0], "user_id": "late", "signup_date": "2026-02-01"}])
+    result = validate_users(raw, max_date=MAX_DATE)
+    assert_only_bad_row_quarantined(result, len(GOOD_USERS), "signup_date.not_in_future")
+    assert "after 2026-01-31, the latest accepted date" in result.quarantine["message"].iloc[0]
+
+
+# -----------------------------------------------------------------------------
 # videos and moment queries
 
 
@@ -461,6 +521,8 @@ VIDEO_DEFECTS = {
     "duplicate_id": (_set(video_id="v0", video_path="videos/v0.mp4"), "video_id.unique_id"),
     "wrong_duration": (_set(video_path="videos/v1.mp4", duration_s=30.0), "video_path.duration"),
     "zero_fps": (_set(video_path="videos/v1.mp4", fps=0), "fps.greater_than"),
+    "created_in_the_future": (_set(video_path="videos/v1.mp4", created_at=(date.today() + timedelta(days=2)).isoformat()),
+                              "created_at.in_date_range"),
 }
 
 

@@ -98,12 +98,38 @@ def real_numbers(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce")
 
 
+# An ISO 8601 timestamp written as text: a date, a time of day, maybe seconds, fractions
+# and an offset ("2026-01-05T13:45:00.123+01:00", "2026-01-05 13:45", "...Z").
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def _utc_day(value: dt.date) -> str:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d")
+
+
 def iso_date_strings(series: pd.Series) -> pd.Series:
-    """Dates a user's Parquet stores as timestamps or dates, as the ISO strings partitions use."""
+    """Dates as the ISO ``YYYY-MM-DD`` strings partitions key on, however the file holds them:
+    strings, dates, or timestamps with a time of day (typed, or ISO 8601 text). A timestamp
+    counts for the day it falls on in UTC, the clock the daily partitions and the "not in
+    the future" bound use; a timestamp without an offset is taken as UTC. Anything else
+    stays as it is, for ``iso_date`` to report."""
     if pd.api.types.is_datetime64_any_dtype(series):
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC")
         return series.dt.strftime("%Y-%m-%d")
-    if series.dtype == object:
-        return series.map(lambda value: value.strftime("%Y-%m-%d") if isinstance(value, dt.date) else value)
+    if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
+        return series
+    series = series.map(lambda value: _utc_day(value) if isinstance(value, dt.date) else value)
+    text = series.astype("string")
+    stamped = text.str.fullmatch(_ISO_TIMESTAMP).fillna(False).astype(bool)
+    if not stamped.any():
+        return series
+    # an impossible timestamp ("2026-02-30 10:00") stays text, and fails iso_date
+    days = pd.to_datetime(text[stamped], format="ISO8601", utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
+    series = series.astype(object)
+    series[stamped & days.reindex(series.index).notna()] = days.dropna()
     return series
 
 
@@ -535,6 +561,19 @@ def date_window(min_date: str | None, max_date: str | None) -> pa.Check:
     )
 
 
+def not_in_future(max_date: str) -> pa.Check:
+    """ISO dates on or before ``max_date``: today (UTC), or the last day a delivery declares.
+    A sign-up or a save dated later has not happened yet: a clock or a writer is wrong.
+    Malformed dates pass here: ``iso_date`` reports them."""
+    high = pd.Timestamp(max_date)
+
+    def not_later(series: pd.Series) -> pd.Series:
+        parsed = parse_iso_dates(series)
+        return parsed.isna() | (parsed <= high)
+
+    return pa.Check(not_later, name="not_in_future", statistics={"max_date": max_date})
+
+
 def window_ends(row: dict) -> list[tuple[str, float]]:
     """The spans of a moment query row, as (how a message names it, end in seconds)."""
     return [(f"window {window_text(start, end)}", end) for start, end in windows_of(row["windows"])]
@@ -647,6 +686,7 @@ _EXPLANATIONS = {
     "unique_id": "repeats the id of an earlier row",
     "iso_date": "is not a valid YYYY-MM-DD date",
     "in_date_range": "is outside the accepted dates {min_date}..{max_date}",
+    "not_in_future": "is in the future (after {max_date}, the latest accepted date)",
     "not_blank": "is empty",
     "max_chars": "is longer than {limit} characters",
     "not_garbled": "looks garbled",

@@ -44,6 +44,7 @@ from mmpipe.schemas.tables import (
     known_concepts,
     known_ids,
     known_shots,
+    not_in_future,
     real_numbers,
     shot_end,
     shown,
@@ -256,20 +257,26 @@ def validate_pins(
     return _validate("pins", raw, schema, lambda frame: _image_issues(frame, Path(raw_root)))
 
 
-def validate_boards(raw: pd.DataFrame) -> ValidationResult:
-    return _validate("boards", raw, with_runtime_checks(BoardsModel))
+def validate_boards(raw: pd.DataFrame, max_date: str | None = None) -> ValidationResult:
+    schema = with_runtime_checks(BoardsModel, {"created_at": [not_in_future(_latest_date(max_date))]})
+    return _validate("boards", raw, schema)
 
 
-def validate_board_pins(raw: pd.DataFrame, valid_pin_ids: Iterable[str], valid_board_ids: Iterable[str]) -> ValidationResult:
+def validate_board_pins(
+    raw: pd.DataFrame, valid_pin_ids: Iterable[str], valid_board_ids: Iterable[str], max_date: str | None = None
+) -> ValidationResult:
     schema = with_runtime_checks(BoardPinsModel, {
         "board_id": [known_ids(valid_board_ids, "boards")],
         "pin_id": [known_ids(valid_pin_ids, "pins")],
+        "saved_at": [not_in_future(_latest_date(max_date))],
     })
     return _validate("board_pins", raw, schema)
 
 
-def validate_users(raw: pd.DataFrame) -> ValidationResult:
-    return _validate("users", raw, with_runtime_checks(UsersModel))
+def validate_users(raw: pd.DataFrame, max_date: str | None = None) -> ValidationResult:
+    """Sign-ups may predate any delivery (no lower bound), but not follow the latest one."""
+    schema = with_runtime_checks(UsersModel, {"signup_date": [not_in_future(_latest_date(max_date))]})
+    return _validate("users", raw, schema)
 
 
 def validate_interactions(
@@ -287,9 +294,16 @@ def validate_interactions(
     return _validate("interactions", raw, schema)
 
 
-def validate_videos(raw: pd.DataFrame, raw_root: Path) -> ValidationResult:
-    """Decodes every frame of every video: cheap at the sizes this pipeline handles."""
-    return _validate("videos", raw, with_runtime_checks(VideosModel), lambda frame: _video_issues(frame, Path(raw_root)))
+def _videos_schema(min_date: str | None, max_date: str | None) -> pa.DataFrameSchema:
+    return with_runtime_checks(VideosModel, {"created_at": [date_window(min_date, _latest_date(max_date))]})
+
+
+def validate_videos(
+    raw: pd.DataFrame, raw_root: Path, min_date: str | None = None, max_date: str | None = None
+) -> ValidationResult:
+    """Decodes every frame of every video: cheap at the sizes this pipeline handles. Dates
+    as for pins: a video is partitioned by its created_at as a pin is."""
+    return _validate("videos", raw, _videos_schema(min_date, max_date), lambda frame: _video_issues(frame, Path(raw_root)))
 
 
 def validate_moment_queries(raw: pd.DataFrame, valid_videos: pd.DataFrame) -> ValidationResult:
@@ -363,15 +377,15 @@ def validate_table(
     if table == "pins":
         return validate_pins(raw, raw_root, min_date, max_date)
     if table == "boards":
-        return validate_boards(raw)
+        return validate_boards(raw, max_date)
     if table == "board_pins":
-        return validate_board_pins(raw, ids("pins"), ids("boards"))
+        return validate_board_pins(raw, ids("pins"), ids("boards"), max_date)
     if table == "users":
-        return validate_users(raw)
+        return validate_users(raw, max_date)
     if table == "interactions":
         return validate_interactions(raw, ids("users"), ids("pins"), min_date, max_date)
     if table == "videos":
-        return validate_videos(raw, raw_root)
+        return validate_videos(raw, raw_root, min_date, max_date)
     if table == "moment_queries":
         return validate_moment_queries(raw, parents["videos"])
     if table == "video_captions":
@@ -452,7 +466,7 @@ def validate_day(
         })
         media = None
     elif table == "videos":
-        schema = with_runtime_checks(VideosModel)
+        schema = _videos_schema(min_date, max_date)
         media = lambda frame: _video_issues(frame, raw_root)  # noqa: E731
     else:
         raise KeyError(f"{table} is not validated by day")
