@@ -25,7 +25,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mmpipe.layout import MANIFEST_FILE, RAW_TABLES, raw_table_path
+from mmpipe.layout import MANIFEST_FILE, RAW_TABLES
+from mmpipe.schemas.raw_tables import RawTableError, missing_columns_problem, read_raw_table
 from mmpipe.schemas.tables import iso_date_strings, parse_iso_dates
 
 # The date column each partitioned table is split by.
@@ -74,6 +75,9 @@ def row_days(table: str, raw: pd.DataFrame, manifest: dict) -> pd.Series:
     """The day partition of every row of the raw ``table`` (index: row position)."""
     if table not in DAY_COLUMN:
         raise KeyError(f"{table} is not partitioned by day; partitioned: {PARTITIONED_TABLES}")
+    problem = missing_columns_problem(table, raw.columns)
+    if problem is not None:  # a KeyError on the date column would name neither table nor rename
+        raise RawTableError(problem)
     raw = raw.reset_index(drop=True)
     # the same reading of the date the validation's parser gives (timestamps to their UTC day)
     parsed = parse_iso_dates(iso_date_strings(raw[DAY_COLUMN[table]]))
@@ -86,7 +90,7 @@ def row_days(table: str, raw: pd.DataFrame, manifest: dict) -> pd.Series:
 
 def raw_rows_by_day(raw_root: Path, table: str) -> tuple[pd.DataFrame, pd.Series]:
     """(the raw table, the day of each row)."""
-    raw = pd.read_parquet(raw_table_path(raw_root, table)).reset_index(drop=True)
+    raw = read_raw_table(raw_root, table).reset_index(drop=True)
     return raw, row_days(table, raw, read_manifest(raw_root))
 
 

@@ -295,7 +295,7 @@ def test_dates_default_to_not_in_the_future(raw_root):
 
 
 def test_a_table_without_its_columns_is_refused(raw_root):
-    with pytest.raises(ValueError, match="lacks columns"):
+    with pytest.raises(ValueError, match="pins lacks the column 'created_at'"):
         validate_pins(pd.DataFrame(GOOD_PINS).drop(columns=["created_at"]), raw_root)
 
 

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from mmpipe.layout import ID_COLUMN, RAW_COLUMNS, RAW_TABLES, declared_date_window, raw_table_path
+from mmpipe.layout import ID_COLUMN, RAW_COLUMNS, RAW_TABLES, declared_date_window
 from mmpipe.schemas.media_checks import check_images, check_videos
+from mmpipe.schemas.raw_tables import RawTableError, missing_columns_problem, read_raw_table
 from mmpipe.schemas.quarantine import (
     ROW_INDEX,
     Issue,
@@ -206,9 +207,9 @@ def _video_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
 def _numbered(table: str, raw: pd.DataFrame, positions: Sequence[int] | None = None) -> pd.DataFrame:
     """The raw rows with their position in the raw file as ``row_index`` (and as the index):
     ``positions`` when the rows are a part (one day) of the file, else 0, 1, 2, ..."""
-    missing = [column for column in RAW_COLUMNS[table] if column not in raw.columns]
-    if missing:
-        raise ValueError(f"{table}: the raw table lacks columns {missing}; expected {RAW_COLUMNS[table]}")
+    problem = missing_columns_problem(table, raw.columns)
+    if problem is not None:
+        raise RawTableError(problem)
     frame = raw.reset_index(drop=True)
     if positions is None:
         frame[ROW_INDEX] = pd.RangeIndex(len(frame), dtype="int64")
@@ -369,7 +370,7 @@ def validate_table(
     if absent:
         raise ValueError(f"validating {table} needs the validated {absent} tables")
     raw_root = Path(raw_root)
-    raw = pd.read_parquet(raw_table_path(raw_root, table))
+    raw = read_raw_table(raw_root, table)
 
     def ids(parent: str) -> set[str]:
         return set(parents[parent][ID_COLUMN[parent]])

@@ -1,0 +1,84 @@
+"""Whole-file problems of a user's landing zone: an unreadable Parquet file, a missing or
+renamed column. They stop the table with an error naming the table, the file and the column,
+before partitioning or validation reach for the column."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mmpipe.partitions import raw_rows_by_day, row_days
+from mmpipe.schemas.raw_tables import RawTableError, read_raw_table
+from mmpipe.schemas.validate import validate_pins, validate_table
+
+MANIFEST = {"start_date": "2026-01-01", "end_date": "2026-01-10"}
+
+
+@pytest.fixture
+def landing(tiny_world, tmp_path) -> Path:
+    """A copy of the tiny world's tables and manifest (no media: these tests read tables)."""
+    root = tmp_path / "raw"
+    root.mkdir()
+    for path in tiny_world.glob("*.parquet"):
+        shutil.copy(path, root / path.name)
+    shutil.copy(tiny_world / "manifest.json", root / "manifest.json")
+    return root
+
+
+def _corrupt_pages(path: Path) -> None:
+    """Flip bytes inside the column data, as a bad disk or an interrupted copy would, keeping
+    the footer (so the file still opens as Parquet and fails while decompressing)."""
+    data = bytearray(path.read_bytes())
+    for position in range(64, min(len(data) // 2, 4096)):
+        data[position] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_parquet_file_is_named_with_its_table(landing):
+    _corrupt_pages(landing / "interactions.parquet")
+    with pytest.raises(OSError, match="Corrupt"):  # what pandas alone says: no table, no file
+        pd.read_parquet(landing / "interactions.parquet")
+    expected = rf"interactions: cannot read {landing / 'interactions.parquet'}, it is not a readable Parquet file"
+    with pytest.raises(RawTableError, match=expected):
+        raw_rows_by_day(landing, "interactions")
+    with pytest.raises(RawTableError, match=expected):
+        validate_table("interactions", landing, {"users": pd.DataFrame({"user_id": []}),
+                                                 "pins": pd.DataFrame({"pin_id": []})})
+
+
+def test_a_file_that_is_not_parquet_at_all_is_named(landing):
+    (landing / "boards.parquet").write_text("board_id,name\nb1,blue things\n")  # a CSV under the name
+    with pytest.raises(RawTableError, match=r"^boards: cannot read .*boards\.parquet, it is not a readable Parquet"):
+        read_raw_table(landing, "boards")
+
+
+@pytest.mark.parametrize("table, renamed, message", [
+    ("interactions", {"date": "day"}, "interactions lacks the column 'date' (renamed to 'day'?)"),
+    ("pins", {"created_at": "created"}, "pins lacks the column 'created_at' (renamed to 'created'?)"),
+    ("videos", {"created_at": "upload_date", "fps": "frame_rate"}, "videos lacks the columns 'fps', 'created_at'"),
+])
+def test_a_renamed_date_column_is_named_before_partitioning(landing, table, renamed, message):
+    path = landing / f"{table}.parquet"
+    pd.read_parquet(path).rename(columns=renamed).to_parquet(path)
+    with pytest.raises(RawTableError) as raised:
+        raw_rows_by_day(landing, table)
+    assert message in str(raised.value) and str(path) in str(raised.value)
+    with pytest.raises(RawTableError, match="lacks the column"):
+        row_days(table, pd.read_parquet(path), MANIFEST)  # a frame handed over directly: same words
+
+
+def test_a_dropped_column_is_named_by_validation(landing):
+    path = landing / "users.parquet"
+    pd.read_parquet(path).drop(columns=["country"]).to_parquet(path)
+    with pytest.raises(RawTableError, match=r"users lacks the column 'country'; expected user_id, country, "
+                                            r"signup_date; found user_id, signup_date"):
+        validate_table("users", landing, {})
+
+
+def test_a_frame_without_its_columns_is_refused_by_name(tmp_path):
+    with pytest.raises(RawTableError, match="pins lacks the column 'created_at'; expected"):
+        validate_pins(pd.DataFrame({"pin_id": ["p0"], "image_path": ["x.jpg"], "title": ["t"],
+                                    "description": ["d"]}), tmp_path)
