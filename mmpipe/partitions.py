@@ -75,7 +75,7 @@ def row_days(table: str, raw: pd.DataFrame, manifest: dict) -> pd.Series:
     """The day partition of every row of the raw ``table`` (index: row position)."""
     if table not in DAY_COLUMN:
         raise KeyError(f"{table} is not partitioned by day; partitioned: {PARTITIONED_TABLES}")
-    problem = missing_columns_problem(table, raw.columns)
+    problem = missing_columns_problem(table, raw.columns, required=[DAY_COLUMN[table]])
     if problem is not None:  # a KeyError on the date column would name neither table nor rename
         raise RawTableError(problem)
     raw = raw.reset_index(drop=True)

@@ -23,15 +23,16 @@ class RawTableError(ValueError):
     """A raw table that cannot be read, or lacks columns of the contract (``RAW_COLUMNS``)."""
 
 
-def missing_columns_problem(table: str, columns: Iterable[str]) -> str | None:
-    """What ``columns`` lack of ``table``'s contract, naming a likely rename; None if nothing.
+def missing_columns_problem(table: str, columns: Iterable[str], required: Iterable[str] | None = None) -> str | None:
+    """What ``columns`` lack of ``table``'s contract (or of its ``required`` columns), naming a
+    likely rename; None if nothing.
 
     >>> missing_columns_problem("users", ["user_id", "country", "signup"])
     "users lacks the column 'signup_date' (renamed to 'signup'?); expected user_id, country, signup_date; found user_id, country, signup"
     """
     columns = [str(column) for column in columns]
     expected = RAW_COLUMNS[table]
-    missing = [column for column in expected if column not in columns]
+    missing = [column for column in (expected if required is None else required) if column not in columns]
     if not missing:
         return None
     extra = [column for column in columns if column not in expected]
