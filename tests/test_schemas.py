@@ -463,6 +463,36 @@ def test_timestamped_interactions_validate_and_partition_by_their_own_day():
     assert row_days("interactions", typed, manifest).tolist() == result.valid["date"].tolist()
 
 
+def test_an_impression_before_its_pin_was_created_has_its_own_rule():
+    raw = pd.DataFrame(GOOD_IMPRESSIONS + [{**GOOD_IMPRESSIONS[0], "impression_id": "i9", "pin_id": "p2",
+                                             "date": "2026-01-04"}])
+    created = {"p0": "2026-01-01", "p1": "2026-01-06", "p2": "2026-01-05"}  # p1 on the very day of i1
+    result = validate_interactions(raw, {"u0", "u1"}, set(created), MIN_DATE, MAX_DATE, pin_created=created)
+    assert_only_bad_row_quarantined(result, len(GOOD_IMPRESSIONS), "pin_existed")
+    assert result.quarantine["message"].iloc[0] == (
+        "is dated before its pin was created: date='2026-01-04' but pin 'p2' was created on 2026-01-05")
+
+
+def test_a_day_partition_names_an_impression_of_a_later_pin_as_too_early_not_unknown(tmp_path):
+    """Day by day, the pins of later days are not validated yet; the raw pins table still
+    says the pin exists, created after the impression."""
+    from mmpipe.partitions import row_days
+    from mmpipe.schemas.validate import validate_day
+
+    pins = pd.DataFrame([{**good_pin("p0"), "created_at": "2026-01-02"}, {**good_pin("p1"), "created_at": "2026-01-05"}])
+    pins.to_parquet(tmp_path / "pins.parquet")
+    raw = pd.DataFrame([
+        {**GOOD_IMPRESSIONS[0], "impression_id": "i0", "pin_id": "p0", "date": "2026-01-03"},
+        {**GOOD_IMPRESSIONS[0], "impression_id": "i1", "pin_id": "p1", "date": "2026-01-03"},
+        {**GOOD_IMPRESSIONS[0], "impression_id": "i2", "pin_id": "p404", "date": "2026-01-03"},
+    ])
+    days = row_days("interactions", raw, {"start_date": MIN_DATE, "end_date": MAX_DATE})
+    parents = {"users": pd.DataFrame({"user_id": ["u0"]}), "pins": pins.iloc[:1]}  # validated up to the day
+    result = validate_day("interactions", raw, days, "2026-01-03", tmp_path, parents, MIN_DATE, MAX_DATE)
+    assert rules_by_row(result) == {1: "pin_existed", 2: "pin_id.known"}
+    assert "pin 'p1' was created on 2026-01-05" in result.quarantine["message"].iloc[0]
+
+
 TOMORROW = (date.today() + timedelta(days=2)).isoformat()
 
 

@@ -574,6 +574,20 @@ def not_in_future(max_date: str) -> pa.Check:
     return pa.Check(not_later, name="not_in_future", statistics={"max_date": max_date})
 
 
+def pin_existed(pin_created: dict[str, str]) -> pa.Check:
+    """An interaction is dated on or after its pin's creation (``pin_created``: ISO date by
+    pin id). A pin not in the map, or a malformed date, is left to ``pin_id.known`` and
+    ``date.iso_date``."""
+    def too_early(row: dict) -> str | None:
+        created = pin_created.get(row["pin_id"]) if isinstance(row["pin_id"], str) else None
+        date = row["date"]
+        if created is None or not isinstance(date, str) or not _ISO_DATE.fullmatch(date):
+            return None
+        return f"date={date!r} but pin {row['pin_id']!r} was created on {created}" if date < created else None
+
+    return row_check(too_early, "pin_existed")
+
+
 def window_ends(row: dict) -> list[tuple[str, float]]:
     """The spans of a moment query row, as (how a message names it, end in seconds)."""
     return [(f"window {window_text(start, end)}", end) for start, end in windows_of(row["windows"])]
@@ -686,6 +700,7 @@ _EXPLANATIONS = {
     "unique_id": "repeats the id of an earlier row",
     "iso_date": "is not a valid YYYY-MM-DD date",
     "in_date_range": "is outside the accepted dates {min_date}..{max_date}",
+    "pin_existed": "is dated before its pin was created",
     "not_in_future": "is in the future (after {max_date}, the latest accepted date)",
     "not_blank": "is empty",
     "max_chars": "is longer than {limit} characters",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,11 @@ from mmpipe.schemas.tables import (
     explain,
     known_concepts,
     known_ids,
+    iso_date_strings,
     known_shots,
     not_in_future,
+    parse_iso_dates,
+    pin_existed,
     real_numbers,
     shot_end,
     shown,
@@ -280,19 +283,40 @@ def validate_users(raw: pd.DataFrame, max_date: str | None = None) -> Validation
     return _validate("users", raw, schema)
 
 
+def _interactions_schema(
+    user_ids: Iterable[str],
+    pin_ids: Iterable[str],
+    min_date: str | None,
+    max_date: str | None,
+    pin_created: Mapping[str, str] | None,
+) -> pa.DataFrameSchema:
+    return with_runtime_checks(
+        InteractionsModel,
+        {
+            "user_id": [known_ids(user_ids, "users")],
+            "pin_id": [known_ids(pin_ids, "pins")],
+            "date": [date_window(min_date, _latest_date(max_date))],
+        },
+        [] if pin_created is None else [pin_existed(pin_created)],
+    )
+
+
 def validate_interactions(
     raw: pd.DataFrame,
     valid_user_ids: Iterable[str],
     valid_pin_ids: Iterable[str],
     min_date: str | None = None,
     max_date: str | None = None,
+    pin_created: Mapping[str, str] | None = None,
 ) -> ValidationResult:
-    schema = with_runtime_checks(InteractionsModel, {
-        "user_id": [known_ids(valid_user_ids, "users")],
-        "pin_id": [known_ids(valid_pin_ids, "pins")],
-        "date": [date_window(min_date, _latest_date(max_date))],
-    })
+    """``pin_created``: the creation date of pins (by id); an impression dated before its
+    pin's is quarantined as ``pin_existed``."""
+    schema = _interactions_schema(valid_user_ids, valid_pin_ids, min_date, max_date, pin_created)
     return _validate("interactions", raw, schema)
+
+
+def _creation_dates(pins: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(pins["pin_id"], pins["created_at"]))
 
 
 def _videos_schema(min_date: str | None, max_date: str | None) -> pa.DataFrameSchema:
@@ -384,7 +408,8 @@ def validate_table(
     if table == "users":
         return validate_users(raw, max_date)
     if table == "interactions":
-        return validate_interactions(raw, ids("users"), ids("pins"), min_date, max_date)
+        return validate_interactions(raw, ids("users"), ids("pins"), min_date, max_date,
+                                     _creation_dates(parents["pins"]))
     if table == "videos":
         return validate_videos(raw, raw_root, min_date, max_date)
     if table == "moment_queries":
@@ -460,11 +485,17 @@ def validate_day(
         schema = with_runtime_checks(PinsModel, {"created_at": [date_window(min_date, _latest_date(max_date))]})
         media = lambda frame: _image_issues(frame, raw_root)  # noqa: E731
     elif table == "interactions":
-        schema = with_runtime_checks(InteractionsModel, {
-            "user_id": [known_ids(parents["users"]["user_id"], "users")],
-            "pin_id": [known_ids(parents["pins"]["pin_id"], "pins")],
-            "date": [date_window(min_date, _latest_date(max_date))],
-        })
+        # An impression may name a pin that a later day creates: not an unknown pin but one
+        # that did not exist yet. The raw pins table says which pins those are (whatever has
+        # been validated so far), so the verdict does not depend on which days ran first.
+        pin_created = _creation_dates(parents["pins"])
+        raw_pins = read_raw_table(raw_root, "pins")
+        raw_days = iso_date_strings(raw_pins["created_at"])
+        later = parse_iso_dates(raw_days) > pd.Timestamp(day)
+        for pin_id, created in zip(raw_pins.loc[later, "pin_id"], raw_days[later]):
+            if isinstance(pin_id, str):
+                pin_created.setdefault(pin_id, created)
+        schema = _interactions_schema(parents["users"]["user_id"], list(pin_created), min_date, max_date, pin_created)
         media = None
     elif table == "videos":
         schema = _videos_schema(min_date, max_date)
