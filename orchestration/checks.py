@@ -14,6 +14,7 @@ import pandas as pd
 from mmpipe.layout import RAW_TABLES, raw_table_path
 from mmpipe.partitions import DAY_COLUMN, raw_rows_by_day
 from mmpipe.schemas.expectations import run_expectations
+from mmpipe.schemas.quarantine import quarantine_rate_verdict
 from mmpipe.schemas.validate import VALIDATION_PARENTS
 from orchestration.assets.validated import read_quarantine as _read_quarantine
 from orchestration.assets.validated import read_validated
@@ -50,14 +51,13 @@ def _checks_for(table: str) -> list[dg.AssetChecksDefinition]:
         return _conservation(paths, table, context_days(context) if table in DAY_COLUMN else None)
 
     @dg.asset_check(asset=asset, name="quarantine_rate", blocking=True,
-                    description="quarantined share of rows at most the policy's max_quarantine_rate")
+                    description="the quarantined rows are no evidence (95% confidence) of a source worse "
+                                "than the policy's max_quarantine_rate")
     def quarantine_rate(paths: PipelinePaths, policy: ValidationPolicy) -> dg.AssetCheckResult:
         n_valid, n_bad = len(read_validated(paths, table)), len(_read_quarantine(paths, table))
-        rate = n_bad / max(n_valid + n_bad, 1)
-        return dg.AssetCheckResult(
-            passed=rate <= policy.max_quarantine_rate,
-            metadata={"quarantine_rate": rate, "threshold": policy.max_quarantine_rate},
-        )
+        verdict = quarantine_rate_verdict(n_bad, n_valid + n_bad, policy.max_quarantine_rate)
+        passed = verdict.pop("passed")
+        return dg.AssetCheckResult(passed=passed, metadata=verdict)
 
     @dg.asset_check(asset=asset, name="expectations", blocking=True,
                     description="Great Expectations suite: null rates, lengths, ranges, uniqueness, references")

@@ -681,3 +681,28 @@ def test_expectations_fail_on_a_broken_table(tiny_results):
     orphan = pd.concat([valid["board_pins"], pd.DataFrame([{"board_id": "b0001", "pin_id": "p404", "saved_at": "2026-01-02"}])])
     report = run_expectations("board_pins", orphan, valid)
     assert [(r["expectation"], r["column"]) for r in report.failed()] == [("expect_column_values_to_be_in_set", "pin_id")]
+
+
+def test_tiny_world_passes_the_default_quarantine_rate_policy(tiny_results):
+    """The tiny world plants one record of every defect kind, 3 of its 13 boards and 7 of its
+    31 videos: more than 20%, yet no evidence of a source worse than 20%."""
+    from mmpipe.params import load_params
+    from mmpipe.schemas.quarantine import quarantine_rate_verdict
+
+    max_rate = load_params()["validation"]["max_quarantine_rate"]
+    for table, result in tiny_results.items():
+        verdict = quarantine_rate_verdict(len(result.quarantine), result.n_in, max_rate)
+        assert verdict["passed"], (table, verdict)
+
+
+@pytest.mark.parametrize("bad, rows, passed", [
+    (3, 13, True), (8, 13, False),  # a few rows: only a clear excess fails
+    (0, 0, True), (1, 1, True),
+    (20_100, 100_000, True), (20_500, 100_000, False),  # many rows: the plain share, nearly
+])
+def test_the_quarantine_rate_verdict_fails_only_on_evidence(bad, rows, passed):
+    from mmpipe.schemas.quarantine import quarantine_rate_verdict
+
+    verdict = quarantine_rate_verdict(bad, rows, 0.2)
+    assert verdict["passed"] is passed
+    assert verdict["quarantine_rate"] == pytest.approx(bad / max(rows, 1))
