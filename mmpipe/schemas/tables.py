@@ -55,9 +55,17 @@ def unique_id(series: pd.Series) -> pd.Series:
     return ~(series.duplicated(keep="first") & series.notna())
 
 
+def _text_only(series: pd.Series) -> pd.Series:
+    """The strings of ``series`` as a string column, anything else (bytes, numbers, lists)
+    as missing: casting those to text could fail (undecodable bytes) or invent a date."""
+    if pd.api.types.is_string_dtype(series) and series.dtype != object:
+        return series.astype("string")
+    return series.map(lambda value: value if isinstance(value, str) else None).astype("string")
+
+
 def parse_iso_dates(series: pd.Series) -> pd.Series:
     """Timestamps of strictly ``YYYY-MM-DD`` strings that are real dates; NaT otherwise."""
-    text = series.astype("string")
+    text = _text_only(series)
     well_formed = text.str.fullmatch(_ISO_DATE).fillna(False).astype(bool)
     parsed = pd.to_datetime(text.where(well_formed), format="%Y-%m-%d", errors="coerce")
     return parsed
@@ -103,7 +111,9 @@ def real_numbers(series: pd.Series) -> pd.Series:
 _ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s?(Z|[+-]\d{2}:?\d{2})?$")
 
 
-def _utc_day(value: dt.date) -> str:
+def _utc_day(value: dt.date) -> str | None:
+    if pd.isna(value):  # NaT is a datetime too
+        return None
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         value = value.astimezone(dt.timezone.utc)
     return value.strftime("%Y-%m-%d")
@@ -122,7 +132,7 @@ def iso_date_strings(series: pd.Series) -> pd.Series:
     if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
         return series
     series = series.map(lambda value: _utc_day(value) if isinstance(value, dt.date) else value)
-    text = series.astype("string")
+    text = _text_only(series)
     stamped = text.str.fullmatch(_ISO_TIMESTAMP).fillna(False).astype(bool)
     if not stamped.any():
         return series
@@ -342,13 +352,16 @@ def _model_row_check(name: str, detail: Callable, **statistics):
 
 
 class _RawTable(pa.DataFrameModel):
+    """Every id column is non-blank (an empty id names nothing a reference could find) and
+    unique."""
+
     class Config:
         coerce = True
         strict = False  # extra columns (and the row_index we add) pass through
 
 
 class PinsModel(_RawTable):
-    pin_id: Series[str] = pa.Field(unique_id=())
+    pin_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     image_path: Series[str]
     title: Series[str] = pa.Field(nullable=True, max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     description: Series[str] = pa.Field(nullable=True, max_chars=MAX_DESCRIPTION_CHARS, not_garbled=())
@@ -364,7 +377,7 @@ class PinsModel(_RawTable):
 
 
 class BoardsModel(_RawTable):
-    board_id: Series[str] = pa.Field(unique_id=())
+    board_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     name: Series[str] = pa.Field(not_blank=(), max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     description: Series[str] = pa.Field(nullable=True, max_chars=MAX_DESCRIPTION_CHARS, not_garbled=())
     created_at: Series[str] = pa.Field(iso_date=())
@@ -390,7 +403,7 @@ class BoardPinsModel(_RawTable):
 
 
 class UsersModel(_RawTable):
-    user_id: Series[str] = pa.Field(unique_id=())
+    user_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     country: Series[str] = pa.Field(nullable=True)
     signup_date: Series[str] = pa.Field(iso_date=())
 
@@ -400,7 +413,7 @@ class UsersModel(_RawTable):
 
 
 class InteractionsModel(_RawTable):
-    impression_id: Series[str] = pa.Field(unique_id=())
+    impression_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     user_id: Series[str]
     pin_id: Series[str]
     date: Series[str] = pa.Field(iso_date=())
@@ -417,7 +430,7 @@ class InteractionsModel(_RawTable):
 
 
 class VideosModel(_RawTable):
-    video_id: Series[str] = pa.Field(unique_id=())
+    video_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_path: Series[str]
     title: Series[str] = pa.Field(nullable=True, max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     duration_s: Series[float] = pa.Field(gt=0, le=MAX_VIDEO_SECONDS)
@@ -434,7 +447,7 @@ class VideosModel(_RawTable):
 
 
 class MomentQueriesModel(_RawTable):
-    query_id: Series[str] = pa.Field(unique_id=())
+    query_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_id: Series[str]
     query: Series[str] = pa.Field(not_blank=(), max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     windows: Series[object]
@@ -449,7 +462,7 @@ class MomentQueriesModel(_RawTable):
 
 
 class VideoCaptionsModel(_RawTable):
-    caption_id: Series[str] = pa.Field(unique_id=())
+    caption_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_id: Series[str]
     caption: Series[str] = pa.Field(not_blank=(), max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
 
@@ -503,7 +516,7 @@ class VideoShotsModel(_RawTable):
 
 
 class SummaryQueriesModel(_RawTable):
-    query_id: Series[str] = pa.Field(unique_id=())
+    query_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_id: Series[str]
     concepts: Series[object]
     relevant_shots: Series[object]
