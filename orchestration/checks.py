@@ -9,12 +9,12 @@ table as a whole (a single day is too small a sample for a distribution).
 
 
 import dagster as dg
-import pandas as pd
 
-from mmpipe.layout import RAW_TABLES, raw_table_path
+from mmpipe.layout import RAW_TABLES
 from mmpipe.partitions import DAY_COLUMN, raw_rows_by_day
 from mmpipe.schemas.expectations import run_expectations
 from mmpipe.schemas.quarantine import quarantine_rate_verdict
+from mmpipe.schemas.raw_tables import raw_row_count
 from mmpipe.schemas.validate import VALIDATION_PARENTS
 from orchestration.assets.validated import read_quarantine as _read_quarantine
 from orchestration.assets.validated import read_validated
@@ -24,7 +24,7 @@ from orchestration.resources import PipelinePaths, ValidationPolicy
 
 def _conservation(paths: PipelinePaths, table: str, days: list[str] | None) -> dg.AssetCheckResult:
     if days is None:
-        expected = set(range(len(pd.read_parquet(raw_table_path(paths.raw_root, table), columns=[]))))
+        expected = set(range(raw_row_count(paths.raw_root, table)))
     else:
         _, row_days = raw_rows_by_day(paths.raw_root, table)
         expected = set(row_days.index[row_days.isin(days)])

@@ -82,3 +82,18 @@ def test_a_frame_without_its_columns_is_refused_by_name(tmp_path):
     with pytest.raises(RawTableError, match="pins lacks the column 'created_at'; expected"):
         validate_pins(pd.DataFrame({"pin_id": ["p0"], "image_path": ["x.jpg"], "title": ["t"],
                                     "description": ["d"]}), tmp_path)
+
+
+def test_row_count_comes_from_the_footer_whatever_the_index(tmp_path):
+    """The rows_conserved check counts raw rows; pandas reading no column of a file written
+    without its index says 0 rows, and the check then failed on a table of one null row."""
+    from mmpipe.schemas.raw_tables import raw_row_count
+
+    frame = pd.DataFrame({"user_id": pd.Series([None], dtype="string"), "country": pd.Series([None], dtype="string"),
+                          "signup_date": pd.Series([None], dtype="string")})
+    frame.to_parquet(tmp_path / "users.parquet", index=False)
+    assert len(pd.read_parquet(tmp_path / "users.parquet", columns=[])) == 0  # the trap
+    assert raw_row_count(tmp_path, "users") == 1
+    (tmp_path / "boards.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(RawTableError, match="boards: cannot read"):
+        raw_row_count(tmp_path, "boards")

@@ -15,12 +15,22 @@ from typing import Iterable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmpipe.layout import RAW_COLUMNS, raw_table_path
 
 
 class RawTableError(ValueError):
     """A raw table that cannot be read, or lacks columns of the contract (``RAW_COLUMNS``)."""
+
+
+_READ_ERRORS = (OSError, ValueError, pa.ArrowException)
+
+
+def _unreadable(table: str, path: Path, error: Exception) -> RawTableError:
+    # pyarrow's own message ("Corrupt snappy compressed data") names neither table nor file
+    return RawTableError(f"{table}: cannot read {path}, it is not a readable Parquet file "
+                         f"({type(error).__name__}: {error})")
 
 
 def missing_columns_problem(table: str, columns: Iterable[str], required: Iterable[str] | None = None) -> str | None:
@@ -56,11 +66,19 @@ def read_raw_table(raw_root: Path, table: str) -> pd.DataFrame:
                                 "or fetch it with `dvc pull`")
     try:
         frame = pd.read_parquet(path)
-    except (OSError, ValueError, pa.ArrowException) as error:
-        # pyarrow's own message ("Corrupt snappy compressed data") names neither
-        raise RawTableError(f"{table}: cannot read {path}, it is not a readable Parquet file "
-                            f"({type(error).__name__}: {error})") from error
+    except _READ_ERRORS as error:
+        raise _unreadable(table, path, error) from error
     problem = missing_columns_problem(table, frame.columns)
     if problem is not None:
         raise RawTableError(f"{problem} (in {path})")
     return frame
+
+
+def raw_row_count(raw_root: Path, table: str) -> int:
+    """Rows of ``raw_root/<table>.parquet`` from its footer. (Reading no column with pandas
+    gives 0 rows for a file written without its index, whatever it holds.)"""
+    path = raw_table_path(raw_root, table)
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except _READ_ERRORS as error:
+        raise _unreadable(table, path, error) from error

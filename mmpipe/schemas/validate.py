@@ -87,7 +87,8 @@ _SHOWN_CHARS = 60
 
 
 def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+    """None, NA, NaN, and NaT (what an empty cell of a timestamp column reads back as)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 def _row_message(column: str, check_name: str, explanation: str, value, detail: str | None = None) -> str:
@@ -222,6 +223,36 @@ def _numbered(table: str, raw: pd.DataFrame, positions: Sequence[int] | None = N
     return frame
 
 
+def _text_from_bytes(table: str, frame: pd.DataFrame) -> list[Issue]:
+    """Decode bytes values in place, returning an issue for each that is not UTF-8.
+
+    Some Parquet writers store text as plain byte arrays (no UTF-8 annotation), which read
+    back as ``bytes``: as text they are what the writer meant. Bytes that are not UTF-8 are
+    kept, escaped (``\\x80``), for the message and quarantined; left as bytes, they would
+    crash the string coercion of the whole table.
+    """
+    issues = []
+    for column in RAW_COLUMNS[table]:
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        is_bytes = values.map(lambda value: isinstance(value, (bytes, bytearray, memoryview)))
+        if not is_bytes.any():
+            continue
+        decoded = {}
+        for row, value in values[is_bytes].items():
+            data = bytes(value)
+            try:
+                decoded[row] = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                decoded[row] = data.decode("utf-8", errors="backslashreplace")
+                issues.append(Issue(int(frame.at[row, ROW_INDEX]), column, f"{column}.utf8",
+                                    f"{column} holds bytes that are not UTF-8 text "
+                                    f"({error.reason} at byte {error.start}: {decoded[row][:30]!r})"))
+        frame[column] = values.where(~is_bytes, pd.Series(decoded, dtype=object))
+    return issues
+
+
 def _validate(
     table: str,
     raw: pd.DataFrame,
@@ -231,7 +262,8 @@ def _validate(
     extra_issues: Callable[[pd.DataFrame], list[Issue]] | None = None,
 ) -> ValidationResult:
     frame = _numbered(table, raw, positions)
-    issues = schema_issues(schema, frame)
+    issues = _text_from_bytes(table, frame)
+    issues += schema_issues(schema, frame)
     if media_issues is not None:
         issues += media_issues(frame)
     if extra_issues is not None:
