@@ -62,8 +62,14 @@ def _checks_for(table: str) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=asset, name="expectations", blocking=True,
                     description="Great Expectations suite: null rates, lengths, ranges, uniqueness, references")
     def expectations(paths: PipelinePaths) -> dg.AssetCheckResult:
+        valid = read_validated(paths, table)
+        if valid.empty and raw_row_count(paths.raw_root, table) == 0:
+            # Nothing delivered (a landing zone without videos, say) is no broken table: the
+            # suite's "at least one row" is for rows that came in and all failed.
+            return dg.AssetCheckResult(passed=True, metadata={"note": f"the raw {table} table is empty: "
+                                                                      "nothing to check"})
         parents = {parent: read_validated(paths, parent) for parent in VALIDATION_PARENTS[table]}
-        report = run_expectations(table, read_validated(paths, table), parents)
+        report = run_expectations(table, valid, parents)
         return dg.AssetCheckResult(
             passed=report.success,
             metadata={"results": dg.MetadataValue.json(report.to_dict())},

@@ -97,3 +97,52 @@ def test_row_count_comes_from_the_footer_whatever_the_index(tmp_path):
     (tmp_path / "boards.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(RawTableError, match="boards: cannot read"):
         raw_row_count(tmp_path, "boards")
+
+
+VIDEO_TABLES = ("videos", "moment_queries", "video_captions", "video_shots", "summary_queries")
+
+
+def test_a_landing_zone_without_videos_validates_to_empty_tables_and_decodes_nothing(tiny_world, tmp_path):
+    """Pins only, no video at all (empty video tables, as a user without videos delivers):
+    validation writes empty validated tables, its checks pass, and the frames say there is
+    nothing to decode."""
+    import dagster as dg
+    import pyarrow.parquet as pq
+
+    from mmpipe.partitions import manifest_days, read_days
+    from orchestration import definitions
+    from orchestration.ingest import register_days
+    from orchestration.resources import PipelinePaths, ValidationPolicy
+
+    root, storage = tmp_path / "raw", tmp_path / "storage"
+    shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns("videos", "_truth"))
+    for table in VIDEO_TABLES:  # the same columns and types, no row
+        path = root / f"{table}.parquet"
+        pq.write_table(pq.read_table(path).slice(0, 0), path)
+
+    instance = dg.DagsterInstance.ephemeral()
+    days = manifest_days(root)
+    register_days(instance, days)
+    video_assets = [dg.AssetKey(f"validated_{table}") for table in VIDEO_TABLES]
+    selection = (dg.AssetSelection.assets(*video_assets, dg.AssetKey("validated_frames"))
+                 | dg.AssetSelection.assets(*[dg.AssetKey(f"raw_{table}") for table in VIDEO_TABLES]))
+    result = dg.materialize(
+        [*definitions.assets, *definitions.asset_checks], selection=selection,
+        resources={"paths": PipelinePaths(raw_dir=str(root), storage_dir=str(storage)), "policy": ValidationPolicy()},
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+    )
+    assert result.success
+    checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert len(checks) == 3 * len(VIDEO_TABLES) and all(e.passed for e in checks.values())
+    assert checks[("validated_videos", "expectations")].metadata["note"].value == \
+        "the raw videos table is empty: nothing to check"
+    assert read_days(storage / "validated" / "videos").empty
+    for table in VIDEO_TABLES[1:]:
+        assert pd.read_parquet(storage / "validated" / f"{table}.parquet").empty
+    videos = instance.get_latest_materialization_event(dg.AssetKey("validated_videos")).asset_materialization
+    assert videos.metadata["rows_in"].value == 0
+    assert videos.metadata["note"].value == "no videos rows delivered: nothing to validate"
+    frames = instance.get_latest_materialization_event(dg.AssetKey("validated_frames")).asset_materialization
+    assert frames.metadata["videos"].value == 0
+    assert frames.metadata["note"].value == "no valid video on these days: nothing to decode"
