@@ -146,3 +146,28 @@ def test_a_landing_zone_without_videos_validates_to_empty_tables_and_decodes_not
     frames = instance.get_latest_materialization_event(dg.AssetKey("validated_frames")).asset_materialization
     assert frames.metadata["videos"].value == 0
     assert frames.metadata["note"].value == "no valid video on these days: nothing to decode"
+
+
+def test_a_renamed_column_fails_the_raw_asset_by_name(landing, tmp_path):
+    """On the Dagster path the first asset to read the table stops, naming the column."""
+    import dagster as dg
+
+    from orchestration import definitions
+    from orchestration.resources import PipelinePaths
+
+    path = landing / "interactions.parquet"
+    pd.read_parquet(path).rename(columns={"date": "event_time"}).to_parquet(path)
+    result = dg.materialize(
+        definitions.assets, selection=dg.AssetSelection.assets("raw_interactions"),
+        resources={"paths": PipelinePaths(raw_dir=str(landing), storage_dir=str(tmp_path / "storage"))},
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    error = failure.event_specific_data.error
+    causes = [error]
+    while causes[-1].cause is not None:
+        causes.append(causes[-1].cause)
+    assert "raw_interactions" in error.message
+    assert causes[-1].cls_name == "RawTableError"
+    assert "interactions lacks the column 'date' (renamed to 'event_time'?)" in causes[-1].message

@@ -49,6 +49,8 @@ def missing_columns_problem(table: str, columns: Iterable[str], required: Iterab
     named = []
     for column in missing:
         guess = difflib.get_close_matches(column, extra, n=1, cutoff=0.5)
+        if not guess and len(missing) == len(extra) == 1:
+            guess = extra  # one column gone and one unknown in its place: a rename, however spelt
         named.append(f"{column!r}" + (f" (renamed to {guess[0]!r}?)" if guess else ""))
     noun = "column" if len(missing) == 1 else "columns"
     return (f"{table} lacks the {noun} {', '.join(named)}; expected {', '.join(expected)}; "
