@@ -18,7 +18,6 @@ import pandera.pandas as pa
 
 from mmpipe.layout import ID_COLUMN, RAW_COLUMNS, RAW_TABLES, declared_date_window
 from mmpipe.schemas.media_checks import check_images, check_videos
-from mmpipe.schemas.raw_tables import RawTableError, missing_columns_problem, read_raw_table
 from mmpipe.schemas.quarantine import (
     ROW_INDEX,
     Issue,
@@ -26,6 +25,7 @@ from mmpipe.schemas.quarantine import (
     quarantine_records,
     write_result,
 )
+from mmpipe.schemas.raw_tables import RawTableError, missing_columns_problem, read_raw_table
 from mmpipe.schemas.tables import (
     DETAIL,
     MAX_FPS,
@@ -42,9 +42,9 @@ from mmpipe.schemas.tables import (
     concept_vocabulary,
     date_window,
     explain,
+    iso_date_strings,
     known_concepts,
     known_ids,
-    iso_date_strings,
     known_shots,
     not_in_future,
     parse_iso_dates,
