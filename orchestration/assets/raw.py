@@ -2,9 +2,9 @@
 
 
 import dagster as dg
-import pandas as pd
 
 from mmpipe.layout import RAW_TABLES, raw_table_path
+from mmpipe.schemas.raw_tables import read_raw_table
 from mmpipe.versioning import dvc_tracked_hash, raw_table_version
 from orchestration.metadata import preview_table
 from orchestration.partitions import SINGLE_RUN
@@ -24,12 +24,9 @@ def _raw_asset(table: str) -> dg.AssetsDefinition:
     )
     def raw_table(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
         path = raw_table_path(paths.raw_root, table)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} is missing: generate data with `mmpipe world generate --out {paths.raw_root}` "
-                "or fetch it with `dvc pull`"
-            )
-        frame = pd.read_parquet(path)
+        # an unreadable file or a missing column stops the table here, named, before any
+        # partitioning or validation reaches for the column
+        frame = read_raw_table(paths.raw_root, table)
         version = raw_table_version(paths.raw_root, table)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(version),
