@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def incremental(world_scale: str, workdir: str | None) -> list[Figure]:
+    """The incremental benchmark in ``workdir``, or in a temporary project removed afterwards
+    (a world, storage and MLflow store per run would pile up under /tmp otherwise)."""
+    if workdir:
+        return bench_incremental.run(world_scale, workdir=workdir)
+    with tempfile.TemporaryDirectory(prefix="bench_incremental_") as tmp:
+        return bench_incremental.run(world_scale, workdir=tmp)
+
+
 def run(args: argparse.Namespace) -> list[Figure]:
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(only) - set(BENCHMARKS)
@@ -79,7 +89,6 @@ def run(args: argparse.Namespace) -> list[Figure]:
         raise SystemExit(f"run_all: unknown benchmarks {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}")
     steps = {} if args.steps is None else {"steps": args.steps}
     peak = matmul_flops_per_second() if {"pinclip_step", "mac_step", "embedding"} & set(only) else None
-    dim = args.index_dim or settings_for(PinCLIPSettings, "pinclip", args.model_scale, args.threads).model.embed_dim
     runs = {
         "pinclip_step": lambda: bench_pinclip_step.run(args.model_scale, threads=args.threads,
                                                        batch_size=args.batch_size, peak=peak, **steps),
@@ -87,9 +96,9 @@ def run(args: argparse.Namespace) -> list[Figure]:
                                                peak=peak, **steps),
         "embedding": lambda: bench_embedding.run(args.model_scale, batch_size=args.batch_size or 256,
                                                  threads=args.threads, peak=peak, **steps),
-        "index": lambda: bench_index.run(args.index_n, dim, args.index_queries, threads=args.threads,
+        "index": lambda: bench_index.run(args.index_n, args.index_dim, args.index_queries, threads=args.threads,
                                          sweep=args.sweep),
-        "incremental": lambda: bench_incremental.run(args.world_scale, workdir=args.workdir),
+        "incremental": lambda: incremental(args.world_scale, args.workdir),
     }
     figures = []
     for name in only:
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)  # the quick sizes, under whatever was given explicitly
+    if args.index_dim is None:  # the pin embeddings' size, resolved here so the report names it
+        args.index_dim = settings_for(PinCLIPSettings, "pinclip", args.model_scale, args.threads).model.embed_dim
     started = time.perf_counter()
     figures = run(args)
     settings = {key: value for key, value in vars(args).items() if key not in ("out", "workdir")}
