@@ -12,7 +12,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: lock setup run world version materialize ablations day test ui clean
+.PHONY: lock setup run world version materialize ablations day test bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -70,6 +70,11 @@ day: setup $(DAGSTER_HOME)/dagster.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Every benchmark in one run: benchmarks/results/bench.md and bench.json (run_all.py --help:
+# --quick for tiny sizes, --index-n 1000000 for the full index comparison).
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
 
 ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000

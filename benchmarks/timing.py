@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from figures import Figure
+
 from mmpipe.config import resolve_settings
 
 
@@ -53,6 +55,12 @@ class StepCost:
     seconds: float  # per step, the best of the timed rounds
     flops: float  # per step
 
+    def mfu(self, benchmark: str, name: str, peak: float, threads: int) -> Figure:
+        """Achieved FLOP/s of the step against the machine's fp32 matmul FLOP/s: the MFU."""
+        return Figure(benchmark, f"{name} MFU", self.flops / self.seconds / 1e9, "GFLOP/s",
+                      f"fp32 matmul, {threads} threads", peak / 1e9,
+                      f"{self.seconds * 1000:.1f} ms, {self.flops / 1e9:.2f} GFLOP per step")
+
     def line(self, name: str, peak: float) -> str:
         return (f"{name:<22} {self.seconds * 1000:9.1f} ms/step {self.flops / 1e9:9.2f} GFLOP/step "
                 f"{self.flops / self.seconds / 1e9:8.1f} GFLOP/s   MFU {self.flops / self.seconds / peak:6.1%}")
@@ -70,3 +78,28 @@ def measure(step: Callable[[], None], steps: int, rounds: int = 1) -> StepCost:
             step()
         best = min(best, (time.perf_counter() - started) / steps)
     return StepCost(best, counter.get_total_flops())
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-memory window for this process: Linux resets VmHWM (the resident
+    high-water mark) to the current RSS when "5" is written to clear_refs. False where that
+    is not possible (not Linux, or not allowed), so the caller reports no peak rather than
+    the whole process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> float:
+    """This process's resident high-water mark (VmHWM) since start or :func:`reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return float("nan")
