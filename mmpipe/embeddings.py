@@ -96,12 +96,17 @@ def read_embeddings(
     filters = None if ids is None else [(id_column, "in", [str(item) for item in ids])]
     frames = []
     for path in files:
-        names = pq.read_schema(path).names
-        if kind not in names:
-            raise ValueError(f"{path} has no {kind!r} embeddings; it has {names}")
-        versioned = model_version is not None and MODEL_VERSION in names
-        columns = [id_column, kind] + ([MODEL_VERSION] if versioned else [])
-        frame = pd.read_parquet(path, columns=columns, filters=filters)
+        # One open file for schema and rows: pyarrow opens a path several times (footer,
+        # then row groups), and a writer replacing the day in between would pair one
+        # version's footer with the other's bytes. An open file keeps its version.
+        with open(path, "rb") as handle:
+            names = pq.read_schema(handle).names
+            if kind not in names:
+                raise ValueError(f"{path} has no {kind!r} embeddings; it has {names}")
+            versioned = model_version is not None and MODEL_VERSION in names
+            columns = [id_column, kind] + ([MODEL_VERSION] if versioned else [])
+            handle.seek(0)
+            frame = pd.read_parquet(handle, columns=columns, filters=filters)
         if versioned:
             frame = frame[frame[MODEL_VERSION].astype(str) == str(model_version)]
         frames.append(frame[[id_column, kind]])
