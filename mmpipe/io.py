@@ -1,7 +1,16 @@
-"""Atomic file writes: a reader never sees a half-written table, array or checkpoint."""
+"""Atomic file writes: a reader never sees a half-written table, array or checkpoint.
+
+Every writer of a file another step reads (tables, arrays, indexes, reports, embeddings)
+goes through :func:`atomic_path`: the bytes go to a temporary file beside the target, which
+``os.replace`` swaps in only once complete, so a crash mid-write leaves the previous
+version. Two writers of one target each write their own temporary file, and the last swap
+wins whole. A write that is a read-modify-write of several files (an index directory)
+also takes :func:`file_lock`, so two materializations of it run one after the other.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -26,6 +35,35 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+LOCK_SUFFIX = ".lock"
+
+
+def lock_file(target: Path) -> Path:
+    """The lock file of ``target``: beside it, hidden, so a directory listing of the target's
+    contents (an index directory, a checkpoint) never shows it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}{LOCK_SUFFIX}")
+
+
+@contextmanager
+def file_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``target``'s lock file for the block: writers of
+    one target take turns (readers need none: every file they read is swapped in whole).
+
+    The lock belongs to the open file, so the kernel releases it when the holder dies
+    (SIGKILL included): a crashed writer never leaves the target locked. Local filesystems
+    only (flock over NFS is not reliable).
+    """
+    path = lock_file(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def write_parquet_atomic(df: pd.DataFrame, target: Path) -> Path:

@@ -62,6 +62,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmpipe.io import write_bytes_atomic
+
 RAW_COLUMNS: dict[str, list[str]] = {
     "pins": ["pin_id", "image_path", "title", "description", "created_at"],
     "boards": ["board_id", "name", "description", "created_at"],
@@ -119,9 +121,10 @@ def raw_table_path(raw_root: Path, table: str) -> Path:
 
 
 def write_manifest(raw_root: Path, manifest: dict) -> Path:
-    path = Path(raw_root) / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
+    """Write the landing zone's manifest atomically: it is the commit point of a delivery
+    (written last), so a reader sees the previous delivery or the whole new one."""
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    return write_bytes_atomic(text.encode(), Path(raw_root) / MANIFEST_FILE)
 
 
 def declared_date_window(raw_root: Path) -> tuple[str | None, str | None]:

@@ -1,15 +1,22 @@
-"""Asset checks: data quality gates on every validated table.
+"""Asset checks: data quality gates on every validated table, and on every embeddings
+asset that feeds an index.
 
 Blocking checks stop downstream assets when a table is invalid beyond the configured
 threshold, or when rows were lost between raw and validated + quarantine. On a table
 partitioned by day, a check runs once per run: rows are conserved for the run's days (the
 raw rows filed under them), while the quarantine rate and the expectations judge the
 table as a whole (a single day is too small a sample for a distribution).
+
+``finite_embeddings`` (:func:`finite_embeddings_check`) blocks the index when any
+embedding of the run's days holds a NaN or an inf, and names those rows.
 """
 
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
+from mmpipe.embeddings import embedding_file, non_finite_embeddings
 from mmpipe.layout import RAW_TABLES
 from mmpipe.partitions import DAY_COLUMN, raw_rows_by_day
 from mmpipe.schemas.expectations import run_expectations
@@ -79,3 +86,34 @@ def _checks_for(table: str) -> list[dg.AssetChecksDefinition]:
 
 
 validation_checks = [check for table in RAW_TABLES for check in _checks_for(table)]
+
+
+SHOWN_IDS = 20  # ids named per column in the check's description; the metadata lists up to 1,000
+
+
+def finite_embeddings_check(asset: str, embeddings_dir: Callable[[PipelinePaths], Path],
+                            id_column: str) -> dg.AssetChecksDefinition:
+    """A blocking check on the per-day embeddings ``asset`` (files under
+    ``embeddings_dir(paths)``, rows named by ``id_column``): every vector of the run's days
+    is finite. A NaN embedding scores NaN against every query, and faiss ranks NaN
+    arbitrarily, so one would surface in any result list; blocked, it never reaches the index."""
+
+    @dg.asset_check(asset=asset, name="finite_embeddings", blocking=True,
+                    description="every embedding of the run's days is finite (no NaN or inf); "
+                                "the index is not built from a day that fails")
+    def finite_embeddings(context: dg.AssetCheckExecutionContext, paths: PipelinePaths) -> dg.AssetCheckResult:
+        days = context_days(context)
+        files = [path for day in days if (path := embedding_file(embeddings_dir(paths), day)).exists()]
+        rows, bad = non_finite_embeddings(files, id_column)
+        named = {column: ids[:1000] for column, ids in bad.items()}
+        description = "; ".join(f"{len(ids)} {id_column} with non-finite {column}: {ids[:SHOWN_IDS]}"
+                                + (" ..." if len(ids) > SHOWN_IDS else "") for column, ids in bad.items())
+        return dg.AssetCheckResult(
+            passed=not bad,
+            description=description or f"all {rows} rows finite",
+            metadata={"days": ", ".join(days), "rows": rows,
+                      "non_finite_rows": len({i for ids in bad.values() for i in ids}),
+                      "non_finite": dg.MetadataValue.json(named)},
+        )
+
+    return finite_embeddings

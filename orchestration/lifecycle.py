@@ -35,7 +35,7 @@ from mmpipe.eval.report import write_report
 from mmpipe.registry.mlflow_registry import CHALLENGER, CHAMPION, RunContext, configure, start_run, tracking_uri
 from mmpipe.registry.promotion import GateEvidence, alias_version, promote_from_evidence, record_eval_metric
 from mmpipe.spec import SystemSpec
-from mmpipe.train.checkpoint import read_trainer_state
+from mmpipe.train.checkpoint import read_trainer_state, readable_checkpoint
 from mmpipe.train.loop import CHECKPOINT_DIR, mlflow_logger
 from mmpipe.versioning import dvc_tracked_hash
 from orchestration.automation import AFTER_MODEL, EAGER
@@ -210,7 +210,7 @@ def trained_settings(spec: SystemSpec, paths: PipelinePaths) -> Any:
     the eval reads inputs the way the challenger was trained; the resolved defaults when
     there is no checkpoint."""
     checkpoint = spec.model_dir(paths.storage()) / CHECKPOINT_DIR
-    if not checkpoint.exists():
+    if readable_checkpoint(checkpoint) is None:
         return resolve_settings(spec.settings, spec.name)
     return settings_from_dict(spec.settings, read_trainer_state(checkpoint)["config"])
 

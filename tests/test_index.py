@@ -260,6 +260,21 @@ def test_bad_inputs_get_clear_errors():
         index.search(corpus[0], 5)
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf"])  # ivf: the check comes before training
+def test_non_finite_vectors_are_refused_naming_their_ids(kind):
+    corpus = small_corpus(400)
+    ids = pin_ids(400)
+    bad = corpus.copy()
+    bad[7, 3], bad[250, 0] = np.nan, -np.inf
+    with pytest.raises(ValueError, match=r"^2 of 400 vectors hold NaN or inf \(ids \['p000007', 'p000250'\]\): "
+                                         r"an index holds finite vectors only$"):
+        VectorIndex.build(bad, ids, IndexConfig(kind=kind))
+    index = VectorIndex.build(corpus[:300], ids[:300], IndexConfig(kind=kind))
+    with pytest.raises(ValueError, match=r"1 of 100 vectors hold NaN or inf \(ids \['p000350'\]\)"):
+        index.add(np.where(np.arange(100)[:, None] == 50, np.nan, corpus[300:]), ids[300:])
+    assert index.ntotal == 300 and "p000301" not in index  # nothing of the refused batch went in
+
+
 def test_search_on_empty_index_is_a_clear_error():
     index = VectorIndex.build(np.zeros((0, 16), np.float32), [], IndexConfig())
     assert index.ntotal == 0 and index.dim == 16

@@ -247,7 +247,7 @@ import sys, torch, torch.distributed as dist
 from mmpipe.nn.losses import ClipLoss
 rank, world, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
-image, text = torch.load(sys.argv[5])
+image, text = torch.load(sys.argv[5], weights_only=True)
 half = image.shape[0] // world
 image = image[rank * half:(rank + 1) * half].clone().requires_grad_()
 text = text[rank * half:(rank + 1) * half].clone().requires_grad_()
@@ -276,7 +276,7 @@ def test_clip_loss_gathers_across_processes_with_exact_local_gradients(tmp_path)
     full = ClipLoss()(image, text, torch.tensor(10.0, dtype=torch.float64))
     full.backward()
     for rank in range(2):
-        loss, image_grad, text_grad = torch.load(tmp_path / f"rank{rank}.pt")
+        loss, image_grad, text_grad = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(loss, full.detach())
         torch.testing.assert_close(image_grad, image.grad[rank * 4:(rank + 1) * 4])
         torch.testing.assert_close(text_grad, text.grad[rank * 4:(rank + 1) * 4])

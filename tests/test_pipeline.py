@@ -80,8 +80,11 @@ def test_every_asset_and_check_succeeds(materialized):
         if graph.get(key).is_partitioned:
             assert instance.get_materialized_partitions(key) == days, key
     evaluations = result.get_asset_check_evaluations()
-    # three data checks per validated table, and each system's beats_baselines check on its eval
-    assert len(evaluations) == 3 * len(RAW_TABLES) + len(SPECS)
+    # three data checks per validated table, each system's beats_baselines check on its eval,
+    # and finite_embeddings on each embeddings asset that feeds an index
+    finite = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations if e.check_name == "finite_embeddings"}
+    assert finite == {("pin_embeddings", "finite_embeddings"), ("video_embeddings", "finite_embeddings")}
+    assert len(evaluations) == 3 * len(RAW_TABLES) + len(SPECS) + len(finite)
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations
             if e.check_name == "beats_baselines"} == {(spec.eval_asset, "beats_baselines") for spec in SPECS}
     # the tiny preset runs the baselines check at WARN: a smoke run reports it, nothing else may fail

@@ -38,7 +38,13 @@ Incremental adds never retrain. What "the same results as a one-shot build" mean
 
 Saving is atomic across files: the index and id table go to fresh file names, then a
 small manifest naming them is swapped in with ``os.replace``. A reader that loads the
-manifest sees either the old pair or the new one, never half of a write or a mix.
+manifest sees either the old pair or the new one, never half of a write or a mix. Writers
+of one directory take turns (a file lock beside it), so two materializations at once
+never delete the files the other's manifest names; a reader whose files were replaced
+twice while it read reads the manifest again.
+
+Only finite vectors enter an index: a NaN makes every inner product with it NaN, and
+faiss ranks those arbitrarily, so one bad embedding would turn up in any result list.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from mmpipe.io import atomic_path, write_bytes_atomic, write_parquet_atomic
+from mmpipe.io import atomic_path, file_lock, write_bytes_atomic, write_parquet_atomic
 
 KINDS = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
 
@@ -65,6 +71,7 @@ MIN_POINTS_PER_LIST = 39
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+LOAD_ATTEMPTS = 5  # reads of the manifest before a load gives up on files that keep vanishing
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class VectorIndex:
     ) -> VectorIndex:
         """Choose an index for ``vectors``, train it on them if it needs training, add them."""
         vectors = _as_matrix(vectors, "vectors")
+        _require_finite(vectors, ids)  # before training: NaN centroids would spoil every list
         n, dim = vectors.shape
         factory = choose_factory(n, dim, cfg)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -198,6 +206,7 @@ class VectorIndex:
         ids = list(ids)
         if len(ids) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+        _require_finite(vectors, ids)
         not_strings = [pin_id for pin_id in ids if not isinstance(pin_id, str)]
         if not_strings:
             raise TypeError(f"pin ids must be strings, got e.g. {not_strings[:3]!r}")
@@ -235,11 +244,16 @@ class VectorIndex:
     def save(self, directory: Path) -> None:
         """Write the index into ``directory`` atomically (see the module docstring).
 
-        One writer at a time. The generation replaced stays on disk for readers that
-        opened its manifest just before the swap; older ones are deleted.
+        Writers of one directory take turns (:func:`mmpipe.io.file_lock`). The generation
+        replaced stays on disk for readers that opened its manifest just before the swap;
+        older ones are deleted.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        with file_lock(directory):
+            self._save_unlocked(directory)
+
+    def _save_unlocked(self, directory: Path) -> None:
         previous = _read_manifest(directory) if (directory / MANIFEST).exists() else None
         generation = uuid.uuid4().hex[:12]
         index_file, ids_file = f"index-{generation}.faiss", f"ids-{generation}.parquet"
@@ -282,9 +296,17 @@ class VectorIndex:
         directory = Path(directory)
         if not (directory / MANIFEST).exists():
             raise FileNotFoundError(f"no saved VectorIndex in {directory} (no {MANIFEST})")
-        manifest = _read_manifest(directory)
-        index = faiss.read_index(str(directory / manifest["index_file"]))
-        id_table = pd.read_parquet(directory / manifest["ids_file"])
+        for attempt in range(LOAD_ATTEMPTS):
+            manifest = _read_manifest(directory)
+            try:
+                index = faiss.read_index(str(directory / manifest["index_file"]))
+                id_table = pd.read_parquet(directory / manifest["ids_file"])
+                break
+            except (FileNotFoundError, RuntimeError):  # faiss reports a missing file as RuntimeError
+                # Two saves since the manifest was read deleted its generation: read it again.
+                # An unchanged manifest means the files are broken, not replaced.
+                if attempt == LOAD_ATTEMPTS - 1 or _read_manifest(directory) == manifest:
+                    raise
         labels = id_table["faiss_label"].to_numpy()
         if index.ntotal != manifest["ntotal"] or not np.array_equal(labels, np.arange(len(labels))):
             raise ValueError(f"{directory}: the id table does not match the index")
@@ -309,6 +331,15 @@ class VectorIndex:
         if x.shape[1] != self.dim:
             raise ValueError(f"expected vectors of dim {self.dim}, got {x.shape[1]}")
         return x
+
+
+def _require_finite(vectors: np.ndarray, ids: Sequence[str]) -> None:
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        ids = list(ids)
+        named = [ids[row] if row < len(ids) else f"row {row}" for row in bad[:10].tolist()]
+        raise ValueError(f"{len(bad)} of {len(vectors)} vectors hold NaN or inf (ids {named}"
+                         f"{' ...' if len(bad) > 10 else ''}): an index holds finite vectors only")
 
 
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:

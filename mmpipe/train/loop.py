@@ -20,6 +20,10 @@ never asks which model it trains:
   the weights of one that never stopped;
 * the progress bar, and metrics every ``log_every`` steps to a callback
   (:func:`mlflow_logger` sends them to the active MLflow run);
+* a loss that is NaN or infinite stops the run before its update with a
+  :class:`~mmpipe.train.checkpoint.NonFiniteError` naming the step, the phase and the
+  loss terms that are not finite; the last checkpoint stays the one written before it
+  (and a checkpoint is never written of non-finite weights);
 * early stopping: a phase with ``validate`` (a score on held-out data, higher is better)
   is scored every ``validate_every`` steps and at its end; after ``patience`` scores
   without a new best it stops, and the phase ends with the weights of its best score
@@ -45,7 +49,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmpipe.train.checkpoint import load_checkpoint, load_optimizer_state, read_trainer_state, save_checkpoint
+from mmpipe.train.checkpoint import (NonFiniteError, load_checkpoint, load_optimizer_state, read_trainer_state,
+                                    readable_checkpoint, save_checkpoint)
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -177,6 +182,21 @@ def _scalar(value) -> float:
     return float(value.detach().item()) if torch.is_tensor(value) else float(value)
 
 
+def _require_finite_loss(outputs: dict, step: int, phase: str, checkpoint: Path | None, saved: int | None) -> None:
+    """Stop before a non-finite loss reaches the weights, naming what went wrong where.
+
+    One host sync a step (the loss is read as a float anyway for the metrics)."""
+    if math.isfinite(_scalar(outputs["loss"])):
+        return
+    terms = {name: _scalar(value) for name, value in outputs.items()
+             if (torch.is_tensor(value) and value.numel() == 1) or isinstance(value, float)}
+    bad = ", ".join(f"{name}={value}" for name, value in terms.items() if not math.isfinite(value))
+    kept = (f"the last checkpoint, step {saved} at {checkpoint}, is kept" if saved is not None
+            else "no checkpoint was written" if checkpoint is not None else "no checkpoint directory")
+    raise NonFiniteError(f"non-finite loss at step {step} of phase {phase!r}: {bad}; training stopped before "
+                         f"this update ({kept})")
+
+
 def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
     """What differs between two configuration records, one ``key: old -> new`` each (nested
     keys joined by dots), compared as JSON (a tuple equals a list).
@@ -231,8 +251,10 @@ def fit(
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     rank, _ = world()
     start = 0
-    if resume and checkpoint is not None and checkpoint.exists() and _resumable(checkpoint, config_record):
+    if (resume and checkpoint is not None and readable_checkpoint(checkpoint) is not None
+            and _resumable(checkpoint, config_record)):
         start = read_trainer_state(checkpoint)["step"]
+    saved = start if start else None  # the step of the checkpoint on disk that this run continues
     end = total if stop_after is None else min(total, stop_after)
     history: list[Metrics] = []
     validation: dict[str, dict] = {}
@@ -270,6 +292,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             outputs = phase.training_forward(step)
+            _require_finite_loss(outputs, step, phase.name, checkpoint, saved)
             optimizer.zero_grad(set_to_none=True)
             outputs["loss"].backward()
             if loop.grad_clip_norm:
@@ -294,6 +317,7 @@ def fit(
             if checkpoint is not None and rank == 0 and (done % loop.checkpoint_every == 0 or done == end):
                 save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux,
                                 extra=extra())
+                saved = done
             bar.update()
         # A phase interrupted by stop_after keeps its current weights (its checkpoint resumes
         # it); one that ended, early or not, ends with its best-scored weights, checkpointed
@@ -307,6 +331,7 @@ def fit(
             if checkpoint is not None and rank == 0:
                 save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux,
                                 extra=extra())
+                saved = last
     bar.close()
     task.model.eval()
     final: Metrics = {}

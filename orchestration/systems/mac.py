@@ -14,12 +14,13 @@ from mmpipe.params import load_params
 from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.mac import SPEC
 from mmpipe.systems.mac.data import frame_store_loader, frame_store_times, mac_inputs
-from mmpipe.systems.mac.serve import (embed_day, load_embedder, sync_video_index, version_uri,
+from mmpipe.systems.mac.serve import (VIDEO_ID, embed_day, load_embedder, sync_video_index, version_uri,
                                       video_index_quality)
 from mmpipe.systems.mac.train import MACSettings
 from orchestration import names
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
+from orchestration.checks import finite_embeddings_check
 from orchestration.lifecycle import SystemInputs, lifecycle, registered_version
 from orchestration.partitions import DAY, SINGLE_RUN
 from orchestration.resources import PipelinePaths
@@ -106,7 +107,7 @@ def faiss_video_index(paths: PipelinePaths) -> dg.MaterializeResult:
 
 
 assets = [*LIFECYCLE.assets, video_embeddings, faiss_video_index]
-asset_checks = LIFECYCLE.asset_checks
+asset_checks = [*LIFECYCLE.asset_checks, finite_embeddings_check(names.VIDEO_EMBEDDINGS, embeddings_dir, VIDEO_ID)]
 # No retraining sensor yet: the shared one (orchestration.sensors.retraining_sensor over
 # mmpipe.registry.retraining) counts new *pins* and drift of *fused pin* embeddings. MAC
 # retrains on its weekly schedule (LIFECYCLE.schedules) or by its training job.

@@ -84,7 +84,7 @@ from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixe
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.spec import Trained
 from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins
-from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state
+from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state, readable_checkpoint
 
 REGISTERED_NAME = "pinclip"
 DEFAULT_TEXT_MAX_LENGTH = 32  # encode_texts' default, what training uses unless told otherwise
@@ -161,7 +161,8 @@ class PinEmbedder:
         None reads ``config["text"]["max_length"]`` from the checkpoint when recorded there.
         """
         record = read_trainer_state(Path(directory))["config"]
-        return cls._build(record, Path(directory) / MODEL_FILE, text_model_dir, text_max_length)
+        # the checkpoint a save moved aside when the directory itself is incomplete
+        return cls._build(record, readable_checkpoint(directory) / MODEL_FILE, text_model_dir, text_max_length)
 
     @classmethod
     def _build(cls, record: dict, weights: Path, text_model_dir: Path | None,
