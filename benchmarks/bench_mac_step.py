@@ -84,8 +84,7 @@ def run(scale: str = "small", steps: int = 5, threads: int = 2, batch_size: int 
 
 
 def main() -> None:
-    parser = step_benchmark_arguments(__doc__, steps=5)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per step kind; the best counts")
+    parser = step_benchmark_arguments(__doc__, steps=5, rounds=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
     args = parser.parse_args()

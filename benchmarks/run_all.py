@@ -10,6 +10,8 @@ replaced atomically. Benchmarks, in order (each script also runs alone):
 
 * pinclip_step: PinCLIP's tower and fusion steps, MFU (bench_pinclip_step.py);
 * mac_step: MAC's step masked against unmasked, time and FLOPs, and both MFUs (bench_mac_step.py);
+* moment_step: the moment retrieval model's step, MFU (bench_moment_step.py);
+* chan_step: CHAN's relevance and concepts steps, MFU (bench_chan_step.py);
 * embedding: items/s of each encoder against its rate at the matmul peak (bench_embedding.py);
 * index: IVF and HNSW against exact search: QPS, recall@10, build time, memory (bench_index.py);
 * incremental: a new day's ingest against the full run, and the full run's peak memory
@@ -31,17 +33,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # This checkout's code, whatever else is installed: the table is credited to its commit.
 sys.path.insert(0, str(ROOT))
 
+import bench_chan_step  # noqa: E402
 import bench_embedding  # noqa: E402
 import bench_incremental  # noqa: E402
 import bench_index  # noqa: E402
 import bench_mac_step  # noqa: E402
+import bench_moment_step  # noqa: E402
 import bench_pinclip_step  # noqa: E402
 from figures import Figure, machine, write_report  # noqa: E402
 from timing import matmul_flops_per_second, settings_for  # noqa: E402
 
 from mmpipe.systems.pinclip.train import PinCLIPSettings  # noqa: E402
 
-BENCHMARKS = ("pinclip_step", "mac_step", "embedding", "index", "incremental")
+BENCHMARKS = ("pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental")
+STEP_BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step"}
 # --quick: sizes that only prove every benchmark runs end to end (a couple of minutes on
 # 2 loaded cores, most of it the tiny pipeline run); their ratios mean little.
 QUICK = {"model_scale": "tiny", "world_scale": "tiny", "steps": 2, "batch_size": 16, "index_n": 5_000,
@@ -88,12 +93,16 @@ def run(args: argparse.Namespace) -> list[Figure]:
     if unknown:
         raise SystemExit(f"run_all: unknown benchmarks {sorted(unknown)}; choose from {', '.join(BENCHMARKS)}")
     steps = {} if args.steps is None else {"steps": args.steps}
-    peak = matmul_flops_per_second() if {"pinclip_step", "mac_step", "embedding"} & set(only) else None
+    peak = matmul_flops_per_second() if (STEP_BENCHMARKS | {"embedding"}) & set(only) else None
     runs = {
         "pinclip_step": lambda: bench_pinclip_step.run(args.model_scale, threads=args.threads,
                                                        batch_size=args.batch_size, peak=peak, **steps),
         "mac_step": lambda: bench_mac_step.run(args.model_scale, threads=args.threads, batch_size=args.batch_size,
                                                peak=peak, **steps),
+        "moment_step": lambda: bench_moment_step.run(args.model_scale, threads=args.threads,
+                                                     batch_size=args.batch_size, peak=peak, **steps),
+        "chan_step": lambda: bench_chan_step.run(args.model_scale, threads=args.threads, batch_size=args.batch_size,
+                                                 peak=peak, **steps),
         "embedding": lambda: bench_embedding.run(args.model_scale, batch_size=args.batch_size or 256,
                                                  threads=args.threads, peak=peak, **steps),
         "index": lambda: bench_index.run(args.index_n, args.index_dim, args.index_queries, threads=args.threads,
