@@ -75,9 +75,11 @@ def test_flat_below_threshold():
     assert choose_factory(10**8, 128, IndexConfig(kind="flat")) == "IDMap,Flat"
 
 
-def test_auto_is_exact_below_threshold_else_quantized_ivf_with_refine():
+def test_auto_is_exact_then_ivf_then_quantized_ivf_with_refine_by_size():
     cfg = IndexConfig()
-    assert choose_factory(cfg.exact_below, 128, cfg) == "IDMap,IVF512_HNSW32,SQ8,RFlat"  # 20000 // 39 (4·√N would starve lists)
+    assert choose_factory(cfg.exact_below, 128, cfg) == "IVF512,Flat"  # 20000 // 39 (4·√N would starve lists)
+    assert choose_factory(cfg.quantize_below - 1, 128, cfg).endswith(",Flat")
+    assert choose_factory(cfg.quantize_below, 128, cfg) == "IDMap,IVF2191_HNSW32,SQ8,RFlat"
     assert choose_factory(1_000_000, 256, cfg) == "IDMap,IVF4000_HNSW32,SQ8,RFlat"
     assert choose_factory(50, 64, IndexConfig(kind="hnsw", hnsw_m=16)) == "IDMap,HNSW16"
     assert choose_factory(1_000_000, 256, IndexConfig(kind="ivf")) == "IVF4000,Flat"
