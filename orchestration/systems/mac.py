@@ -94,7 +94,7 @@ def video_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) ->
                       "storage/index/videos/partitions.json.")
 def faiss_video_index(paths: PipelinePaths) -> dg.MaterializeResult:
     index = load_params()["index"]
-    cfg = IndexConfig(exact_below=index["exact_below"], nprobe=index["nprobe"], ef_search=index["ef_search"])
+    cfg = IndexConfig(**index)  # every IndexConfig field params.yaml sets (nprobe, quantize_below, ...)
     try:
         report = sync_video_index(paths.storage("index", "videos"), embeddings_dir(paths), cfg)
     except (FileNotFoundError, ValueError) as error:

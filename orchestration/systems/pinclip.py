@@ -100,7 +100,7 @@ def pin_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) -> d
                       "indexed are recorded in storage/index/pins/partitions.json.")
 def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
     index = load_params()["index"]
-    cfg = IndexConfig(exact_below=index["exact_below"], nprobe=index["nprobe"], ef_search=index["ef_search"])
+    cfg = IndexConfig(**index)  # every IndexConfig field params.yaml sets (nprobe, quantize_below, ...)
     try:
         report = sync_pin_index(paths.storage("index", "pins"), embeddings_dir(paths), cfg)
     except ValueError as error:
