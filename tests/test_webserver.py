@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,8 @@ import yaml
 
 from orchestration.definitions import defs
 from tests.conftest import PROJECT_ROOT
+from tests.servers import HOST, free_port
 
-HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 120
 TINY_MAX_QUARANTINE_RATE = 0.7  # the tiny world plants every defect kind in a few rows
@@ -81,12 +80,6 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class Server:
