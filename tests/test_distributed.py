@@ -173,6 +173,12 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+def _worst(a: dict, b: dict) -> str:
+    """The largest difference, which tensor holds it, and that tensor's largest entry."""
+    name = max(a, key=lambda k: float((a[k].float() - b[k].float()).abs().max()))
+    return f"{_max_diff(a, b):.2e} ({name}, largest entry {float(b[name].abs().max()):.2e})"
+
+
 def _assert_grads_close(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     for name in want:
@@ -264,3 +270,37 @@ def test_the_shards_of_a_batch_are_its_rows_in_rank_order(monkeypatch, n):
         parts.append(distributed.shard(n))
     assert np.concatenate([np.arange(n)[part] for part in parts]).tolist() == list(range(n))
     assert [len(range(n)[part]) for part in parts] == [len(a) for a in np.array_split(np.arange(n), 3)]
+
+
+def measure(out: Path) -> dict[str, float | str]:
+    """The differences the tolerances above bound, measured: ``python -m tests.test_distributed``."""
+    pins, mac = pin_world(), mac_world()
+    mp.spawn(_worker, args=(2, free_port(), out, pins, mac), nprocs=2, join=True)
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    found = {}
+    for case, args in PINCLIP_CASES.items():
+        one = pinclip_step(pins, *args)
+        found[f"pinclip {case}: loss"] = abs(float(ranks[0]["pinclip"][case]["loss"]) - float(one["loss"]))
+        found[f"pinclip {case}: gradient"] = _worst(ranks[0]["pinclip"][case]["grads"], one["grads"])
+    one = mac_step(mac)
+    found["mac: loss"] = abs(float(ranks[0]["mac"]["loss"]) - float(one["loss"]))
+    found["mac: gradient"] = _worst(ranks[0]["mac"]["grads"], one["grads"])
+    dataset, text, pairs = pins
+    rows = np.arange(len(dataset))
+    straight = train_pinclip(PINCLIP_MODEL, PINCLIP_TRAIN, dataset, text, rows, pairs)
+    found["pinclip 10 steps: weights, 2 vs 1 process"] = _worst(ranks[0]["pinclip_straight"], _state(straight.model))
+    found["mac 10 steps: weights, 2 vs 1 process"] = _worst(ranks[0]["mac_fit"], _state(train_mac(mac[1], mac[0]).model))
+    found["pinclip: resumed at 2 processes vs straight"] = _max_diff(ranks[0]["pinclip_resumed"],
+                                                                     ranks[0]["pinclip_straight"])
+    handover = train_pinclip(PINCLIP_MODEL, PINCLIP_TRAIN, dataset, text, rows, pairs, out_dir=out / "handover")
+    found["pinclip: 2-process checkpoint resumed by 1 vs 2 straight"] = _max_diff(_state(handover.model),
+                                                                                 ranks[0]["pinclip_straight"])
+    return found
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, value in measure(Path(tmp)).items():
+            print(f"{name:<60} {value if isinstance(value, str) else f'{value:.2e}'}")

@@ -59,6 +59,12 @@ class ComputeConfig:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
+def compute_of(settings) -> ComputeConfig:
+    """A system's :class:`ComputeConfig` (its settings' ``compute`` group); one process on the
+    default device for a system whose settings have none."""
+    return getattr(settings, "compute", None) or ComputeConfig()
+
+
 def world() -> tuple[int, int]:
     """(rank, world size) of this process: torch.distributed's when initialised, else the
     launcher's environment (``RANK``/``WORLD_SIZE``, as torchrun sets), else (0, 1)."""

@@ -1,0 +1,63 @@
+"""The training asset in two torchrun processes (gloo, CPU) through Dagster Pipes: the
+materialization carries what rank 0 reported (the metrics, the MLflow run, the registered
+version), the logged steps reach Dagster's event log, and the MLflow run is the one trained."""
+
+from __future__ import annotations
+
+import dagster as dg
+import mlflow
+import pytest
+
+from mmpipe.partitions import manifest_days
+from mmpipe.registry.mlflow_registry import configure
+from mmpipe.train.checkpoint import read_trainer_state
+from orchestration import definitions
+from orchestration.ingest import register_days
+from tests.test_pipeline import TINY, _resources
+
+PROCESSES = 2
+
+
+@pytest.fixture(scope="module")
+def materialized(tiny_world, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("pipes_storage")
+    instance = dg.DagsterInstance.ephemeral()
+    days = manifest_days(tiny_world)
+    register_days(instance, days)
+    config = {**TINY["pinclip"], "train": {**TINY["pinclip"]["train"], "steps": 6, "fusion_steps": 4},
+              "compute": {"processes": PROCESSES}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
+        patch.setenv("MMPIPE_SCALE", "tiny")
+        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        result = dg.materialize(
+            [*definitions.assets, *definitions.asset_checks],
+            selection=dg.AssetSelection.assets("pinclip_model").upstream(),
+            resources=_resources(tiny_world, storage), instance=instance,
+            run_config={"ops": {"pinclip_model": {"config": config}}},
+            tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
+        )
+        run = configure().get_run(instance.get_latest_materialization_event(dg.AssetKey("pinclip_model"))
+                                  .asset_materialization.metadata["mlflow_run_id"].value)
+    return result, instance, storage, run
+
+
+def test_two_torchrun_processes_report_the_materialization_through_pipes(materialized):
+    result, instance, storage, run = materialized
+    assert result.success
+    metadata = instance.get_latest_materialization_event(dg.AssetKey("pinclip_model")).asset_materialization.metadata
+    assert metadata["processes"].value == PROCESSES
+    assert metadata["steps"].value == 10
+    assert metadata["registered_version"].value == "1"
+    assert metadata["final_loss"].value > 0
+    # the run rank 0 logged: its steps, its parameters, the asset that launched it
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["asset_key"] == "pinclip_model" and run.data.tags["dagster_run_id"] == result.run_id
+    assert run.data.params["steps"] == "6"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history][-1] == 10
+    assert read_trainer_state(storage / "models" / "pinclip" / "checkpoint")["step"] == 10
+    # rank 0's logged steps streamed into Dagster's event log
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(f"pinclip: {PROCESSES} processes" in message for message in messages)
+    assert any(message.startswith("step 10: ") and "loss" in message for message in messages)
