@@ -30,13 +30,17 @@ from tests.servers import free_port
 from tests.test_mac_model import TINY as MAC_MODEL
 from tests.test_mac_model import _with_moment_queries, informative_world
 
-# Measured (tests/test_distributed.py, 2 gloo processes against 1, float32, CPU): max abs
-# difference of the loss 0 to 5e-7, of any gradient entry below 2e-7; weights after 10
-# steps of the whole loop (Adam, clipping) below 2e-6; a 2-process checkpoint resumed by
-# one process below 2e-6 of the 2-process run. The bounds below leave headroom for other CPUs.
+# Measured (`python -m tests.test_distributed`: 2 gloo processes against 1, float32, CPU):
+# the loss is the same float (difference 0) in every case; the largest gradient difference
+# is 5.7e-6 on entries up to 11 (5e-7 relative); after 10 steps of the loop the weights
+# differ by at most 9.3e-5 (PinCLIP) and 3.2e-5 (MAC); a 2-process checkpoint resumed by
+# one process ends 1.0e-6 from the 2-process run. Weights drift more than gradients
+# because Adam divides each gradient by its own running size: an attention key bias, whose
+# gradient is zero but for float noise (softmax ignores a shift shared by every key), moves
+# by noise-driven steps of up to lr. The bounds leave headroom for other CPUs.
 LOSS_ATOL = 1e-5
 GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-4
-WEIGHT_ATOL = 1e-4
+WEIGHT_ATOL = 1e-3
 
 PINCLIP_MODEL = PinCLIPConfig.tiny(text_hidden_size=32, n_fusion_heads=2)
 # Global batches of odd sizes: the two processes hold 13 and 12 pins, 8 and 7 videos.
@@ -165,7 +169,7 @@ def data():
 def two_processes(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(2, free_port(), out, *data), nprocs=2, join=True)
-    return out, [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    return out, [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -276,7 +280,7 @@ def measure(out: Path) -> dict[str, float | str]:
     """The differences the tolerances above bound, measured: ``python -m tests.test_distributed``."""
     pins, mac = pin_world(), mac_world()
     mp.spawn(_worker, args=(2, free_port(), out, pins, mac), nprocs=2, join=True)
-    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     found = {}
     for case, args in PINCLIP_CASES.items():
         one = pinclip_step(pins, *args)

@@ -238,13 +238,16 @@ def fit(
     log: Logger | None = None,
     progress: bool = False,
     desc: str = "train",
-    compute: ComputeConfig = ComputeConfig(),
+    compute: ComputeConfig | None = None,
 ) -> FitResult:
     """Run ``task``'s phases one after another (global step numbers run on across
     phases); checkpoints go to ``out_dir/checkpoint``. ``stop_after`` ends the run at that
     step, with a checkpoint, as an interrupted run would; calling again with
     ``resume=True`` continues it, unless ``config_record`` differs from the one the
-    checkpoint was written with (then it trains afresh and says why)."""
+    checkpoint was written with (then it trains afresh and says why). ``compute``: the
+    device and bf16 autocast, for a task that puts its batches on ``task.device``
+    (default: the CPU, where every task can run)."""
+    compute = compute or ComputeConfig(device="cpu")
     phases = list(task.phases())
     total = sum(phase.steps for phase in phases)
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
