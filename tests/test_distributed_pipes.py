@@ -1,11 +1,11 @@
 """The training asset in two torchrun processes (gloo, CPU) through Dagster Pipes: the
 materialization carries what rank 0 reported (the metrics, the MLflow run, the registered
-version), the logged steps reach Dagster's event log, and the MLflow run is the one trained."""
+version), the logged steps reach Dagster's event log, and the MLflow run is the one trained.
+Beside it, the default: one process, in the asset's own."""
 
 from __future__ import annotations
 
 import dagster as dg
-import mlflow
 import pytest
 
 from mmpipe.partitions import manifest_days
@@ -26,24 +26,30 @@ def materialized(tiny_world, tmp_path_factory):
     register_days(instance, days)
     config = {**TINY["pinclip"], "train": {**TINY["pinclip"]["train"], "steps": 6, "fusion_steps": 4},
               "compute": {"processes": PROCESSES}}
+    # the ablation beside it trains in the asset's process, as by default
+    in_process = {**config, "compute": {"processes": 1}}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
         patch.setenv("MMPIPE_SCALE", "tiny")
         patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
         result = dg.materialize(
             [*definitions.assets, *definitions.asset_checks],
-            selection=dg.AssetSelection.assets("pinclip_model").upstream(),
+            selection=dg.AssetSelection.assets("pinclip_model", "pinclip_no_neighbor_model").upstream(),
             resources=_resources(tiny_world, storage), instance=instance,
-            run_config={"ops": {"pinclip_model": {"config": config}}},
+            run_config={"ops": {"pinclip_model": {"config": config},
+                                "pinclip_no_neighbor_model": {"config": in_process}}},
             tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
         )
-        run = configure().get_run(instance.get_latest_materialization_event(dg.AssetKey("pinclip_model"))
-                                  .asset_materialization.metadata["mlflow_run_id"].value)
-    return result, instance, storage, run
+        runs = {asset: configure().get_run(instance.get_latest_materialization_event(dg.AssetKey(asset))
+                                           .asset_materialization.metadata["mlflow_run_id"].value)
+                for asset in ("pinclip_model", "pinclip_no_neighbor_model")}
+        runs["loss_history"] = configure().get_metric_history(runs["pinclip_model"].info.run_id, "loss")
+    return result, instance, storage, runs
 
 
 def test_two_torchrun_processes_report_the_materialization_through_pipes(materialized):
-    result, instance, storage, run = materialized
+    result, instance, storage, runs = materialized
+    run = runs["pinclip_model"]
     assert result.success
     metadata = instance.get_latest_materialization_event(dg.AssetKey("pinclip_model")).asset_materialization.metadata
     assert metadata["processes"].value == PROCESSES
@@ -54,10 +60,20 @@ def test_two_torchrun_processes_report_the_materialization_through_pipes(materia
     assert run.info.status == "FINISHED"
     assert run.data.tags["asset_key"] == "pinclip_model" and run.data.tags["dagster_run_id"] == result.run_id
     assert run.data.params["steps"] == "6"
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
-    assert [m.step for m in history][-1] == 10
+    assert [m.step for m in runs["loss_history"]][-1] == 10
     assert read_trainer_state(storage / "models" / "pinclip" / "checkpoint")["step"] == 10
     # rank 0's logged steps streamed into Dagster's event log
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any(f"pinclip: {PROCESSES} processes" in message for message in messages)
     assert any(message.startswith("step 10: ") and "loss" in message for message in messages)
+
+
+def test_one_process_trains_in_the_asset_process(materialized):
+    result, instance, storage, runs = materialized
+    metadata = instance.get_latest_materialization_event(
+        dg.AssetKey("pinclip_no_neighbor_model")).asset_materialization.metadata
+    assert metadata["processes"].value == 1 and metadata["steps"].value == 6  # no pairs: no fusion phase
+    assert "registered_version" not in metadata  # an ablation is not registered
+    assert runs["pinclip_no_neighbor_model"].data.params["neighbor_weight"] == "0.0"
+    assert not any("torchrun" in entry.user_message for entry in instance.all_logs(result.run_id)
+                   if entry.step_key == "pinclip_no_neighbor_model")

@@ -150,12 +150,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 @contextlib.contextmanager
 def process_group(backend: str | None = None, timeout_s: float = 600.0) -> Iterator[tuple[int, int]]:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-    ``MASTER_PORT``) for the duration; nccl on GPUs, gloo on CPUs. Without a launcher (no
+    ``MASTER_PORT``) for the duration; nccl with a GPU each, else gloo. Without a launcher (no
     ``WORLD_SIZE``) it is one process and nothing is initialised. Yields (rank, world size)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    if size <= 1 or dist.is_initialized():
         yield world()
         return
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    # nccl needs a GPU per process; more processes than GPUs (or none) talk through gloo
+    backend = backend or ("nccl" if torch.cuda.device_count() >= size else "gloo")
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield world()
