@@ -200,9 +200,9 @@ def embed_clips(model: MAC, clips: VideoClips, rows: Sequence[int], n_frames: in
     device = model.logit_scale.device
     total = torch.zeros(len(rows), model.config.embed_dim)
     for offset in clip_offsets(n_clips):
-        total += torch.cat([model.encode_video(to_device(clips.pixels(rows[start:start + batch_size], n_frames, size,
-                                                                      offset=offset), device)).cpu()
-                            for start in range(0, len(rows), batch_size)])
+        for start in range(0, len(rows), batch_size):
+            pixels = clips.pixels(rows[start:start + batch_size], n_frames, size, offset=offset)
+            total[start:start + batch_size] += model.encode_video(to_device(pixels, device)).cpu()
     return F.normalize(total, dim=-1).numpy()
 
 
@@ -217,8 +217,10 @@ def embed_captions(model: MAC, inputs: MACInputs, rows: np.ndarray, batch_size: 
     """Unmasked embeddings [len(rows), E] of captions (rows of ``inputs.captions``)."""
     model.eval()
     device = model.logit_scale.device
-    parts = [model.encode_text(*(to_device(tensor, device) for tensor in inputs.text.tokens(rows[start:start + batch_size])))
-             .cpu().numpy() for start in range(0, len(rows), batch_size)]
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        hidden, mask = inputs.text.tokens(rows[start:start + batch_size])
+        parts.append(model.encode_text(to_device(hidden, device), to_device(mask, device)).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
 
 
