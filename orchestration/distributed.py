@@ -39,12 +39,14 @@ from mmpipe.systems import spec_named
 from mmpipe.train.distributed import compute_of, process_group
 from orchestration.resources import PipelinePaths
 
+WORKER_MODULE = "orchestration.distributed"  # this module, run by every torchrun process (main)
+
 
 def torchrun_command(processes: int, args: list[str]) -> list[str]:
     """torchrun (``torch.distributed.run``, from this interpreter) with ``processes`` workers
     on this machine; ``--standalone`` picks a free rendezvous port."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            "-m", __name__ if __name__ != "__main__" else "orchestration.distributed", *args]
+            "-m", WORKER_MODULE, *args]
 
 
 def worker_args(spec: SystemSpec, settings: Any, paths: PipelinePaths, run_context: RunContext,

@@ -5,14 +5,20 @@ Beside it, the default: one process, in the asset's own."""
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 
+from mmpipe.config import apply_overrides, settings_from_dict
 from mmpipe.partitions import manifest_days
-from mmpipe.registry.mlflow_registry import configure
+from mmpipe.registry.mlflow_registry import RunContext, configure
+from mmpipe.systems import spec_named
 from mmpipe.train.checkpoint import read_trainer_state
 from orchestration import definitions
+from orchestration.distributed import WORKER_MODULE, _parse, torchrun_command, worker_args
 from orchestration.ingest import register_days
+from orchestration.resources import PipelinePaths
 from tests.test_pipeline import TINY, _resources
 
 PROCESSES = 2
@@ -77,3 +83,19 @@ def test_one_process_trains_in_the_asset_process(materialized):
     assert runs["pinclip_no_neighbor_model"].data.params["neighbor_weight"] == "0.0"
     assert not any("torchrun" in entry.user_message for entry in instance.all_logs(result.run_id)
                    if entry.step_key == "pinclip_no_neighbor_model")
+
+
+@pytest.mark.parametrize("system", ["pinclip", "mac"])
+def test_the_torchrun_command_carries_the_assets_settings(system, tmp_path):
+    spec = spec_named(system)
+    settings = apply_overrides(spec.settings(), {"train": {"steps": 7}, "compute": {"processes": 3, "bf16": True}})
+    paths = PipelinePaths(raw_dir=str(tmp_path / "raw"), storage_dir=str(tmp_path / "storage"))
+    context = RunContext(data_version="abc", orchestrator_run_id="run-1", asset_key=spec.model_asset)
+    command = torchrun_command(3, worker_args(spec, settings, paths, context, None, True, False))
+    assert command[command.index("-m") + 1:command.index("-m") + 2] == ["torch.distributed.run"]
+    assert "--nproc-per-node=3" in command and command[command.index(WORKER_MODULE) - 1] == "-m"
+    args = _parse(command[command.index(WORKER_MODULE) + 1:])
+    assert args.system == system and args.fresh and not args.no_register and args.variant is None
+    assert settings_from_dict(spec.settings, json.loads(args.settings)) == settings
+    assert PipelinePaths(**json.loads(args.paths)) == paths
+    assert RunContext(**json.loads(args.run_context)) == context
