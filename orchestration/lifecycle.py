@@ -9,7 +9,10 @@ the SPEC; nothing here knows which system it builds.
 * ``<name>_model`` trains with the resolved settings (dataclass + params.yaml; the
   launchpad can override any field), logs to MLflow and registers the version as
   ``challenger``; each SPEC ablation ``<name>_<ablation>_model`` trains the same way with
-  its overrides, unregistered.
+  its overrides, unregistered. In the asset's process by default; with the settings'
+  ``compute.processes`` above 1, as ``torchrun`` processes launched through Dagster Pipes
+  (``orchestration/distributed.py``), which stream their logs and report the metrics and
+  the MLflow run back to the materialization.
 * ``eval_<name>`` scores the registered challenger (the champion re-scored beside it),
   writes the report, tags the version; its blocking check ``beats_baselines`` holds the
   gate closed unless the challenger beats every SPEC baseline on the primary metric.
@@ -36,10 +39,12 @@ from mmpipe.registry.mlflow_registry import CHALLENGER, CHAMPION, RunContext, co
 from mmpipe.registry.promotion import GateEvidence, alias_version, promote_from_evidence, record_eval_metric
 from mmpipe.spec import SystemSpec
 from mmpipe.train.checkpoint import read_trainer_state, readable_checkpoint
-from mmpipe.train.loop import CHECKPOINT_DIR, mlflow_logger
+from mmpipe.train.distributed import compute_of, set_threads, world
+from mmpipe.train.loop import CHECKPOINT_DIR, Logger, mlflow_logger
 from mmpipe.versioning import dvc_tracked_hash
 from orchestration.automation import AFTER_MODEL, EAGER
 from orchestration.config import config_to_settings, settings_config_class
+from orchestration.distributed import launch
 from orchestration.metadata import png_metadata
 from orchestration.names import EVAL_OVERVIEW
 from orchestration.partitions import SINGLE_RUN
@@ -103,6 +108,37 @@ def _run_context(context, paths: PipelinePaths) -> RunContext:
                       orchestrator_run_id=context.run_id, asset_key=context.asset_key.to_user_string())
 
 
+def run_training(spec: SystemSpec, settings: Any, data: Any, model_dir, run_context: RunContext, registers: bool,
+                 resume: bool, log: Logger | None = None) -> dict:
+    """Train ``spec`` on ``data`` into ``model_dir``, log the run to MLflow and (``registers``)
+    register the version as challenger; the materialization's metadata. Under torchrun every
+    process trains, rank 0 alone talks to MLflow (and returns the metadata; the others {})."""
+    set_threads(compute_of(settings))
+    if world()[0] != 0:
+        spec.train(settings, data, model_dir, resume=resume, log=None)
+        return {}
+    mlflow_log = mlflow_logger()
+
+    def log_both(step: int, metrics: dict) -> None:
+        mlflow_log(step, metrics)
+        if log is not None:
+            log(step, metrics)
+
+    with start_run(spec.name, run_context.asset_key, run_context) as run:
+        trained = spec.train(settings, data, model_dir, resume=resume, log=log_both)
+        mlflow.log_params(trained.params)
+        mlflow.log_metric("train_seconds", trained.seconds)
+        version = spec.register(trained, settings, run_context) if registers else None
+    metadata = {"mlflow_run_id": run.info.run_id, "steps": trained.steps,
+                "train_seconds": round(trained.seconds, 1), "processes": world()[1],
+                **{k: v for k, v in trained.params.items() if k.startswith("train_")},
+                **{f"final_{k}": float(v) for k, v in trained.final.items() if k != "step"}}
+    if version is not None:
+        metadata["registered_model"] = f"{spec.registered_model} version {version} (alias {CHALLENGER})"
+        metadata["registered_version"] = version
+    return metadata
+
+
 def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.Config],
                     variant: str | None, overrides: dict, group: str = "models") -> dg.AssetsDefinition:
     registers = variant is None
@@ -114,21 +150,11 @@ def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.
               description=what)
     def train_asset(context: dg.AssetExecutionContext, config: run_config, paths: PipelinePaths):
         settings = apply_overrides(config_to_settings(spec.settings, config, exclude=(RESUME,)), overrides)
-        data = inputs.load(paths, settings)
         run_context = _run_context(context, paths)
-        with start_run(spec.name, context.asset_key.to_user_string(), run_context) as run:
-            trained = spec.train(settings, data, spec.model_dir(paths.storage(), variant),
-                                 resume=config.resume, log=mlflow_logger())
-            mlflow.log_params(trained.params)
-            mlflow.log_metric("train_seconds", trained.seconds)
-            version = spec.register(trained, settings, run_context) if registers else None
-        metadata = {"mlflow_run_id": run.info.run_id, "steps": trained.steps,
-                    "train_seconds": round(trained.seconds, 1),
-                    **{k: v for k, v in trained.params.items() if k.startswith("train_")},
-                    **{f"final_{k}": float(v) for k, v in trained.final.items() if k != "step"}}
-        if version is not None:
-            metadata["registered_model"] = f"{spec.registered_model} version {version} (alias {CHALLENGER})"
-            metadata["registered_version"] = version
+        if compute_of(settings).processes > 1:  # torchrun through Dagster Pipes
+            return launch(context, spec, settings, paths, run_context, variant, registers, config.resume)
+        metadata = run_training(spec, settings, inputs.load(paths, settings), spec.model_dir(paths.storage(), variant),
+                                run_context, registers, config.resume)
         return dg.MaterializeResult(metadata=metadata)
 
     return train_asset

@@ -28,10 +28,14 @@ never asks which model it trains:
   is scored every ``validate_every`` steps and at its end; after ``patience`` scores
   without a new best it stops, and the phase ends with the weights of its best score
   (model and aux). The checkpoint then marks the phase done, so a resumed run goes on
-  with the next one.
-
-Rank and world size are read here (:func:`world`) and nowhere else, so distributed
-training can come to the loop without touching any system.
+  with the next one;
+* where it runs (``compute``, :class:`~mmpipe.train.distributed.ComputeConfig`): the device
+  (the model and aux move there for training and come back to the CPU at the end; a task
+  puts its batches on ``task.device``), bf16 autocast of the forward, and data parallelism
+  under torchrun (:mod:`mmpipe.train.distributed`): equal weights on every process at the
+  start, gradients averaged after backward, validation scored by rank 0 and its score
+  shared, so every process stops together. The task shards its global batch and gathers
+  its embeddings; the loop never asks how.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,19 +54,13 @@ from tqdm.auto import tqdm
 
 from mmpipe.train.checkpoint import (NonFiniteError, load_checkpoint, load_optimizer_state, read_trainer_state,
                                     readable_checkpoint, save_checkpoint)
+from mmpipe.train.distributed import (ComputeConfig, autocast, average_gradients_, barrier, broadcast_float,
+                                      broadcast_parameters_, select_device, world)
 
 CHECKPOINT_DIR = "checkpoint"
 
 Metrics = dict[str, float]
 Logger = Callable[[int, Metrics], None]
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process: torch.distributed's when initialised, else the
-    launcher's environment (``RANK``/``WORLD_SIZE``, as torchrun sets), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def cosine_lr(step: int, peak: float, steps: int, warmup_steps: int = 0, floor: float = 0.1) -> float:
@@ -105,6 +102,7 @@ class TrainingTask:
 
     model: nn.Module
     aux: nn.Module | None = None
+    device: torch.device = torch.device("cpu")  # where the loop put the model: batches go there too
 
     def phases(self) -> Sequence[Phase]:
         raise NotImplementedError
@@ -147,8 +145,8 @@ class _EarlyStopping:
     def score(self, step: int) -> bool:
         """Score the current weights at global ``step``; True when the phase should stop."""
         self.task.model.eval()
-        with torch.no_grad():
-            value = float(self.phase.validate())
+        with torch.no_grad():  # rank 0's score on every process: they stop at the same step
+            value = broadcast_float(self.phase.validate() if world()[0] == 0 else None)
         self.task.model.train()
         self.scores.append([step, value])
         if value > self.best_score:
@@ -240,12 +238,16 @@ def fit(
     log: Logger | None = None,
     progress: bool = False,
     desc: str = "train",
+    compute: ComputeConfig | None = None,
 ) -> FitResult:
     """Run ``task``'s phases one after another (global step numbers run on across
     phases); checkpoints go to ``out_dir/checkpoint``. ``stop_after`` ends the run at that
     step, with a checkpoint, as an interrupted run would; calling again with
     ``resume=True`` continues it, unless ``config_record`` differs from the one the
-    checkpoint was written with (then it trains afresh and says why)."""
+    checkpoint was written with (then it trains afresh and says why). ``compute``: the
+    device and bf16 autocast, for a task that puts its batches on ``task.device``
+    (default: the CPU, where every task can run)."""
+    compute = compute or ComputeConfig(device="cpu")
     phases = list(task.phases())
     total = sum(phase.steps for phase in phases)
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
@@ -272,6 +274,11 @@ def fit(
 
     if start:  # weights, aux and RNG; optimizer state below, for the phase it belongs to
         load_checkpoint(checkpoint, task.model, aux=task.aux)
+    task.device = select_device(compute.device)
+    for module in (task.model, task.aux):
+        if module is not None:
+            module.to(task.device)
+    broadcast_parameters_([task.model, task.aux])
     offset = 0
     for phase in phases:
         first, last = offset, offset + phase.steps
@@ -291,12 +298,14 @@ def fit(
             lr = phase.lr_at(step - first)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            outputs = phase.training_forward(step)
+            with autocast(task.device, compute.bf16):
+                outputs = phase.training_forward(step)
             _require_finite_loss(outputs, step, phase.name, checkpoint, saved)
             optimizer.zero_grad(set_to_none=True)
             outputs["loss"].backward()
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            average_gradients_(params)
             if loop.grad_clip_norm:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(params, loop.grad_clip_norm)
             optimizer.step()
             task.after_step()
@@ -333,6 +342,10 @@ def fit(
                                 extra=extra())
                 saved = last
     bar.close()
+    barrier()  # no process leaves before rank 0's last checkpoint is written
+    for module in (task.model, task.aux):  # callers embed, register and serve on the CPU
+        if module is not None:
+            module.cpu()
     task.model.eval()
     final: Metrics = {}
     for record in history:  # the last metrics of each phase: a fusion run still reports its towers' loss

@@ -81,13 +81,15 @@ class VideoClips:
 
     def pixels(self, rows: Sequence[int], n_frames: int, image_size: int,
                rng: np.random.Generator | None = None, within: Sequence[np.ndarray] | None = None,
-               offset: float = 0.5) -> torch.Tensor:
+               offset: float = 0.5, part: slice = slice(None)) -> torch.Tensor:
         """Normalised clips [len(rows), n_frames, 3, image_size, image_size]; with ``within``,
         clip i is drawn from the stored frames ``within[i]`` of its video only; without
-        ``rng``, at ``offset`` of each segment (:func:`clip_indices`)."""
+        ``rng``, at ``offset`` of each segment (:func:`clip_indices`). ``part``: only these
+        rows' clips, the random draws still made for every row (one process's share of a
+        batch gets the clips the whole batch would)."""
         spans = [np.arange(len(self.frames[row])) for row in rows] if within is None else list(within)
-        clips = np.stack([self.frames[row][span[clip_indices(len(span), n_frames, rng, offset)]]
-                          for row, span in zip(rows, spans)])
+        picks = [span[clip_indices(len(span), n_frames, rng, offset)] for span in spans]
+        clips = np.stack([self.frames[row][pick] for row, pick in zip(list(rows)[part], picks[part])])
         pixels = torch.from_numpy(clips).permute(0, 1, 4, 2, 3)  # [B, T, 3, S, S]
         if pixels.shape[-1] != image_size:  # frames stored at another size than the model's
             b, t = pixels.shape[:2]

@@ -6,6 +6,9 @@ one random clip of each, masks ``mask_ratio`` of every frame's patches and
 (videos, captions, clip frames and both masks) is a pure function of (seed, step), so a
 run stopped and resumed ends with the weights of one that never stopped. The phase stops
 early on text->video R@5 over the validation window's videos; training never sees them.
+Under torchrun every process draws the whole batch (videos, captions, clip frames, mask
+noise), encodes its share (``shard``) and the loss gathers the embeddings, so it is the
+global batch's InfoNCE (:mod:`mmpipe.train.distributed`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mmpipe.systems.mac.data import TRAIN, VALIDATION, MACInputs, VideoClips, cl
 from mmpipe.systems.mac.losses import masked_then_align
 from mmpipe.systems.mac.model import MAC, MACConfig
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
+from mmpipe.train.distributed import ComputeConfig, shard, to_device
 from mmpipe.train.loop import CHECKPOINT_DIR, Logger, LoopConfig, Phase, TrainingTask, fit
 
 
@@ -81,6 +85,7 @@ class MACSettings:
 
     model: MACConfig = MACConfig()
     train: MACTrainConfig = MACTrainConfig()
+    compute: ComputeConfig = ComputeConfig()  # processes, device, bf16: not part of the checkpoint's config
 
 
 @dataclass
@@ -192,11 +197,12 @@ def embed_clips(model: MAC, clips: VideoClips, rows: Sequence[int], n_frames: in
     rows, size = np.asarray(rows, dtype=np.int64), model.config.image_size
     if not len(rows):
         return np.zeros((0, model.config.embed_dim), np.float32)
+    device = model.logit_scale.device
     total = torch.zeros(len(rows), model.config.embed_dim)
     for offset in clip_offsets(n_clips):
-        total += torch.cat([model.encode_video(clips.pixels(rows[start:start + batch_size], n_frames, size,
-                                                            offset=offset))
-                            for start in range(0, len(rows), batch_size)])
+        for start in range(0, len(rows), batch_size):
+            pixels = clips.pixels(rows[start:start + batch_size], n_frames, size, offset=offset)
+            total[start:start + batch_size] += model.encode_video(to_device(pixels, device)).cpu()
     return F.normalize(total, dim=-1).numpy()
 
 
@@ -210,8 +216,11 @@ def embed_videos(model: MAC, inputs: MACInputs, rows: np.ndarray, n_frames: int,
 def embed_captions(model: MAC, inputs: MACInputs, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Unmasked embeddings [len(rows), E] of captions (rows of ``inputs.captions``)."""
     model.eval()
-    parts = [model.encode_text(*inputs.text.tokens(rows[start:start + batch_size])).numpy()
-             for start in range(0, len(rows), batch_size)]
+    device = model.logit_scale.device
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        hidden, mask = inputs.text.tokens(rows[start:start + batch_size])
+        parts.append(model.encode_text(to_device(hidden, device), to_device(mask, device)).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
 
 
@@ -288,9 +297,10 @@ class MACTask(TrainingTask):
     def training_forward(self, step: int) -> dict[str, torch.Tensor | float]:
         cfg = self.cfg
         rows, captions, rng, masks = self.batch(step)
-        pixels = self.inputs.clips.pixels(rows, cfg.n_frames, self.model.config.image_size, rng)
+        part = shard(len(rows))
+        pixels = self.inputs.clips.pixels(rows, cfg.n_frames, self.model.config.image_size, rng, part=part)
         logit_scale = self.model.logit_scale.exp()
-        loss = self.masked_pairs_loss(pixels, self.inputs.text, captions, masks, logit_scale)
+        loss = self.masked_pairs_loss(pixels, self.inputs.text, captions, masks, logit_scale, part)
         out = {"loss": loss, "temperature": 1 / logit_scale.detach(), "videos": len(rows)}
         if len(self.moment_videos) > 1:
             moment_loss = self.moment_loss(rng, masks, logit_scale)
@@ -305,18 +315,32 @@ class MACTask(TrainingTask):
         videos = rng.choice(self.moment_videos, size=min(cfg.moment_batch_size, len(self.moment_videos)),
                             replace=False)
         queries = np.asarray([rng.choice(self.moment_queries[int(row)]) for row in videos])
+        part = shard(len(videos))
         pixels = self.inputs.clips.pixels(videos, cfg.n_frames, self.model.config.image_size, rng,
-                                          within=[moments.frames[q] for q in queries])
-        return self.masked_pairs_loss(pixels, moments.text, queries, masks, logit_scale)
+                                          within=[moments.frames[q] for q in queries], part=part)
+        return self.masked_pairs_loss(pixels, moments.text, queries, masks, logit_scale, part)
 
     def masked_pairs_loss(self, pixels: torch.Tensor, text: TextFeatures, text_rows: np.ndarray,
-                          masks: torch.Generator, logit_scale: torch.Tensor) -> torch.Tensor:
-        """Masked-then-align between clip i of ``pixels`` and row ``text_rows[i]`` of ``text``,
-        each side masked at its training ratio."""
-        video = self.model.encode_video(pixels, self.cfg.mask_ratio, masks)
-        hidden, mask = text.tokens(text_rows)
-        return masked_then_align(video, self.model.encode_text(hidden, mask, self.cfg.text_mask_ratio, masks),
-                                 logit_scale)
+                          masks: torch.Generator, logit_scale: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        """Masked-then-align between the clips and rows ``text_rows`` of ``text``, each side
+        masked at its training ratio. ``pixels`` are rows ``part`` of the batch (one process's
+        share): the mask noise is drawn for the whole batch, in the order the encoders would
+        draw it, and cut to ``part``; the loss gathers the other processes' embeddings."""
+        cfg, device = self.cfg, self.device
+        part = slice(0, len(text_rows)) if part is None else part
+        n_frames = pixels.shape[1]
+        video_noise = text_noise = None
+        if cfg.mask_ratio > 0:
+            video_noise = torch.rand(len(text_rows) * n_frames, self.model.config.patches_per_frame,
+                                     generator=masks)[part.start * n_frames:part.stop * n_frames]
+        hidden, mask = text.tokens(text_rows)  # cut after the longest of the whole batch's texts
+        if cfg.text_mask_ratio > 0:
+            text_noise = to_device(torch.rand(mask.shape, generator=masks)[part], device)
+        video = self.model.encode_video(to_device(pixels, device), cfg.mask_ratio,
+                                        noise=None if video_noise is None else to_device(video_noise, device))
+        text_emb = self.model.encode_text(to_device(hidden[part], device), to_device(mask[part], device),
+                                          cfg.text_mask_ratio, noise=text_noise)
+        return masked_then_align(video, text_emb, logit_scale)
 
     def validate(self) -> float:
         return text_to_video_recall(self.model, self.inputs, VALIDATION, self.cfg.n_frames,
@@ -326,13 +350,15 @@ class MACTask(TrainingTask):
 def train_mac(settings: MACSettings, inputs: MACInputs, out_dir: Path | None = None, resume: bool = True,
               stop_after: int | None = None, log: Logger | None = None, progress: bool = False,
               warm_start: dict[str, torch.Tensor] | None = None) -> TrainResult:
-    """Train (or resume) MAC with the shared loop; checkpoints go to ``out_dir/checkpoint``."""
+    """Train (or resume) MAC with the shared loop; checkpoints go to ``out_dir/checkpoint``.
+    ``settings.compute``: the device, bf16 autocast; under torchrun every process calls this
+    and they train as one (DDP)."""
     task = MACTask(settings, inputs, warm_start)
     cfg = settings.train
     record = {"model": settings.model.to_dict(), "train": asdict(cfg)}
     result = fit(task, out_dir, resume=resume, stop_after=stop_after, config_record=record,
                  loop=LoopConfig(cfg.checkpoint_every, cfg.log_every, cfg.grad_clip_norm),
-                 log=log, progress=progress, desc="mac")
+                 log=log, progress=progress, desc="mac", compute=settings.compute)
     return TrainResult(task.model, result.steps, result.final, result.history, result.seconds, result.validation)
 
 
