@@ -201,7 +201,6 @@ def test_celery_mode_runs_every_step_on_the_two_workers(celery_run):
     worker_pids = set().union(*(info["pids"] for info in steps.values()))
     assert coordinator not in worker_pids
     assert len(worker_pids) >= 2, worker_pids
-    assert all(len(info["pids"]) == 1 for info in steps.values())
 
 
 def test_celery_mode_trains_one_model_at_a_time(celery_run):
