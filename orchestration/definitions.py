@@ -11,6 +11,7 @@ from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
 from orchestration.assets.video_features import video_feature_assets
 from orchestration.checks import validation_checks
+from orchestration.deployment import executor
 from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
 from orchestration.resources import PipelinePaths, ValidationPolicy
@@ -37,7 +38,6 @@ defs = dg.Definitions(
     sensors=[record_run_failures, new_day_sensor, *(s for system in SYSTEMS for s in system.sensors)],
     resources={"paths": PipelinePaths(), "policy": ValidationPolicy(),
                "retraining": RetrainingThresholds()},
-    # One process: each step is short and a subprocess per step would spend most of its time
-    # importing torch / Great Expectations on 2 cores.
-    executor=dg.in_process_executor,
+    # MMPIPE_MODE picks it: in-process by default, Celery workers or Kubernetes Jobs for a team
+    executor=executor(),
 )

@@ -48,6 +48,7 @@ from orchestration.distributed import launch
 from orchestration.metadata import png_metadata
 from orchestration.names import EVAL_OVERVIEW
 from orchestration.partitions import SINGLE_RUN
+from orchestration.policies import IO_RETRY, TRAINING_POOL
 from orchestration.resources import PipelinePaths
 
 RESUME = "resume"
@@ -99,7 +100,7 @@ def registered_version(spec: SystemSpec, alias: str, required: bool = True) -> s
     if version is None and required:
         producer = spec.model_asset if alias == CHALLENGER else spec.champion_asset
         raise dg.Failure(description=f"no {spec.registered_model}@{alias} in the MLflow registry at "
-                                     f"{tracking_uri()}: materialize {producer} first")
+                                     f"{tracking_uri()}: materialize {producer} first", allow_retries=False)
     return version
 
 
@@ -147,7 +148,7 @@ def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.
 
     @dg.asset(name=spec.model_asset if registers else spec.variant_asset(variant), group_name=group,
               kinds=set(inputs.kinds), deps=list(inputs.deps), code_version="3", backfill_policy=SINGLE_RUN,
-              description=what)
+              description=what, pool=TRAINING_POOL)
     def train_asset(context: dg.AssetExecutionContext, config: run_config, paths: PipelinePaths):
         settings = apply_overrides(config_to_settings(spec.settings, config, exclude=(RESUME,)), overrides)
         run_context = _run_context(context, paths)
@@ -163,7 +164,7 @@ def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.
 def _eval_asset(spec: SystemSpec, inputs: SystemInputs, variants: list[str]) -> dg.AssetsDefinition:
     @dg.asset(name=spec.eval_asset, group_name="eval", kinds={"mlflow", "markdown"},
               deps=[spec.model_asset, *map(spec.variant_asset, variants), *inputs.deps],
-              code_version="4", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN,
+              code_version="4", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN, retry_policy=IO_RETRY,
               description=f"The registered challenger ({spec.registered_model}@{CHALLENGER}) against its "
                           f"baselines and ceiling, the champion re-scored beside it; `{spec.primary_metric}` "
                           "is tagged on its version.")
@@ -244,7 +245,8 @@ def trained_settings(spec: SystemSpec, paths: PipelinePaths) -> Any:
 def _read_summary(spec: SystemSpec, paths: PipelinePaths) -> tuple[dict, str]:
     report = spec.report_dir(paths.storage()) / f"{spec.name}_eval.json"
     if not report.exists():
-        raise dg.Failure(description=f"no eval report at {report}: materialize {spec.eval_asset} first")
+        raise dg.Failure(description=f"no eval report at {report}: materialize {spec.eval_asset} first",
+                         allow_retries=False)
     return json.loads(report.read_text()), str(report)
 
 
@@ -285,7 +287,7 @@ def _baselines_check(spec: SystemSpec) -> dg.AssetChecksDefinition:
 
 def _champion_asset(spec: SystemSpec) -> dg.AssetsDefinition:
     @dg.asset(name=spec.champion_asset, group_name="models", kinds={"mlflow"}, deps=[spec.eval_asset],
-              code_version="2", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
+              code_version="2", automation_condition=EAGER, backfill_policy=SINGLE_RUN, retry_policy=IO_RETRY,
               description=f"The promotion gate: moves {spec.registered_model}@{CHAMPION} to the evaluated "
                           f"challenger only when its `{spec.primary_metric}` is at least the champion's; "
                           "every decision is tagged on the version (promotion.*). Its data version is the "
@@ -293,7 +295,8 @@ def _champion_asset(spec: SystemSpec) -> dg.AssetsDefinition:
     def champion_asset(paths: PipelinePaths) -> dg.MaterializeResult:
         summary, report = _read_summary(spec, paths)
         if "promotion" not in summary:
-            raise dg.Failure(description=f"{report} has no promotion section: rematerialize {spec.eval_asset}")
+            raise dg.Failure(description=f"{report} has no promotion section: rematerialize {spec.eval_asset}",
+                             allow_retries=False)
         decision = promote_from_evidence(configure(), GateEvidence.from_dict(summary["promotion"]))
         files = write_report(spec.report_dir(paths.storage()), f"{spec.name}_promotion", decision.markdown(), {},
                              decision.to_dict())
