@@ -261,7 +261,9 @@ dist.destroy_process_group()
 # Starts two Python processes (~2 s): the only way to exercise the all_gather path.
 def test_clip_loss_gathers_across_processes_with_exact_local_gradients(tmp_path):
     """Two gloo ranks with half the batch each: every rank sees the full-batch loss, and
-    the gradients of its own rows equal the single-process full-batch gradients."""
+    the gradients of its own rows are the world size times the single-process full-batch
+    gradients, so DDP's average over ranks of the encoders' gradients is the full-batch
+    gradient (gather_features scales the local rows; open_clip leaves them at 1/world)."""
     import subprocess
     import sys
 
@@ -278,8 +280,8 @@ def test_clip_loss_gathers_across_processes_with_exact_local_gradients(tmp_path)
     for rank in range(2):
         loss, image_grad, text_grad = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(loss, full.detach())
-        torch.testing.assert_close(image_grad, image.grad[rank * 4:(rank + 1) * 4])
-        torch.testing.assert_close(text_grad, text.grad[rank * 4:(rank + 1) * 4])
+        torch.testing.assert_close(image_grad, 2 * image.grad[rank * 4:(rank + 1) * 4])
+        torch.testing.assert_close(text_grad, 2 * text.grad[rank * 4:(rank + 1) * 4])
 
 
 def test_neighbor_loss_matches_naive_reference_with_and_without_mask():
