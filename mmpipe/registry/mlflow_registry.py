@@ -2,6 +2,9 @@
 
 Tracking defaults to a SQLite store in the project (``mlflow.db``, artifacts in ``mlruns/``);
 ``MLFLOW_TRACKING_URI`` overrides it (e.g. an ``mlflow server`` on 127.0.0.1).
+``MMPIPE_MLFLOW_ARTIFACTS`` moves the artifacts of new experiments: a directory, or an object
+store URI such as ``s3://bucket/mlruns`` (with ``MLFLOW_S3_ENDPOINT_URL`` for an S3-compatible
+server and the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
 """
 
 from __future__ import annotations
@@ -66,11 +69,21 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # SQLite stores default artifacts to ./mlruns of whatever the cwd is; pin it to the project.
-    artifact_root = Path(os.environ.get("MMPIPE_MLFLOW_ARTIFACTS", project_root() / "mlruns"))
     if "MLFLOW_TRACKING_URI" in os.environ and not os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite"):
         return client.create_experiment(name)  # a server decides where its artifacts go
-    return client.create_experiment(name, artifact_location=(artifact_root / name).as_uri())
+    return client.create_experiment(name, artifact_location=artifact_location(name))
+
+
+def artifact_location(experiment: str) -> str:
+    """Where a new experiment's artifacts go: ``MMPIPE_MLFLOW_ARTIFACTS``/<experiment>.
+
+    SQLite stores default artifacts to ./mlruns of whatever the cwd is, so the default is pinned
+    to the project. A URI (``s3://bucket/prefix``) is kept as it is: a Path would fold its ``//``.
+    """
+    root = os.environ.get("MMPIPE_MLFLOW_ARTIFACTS") or str(project_root() / "mlruns")
+    if "://" in root:
+        return f"{root.rstrip('/')}/{experiment}"
+    return (Path(root).resolve() / experiment).as_uri()
 
 
 @contextmanager
