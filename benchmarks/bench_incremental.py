@@ -11,8 +11,8 @@ One command, one process, one Dagster instance (ephemeral), a throwaway project 
 3. advances the world by one day (``mmpipe world advance``; not timed: that is the upstream);
 4. times the day's ingest: ``ingest_day``'s assets for the new partition only;
 
-and prints both wall times, the ratio (target: <= 0.10), the full run's peak resident
-memory, which assets each run materialized, and how the index grew.
+and prints both wall times, the ratio (target: <= 0.10), which assets each run materialized,
+and how the index grew. The default run's peak memory is bench_memory.py's.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from figures import Figure, ram_bytes  # noqa: E402  (after the checkout is on the path)
-from timing import peak_rss_bytes, reset_peak_rss  # noqa: E402
+from figures import Figure  # noqa: E402  (after the checkout is on the path)
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,7 +38,7 @@ BENCHMARK = "incremental"
 def run(scale: str = "tiny", seed: int = 0, workdir: str | Path | None = None,
         max_quarantine_rate: float | None = None) -> list[Figure]:
     """The full run and the new day's ingest, timed side by side in one Dagster instance,
-    printing what ``main`` always printed; also the full run's peak resident memory."""
+    printing what ``main`` always printed."""
     work = Path(workdir or tempfile.mkdtemp(prefix="bench_incremental_"))
     work.mkdir(parents=True, exist_ok=True)
     storage, raw_root = work / "storage", work / "data" / "raw"
@@ -74,14 +73,12 @@ def run(scale: str = "tiny", seed: int = 0, workdir: str | Path | None = None,
     with dg.DagsterInstance.ephemeral() as instance:
         days = manifest_days(raw_root)
         register_days(instance, days)
-        windowed = reset_peak_rss()
         started = time.perf_counter()
         full = dg.materialize(everything, resources=resources, instance=instance,
                               selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),
                               tags={"dagster/asset_partition_range_start": days[0],
                                     "dagster/asset_partition_range_end": days[-1]})
         full_s = time.perf_counter() - started
-        full_peak = peak_rss_bytes() if windowed else float("nan")
         assert full.success, "the full run failed"
         before = VectorIndex.load(storage / "index" / "pins" / "fused").ntotal
 
@@ -105,17 +102,10 @@ def run(scale: str = "tiny", seed: int = 0, workdir: str | Path | None = None,
     print(f"  new day   : {day_s:8.1f} s   ({len(day.get_asset_materialization_events())} materializations: "
           f"{assets(day)})")
     print(f"  ratio     : {day_s / full_s:8.3f}   (target <= 0.10)")
-    print(f"  peak RSS  : {full_peak / 2**20:8.0f} MiB during the full run")
     print(f"  index     : {before} -> {after} vectors (+{after - before})")
     print(f"  workdir   : {work}")
-    figures = [Figure(BENCHMARK, f"one-day ingest wall time ({scale} world)", day_s, "s",
-                      f"full run ({len(days)} days)", full_s, f"target <= 0.10; index +{after - before} vectors")]
-    if windowed:
-        # Resident memory of the whole process during the full run (this process's
-        # high-water mark, reset just before it), as a share of the machine's RAM.
-        figures.append(Figure(BENCHMARK, f"full run peak memory ({scale} world)", full_peak / 2**20, "MiB",
-                              "machine RAM", ram_bytes() / 2**20, "process VmHWM during the full run"))
-    return figures
+    return [Figure(BENCHMARK, f"one-day ingest wall time ({scale} world)", day_s, "s",
+                   f"full run ({len(days)} days)", full_s, f"target <= 0.10; index +{after - before} vectors")]
 
 
 def main(argv: list[str] | None = None) -> int:

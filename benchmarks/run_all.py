@@ -14,8 +14,10 @@ replaced atomically. Benchmarks, in order (each script also runs alone):
 * chan_step: CHAN's relevance and concepts steps, MFU (bench_chan_step.py);
 * embedding: items/s of each encoder against its rate at the matmul peak (bench_embedding.py);
 * index: IVF and HNSW against exact search: QPS, recall@10, build time, memory (bench_index.py);
-* incremental: a new day's ingest against the full run, and the full run's peak memory
-  (bench_incremental.py, a throwaway project through Dagster).
+* incremental: a new day's ingest against the full run (bench_incremental.py, a throwaway
+  project through Dagster);
+* memory: the default run's peak resident memory, largest process and process tree, against
+  the machine's RAM (bench_memory.py: `make materialize`'s commands in processes of their own).
 
 One fp32 matmul FLOP/s, measured first, is the denominator of every MFU in the table.
 """
@@ -38,6 +40,7 @@ import bench_embedding  # noqa: E402
 import bench_incremental  # noqa: E402
 import bench_index  # noqa: E402
 import bench_mac_step  # noqa: E402
+import bench_memory  # noqa: E402
 import bench_moment_step  # noqa: E402
 import bench_pinclip_step  # noqa: E402
 from figures import Figure, machine, write_report  # noqa: E402
@@ -45,7 +48,8 @@ from timing import matmul_flops_per_second, settings_for  # noqa: E402
 
 from mmpipe.systems.pinclip.train import PinCLIPSettings  # noqa: E402
 
-BENCHMARKS = ("pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental")
+BENCHMARKS = ("pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental",
+              "memory")
 STEP_BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step"}
 # --quick: sizes that only prove every benchmark runs end to end (a couple of minutes on
 # 2 loaded cores, most of it the tiny pipeline run); their ratios mean little.
@@ -73,18 +77,19 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="skip the nprobe / efSearch recall-QPS curves")
     parser.add_argument("--world-scale", default="tiny", choices=["tiny", "small", "medium"],
-                        help="world of the incremental benchmark's full run and new day")
-    parser.add_argument("--workdir", default=None, help="keep the incremental benchmark's project here")
+                        help="world of the incremental and memory benchmarks' runs")
+    parser.add_argument("--workdir", default=None, help="keep the incremental benchmark's project here (and the "
+                                                        "memory benchmark's in <workdir>_memory)")
     return parser
 
 
-def incremental(world_scale: str, workdir: str | None) -> list[Figure]:
-    """The incremental benchmark in ``workdir``, or in a temporary project removed afterwards
-    (a world, storage and MLflow store per run would pile up under /tmp otherwise)."""
+def in_project(benchmark, world_scale: str, workdir: str | None) -> list[Figure]:
+    """A pipeline benchmark (``benchmark.run``) in ``workdir``, or in a temporary project removed
+    afterwards (a world, storage and MLflow store per run would pile up under /tmp otherwise)."""
     if workdir:
-        return bench_incremental.run(world_scale, workdir=workdir)
-    with tempfile.TemporaryDirectory(prefix="bench_incremental_") as tmp:
-        return bench_incremental.run(world_scale, workdir=tmp)
+        return benchmark.run(world_scale, workdir=workdir)
+    with tempfile.TemporaryDirectory(prefix=f"{benchmark.BENCHMARK}_") as tmp:
+        return benchmark.run(world_scale, workdir=tmp)
 
 
 def run(args: argparse.Namespace) -> list[Figure]:
@@ -107,7 +112,8 @@ def run(args: argparse.Namespace) -> list[Figure]:
                                                  threads=args.threads, peak=peak, **steps),
         "index": lambda: bench_index.run(args.index_n, args.index_dim, args.index_queries, threads=args.threads,
                                          sweep=args.sweep),
-        "incremental": lambda: incremental(args.world_scale, args.workdir),
+        "incremental": lambda: in_project(bench_incremental, args.world_scale, args.workdir),
+        "memory": lambda: in_project(bench_memory, args.world_scale, args.workdir and f"{args.workdir}_memory"),
     }
     figures = []
     for name in only:

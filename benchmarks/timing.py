@@ -141,28 +141,3 @@ def measure(step: Callable[[], None], steps: int, rounds: int = 1) -> StepCost:
             step()
         best = min(best, (time.perf_counter() - started) / steps)
     return StepCost(best, counter.get_total_flops())
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak-memory window for this process: Linux resets VmHWM (the resident
-    high-water mark) to the current RSS when "5" is written to clear_refs. False where that
-    is not possible (not Linux, or not allowed), so the caller reports no peak rather than
-    the whole process's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> float:
-    """This process's resident high-water mark (VmHWM) since start or :func:`reset_peak_rss`."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return float("nan")

@@ -6,6 +6,10 @@ goes through :func:`atomic_path`: the bytes go to a temporary file beside the ta
 version. Two writers of one target each write their own temporary file, and the last swap
 wins whole. A write that is a read-modify-write of several files (an index directory)
 also takes :func:`file_lock`, so two materializations of it run one after the other.
+
+A swap survives a power loss too: the temporary's bytes are flushed to disk (``fsync``)
+before the rename, and its directory after it, so the new name never points at data the
+disk has not got, and the rename itself is on disk when the write returns.
 """
 
 from __future__ import annotations
@@ -31,10 +35,29 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, target)
+        fsync_path(target.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (the renames in it), to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """``fsync_path`` every file and directory under ``root`` (``root`` included), files first."""
+    root = Path(root)
+    for path in sorted(root.rglob("*"), key=lambda p: p.is_dir()):
+        fsync_path(path)
+    fsync_path(root)
 
 
 LOCK_SUFFIX = ".lock"

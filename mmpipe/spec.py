@@ -17,6 +17,12 @@ if TYPE_CHECKING:  # annotations only: a model's code and its benchmarks run wit
     from mmpipe.registry.mlflow_registry import RunContext
 
 
+class NothingToTrain(ValueError):
+    """A system's inputs hold no usable example (a landing zone without videos, say): its
+    training, evaluation and whatever its champion feeds have nothing to do. Raised by a
+    system's input builder; the lifecycle reports it as "nothing to do" instead of failing."""
+
+
 @dataclass
 class Trained:
     """One finished training run, as the lifecycle logs it."""

@@ -22,3 +22,20 @@ def tiny_world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_world") / "raw"
     generate_world(root, "tiny", progress=False, workers=2)  # see test_world: bytes do not depend on it
     return root
+
+
+VIDEO_TABLES = ("videos", "moment_queries", "video_captions", "video_shots", "summary_queries")
+
+
+def pins_only_landing_zone(world: Path, root: Path) -> Path:
+    """``world`` as a user without videos delivers it at ``root``: every video table with its
+    columns and types but no row, no video file (the pins' truth stays, for their eval)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(world, root, ignore=shutil.ignore_patterns("videos"))
+    for table in VIDEO_TABLES:
+        path = root / f"{table}.parquet"
+        pq.write_table(pq.read_table(path).slice(0, 0), path)
+    return root

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental"}
+BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental", "memory"}
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 from mmpipe.partitions import raw_rows_by_day, row_days
 from mmpipe.schemas.raw_tables import RawTableError, read_raw_table
 from mmpipe.schemas.validate import validate_pins, validate_table
+from tests.conftest import VIDEO_TABLES, pins_only_landing_zone
 
 MANIFEST = {"start_date": "2026-01-01", "end_date": "2026-01-10"}
 
@@ -99,26 +100,19 @@ def test_row_count_comes_from_the_footer_whatever_the_index(tmp_path):
         raw_row_count(tmp_path, "boards")
 
 
-VIDEO_TABLES = ("videos", "moment_queries", "video_captions", "video_shots", "summary_queries")
-
-
 def test_a_landing_zone_without_videos_validates_to_empty_tables_and_decodes_nothing(tiny_world, tmp_path):
     """Pins only, no video at all (empty video tables, as a user without videos delivers):
     validation writes empty validated tables, its checks pass, and the frames say there is
     nothing to decode."""
     import dagster as dg
-    import pyarrow.parquet as pq
 
     from mmpipe.partitions import manifest_days, read_days
     from orchestration import definitions
     from orchestration.ingest import register_days
     from orchestration.resources import PipelinePaths, ValidationPolicy
 
-    root, storage = tmp_path / "raw", tmp_path / "storage"
-    shutil.copytree(tiny_world, root, ignore=shutil.ignore_patterns("videos", "_truth"))
-    for table in VIDEO_TABLES:  # the same columns and types, no row
-        path = root / f"{table}.parquet"
-        pq.write_table(pq.read_table(path).slice(0, 0), path)
+    root = pins_only_landing_zone(tiny_world, tmp_path / "raw")
+    storage = tmp_path / "storage"
 
     instance = dg.DagsterInstance.ephemeral()
     days = manifest_days(root)

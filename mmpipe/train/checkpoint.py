@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmpipe.io import file_lock
+from mmpipe.io import file_lock, fsync_path, fsync_tree
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -127,6 +127,7 @@ def _write_and_swap(directory: Path, state: dict[str, torch.Tensor], aux_state: 
             trainer_state["optimizer"] = meta
         save_file({"torch": torch.get_rng_state()}, str(staging / "rng.safetensors"))
         (staging / STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=str))
+        fsync_tree(staging)  # on disk before any rename names it (mmpipe.io: power loss)
         # Swap directories: move the old one aside first so the target is never half-written.
         # With no complete checkpoint at the target (a save died between the renames), the
         # one aside is the latest: keep it there until the new one is in place.
@@ -137,6 +138,7 @@ def _write_and_swap(directory: Path, state: dict[str, torch.Tensor], aux_state: 
         elif directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
+        fsync_path(directory.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

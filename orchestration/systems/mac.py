@@ -11,7 +11,6 @@ from mmpipe.embeddings import write_day_embeddings
 from mmpipe.index.faiss_index import IndexConfig
 from mmpipe.media.features import read_frame_features, text_states_of
 from mmpipe.params import load_params
-from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.mac import SPEC
 from mmpipe.systems.mac.data import frame_store_loader, frame_store_times, mac_inputs
 from mmpipe.systems.mac.serve import (VIDEO_ID, embed_day, load_embedder, sync_video_index, version_uri,
@@ -21,7 +20,7 @@ from orchestration import names
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
 from orchestration.checks import finite_embeddings_check
-from orchestration.lifecycle import SystemInputs, lifecycle, registered_version
+from orchestration.lifecycle import SystemInputs, champion_or_note, lifecycle, nothing_to_do
 from orchestration.partitions import DAY, SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
@@ -63,7 +62,9 @@ LIFECYCLE = lifecycle(SPEC, INPUTS)
                       "that made them; a day never recomputes another.")
 def video_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
     started = time.perf_counter()
-    version = registered_version(SPEC, CHAMPION)  # resolved once: the alias may move while we embed
+    version, note = champion_or_note(SPEC, INPUTS, paths)  # resolved once: the alias may move while we embed
+    if note:
+        return dg.MaterializeResult(metadata={"note": note})
     embedder = load_embedder(version_uri(version))  # knows the clip length this version was trained with
     videos = {}
     for day in sorted(context.partition_keys):
@@ -98,6 +99,8 @@ def faiss_video_index(paths: PipelinePaths) -> dg.MaterializeResult:
     try:
         report = sync_video_index(paths.storage("index", "videos"), embeddings_dir(paths), cfg)
     except (FileNotFoundError, ValueError) as error:
+        if note := nothing_to_do(SPEC, INPUTS, paths):  # no embeddings because there are no videos
+            return dg.MaterializeResult(metadata={"note": note})
         raise dg.Failure(description=str(error)) from error
     return dg.MaterializeResult(metadata={
         "sync": report.mode, "sync_reason": report.reason, "days_added": ", ".join(report.days_added) or "none",

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from mmpipe.eval.splits import DateWindows, date_windows
 from mmpipe.media.pixels import normalize_pixels
 from mmpipe.nn.text_tower import TextFeatures
+from mmpipe.spec import NothingToTrain
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -185,6 +186,8 @@ def mac_inputs(videos: pd.DataFrame, load_frames: Callable[[str, str], np.ndarra
     if len(captions) != len(text):
         raise ValueError(f"{len(captions)} captions but {len(text)} rows of text features")
     videos = videos.drop_duplicates("video_id").reset_index(drop=True)
+    if videos.empty:
+        raise NothingToTrain("no validated videos: nothing to train on")
     frames, kept = [], []
     for row in videos.itertuples():
         try:
@@ -202,6 +205,9 @@ def mac_inputs(videos: pd.DataFrame, load_frames: Callable[[str, str], np.ndarra
     row_of = {video_id: row for row, video_id in enumerate(videos["video_id"])}
     has_video = captions["video_id"].map(row_of).notna().to_numpy()
     captions = captions[has_video].reset_index(drop=True)
+    if captions.empty:
+        raise NothingToTrain(f"no validated caption of the {len(videos)} videos with stored frames: "
+                             "no clip-caption pair to train on")
     captions = captions.assign(video_row=captions["video_id"].map(row_of).astype(np.int64))
     captions = captions.assign(window=videos["window"].to_numpy()[captions["video_row"].to_numpy()])
     moments = None
