@@ -76,7 +76,12 @@ class MediaStore:
         relative = self._lookup("_images", pin_id)
         if relative is None:
             raise UnknownId(f"unknown pin {pin_id!r}: no validated pin has that id")
-        path = resolve_inside(self.paths.raw, relative)
+        try:
+            path = resolve_inside(self.paths.raw, relative)
+        except ValueError as err:  # validation refuses such rows; a table edited since is still refused
+            raise UnknownId(f"pin {pin_id!r}'s image is not served: {err}") from None
+        if not path.is_file():
+            raise UnknownId(f"pin {pin_id!r}'s image is missing from the raw data")
         media_type = IMAGE_TYPES.get(path.suffix.lower())
         if media_type is None:
             raise UnknownId(f"pin {pin_id!r} has no image the page can show ({path.suffix})")

@@ -111,8 +111,9 @@ function drawMoments(answer) {
   const duration = answer.duration_s || Math.max(...answer.results.map((s) => s.end_s), 1);
   const predicted = answer.results.map((s, i) => ({start_s: s.start_s, end_s: s.end_s, cls: i ? "pred" : "pred top",
     label: `#${i + 1} ${s.score.toFixed(2)}`, title: `${seconds(s.start_s)}-${seconds(s.end_s)} score ${s.score}`}));
-  let html = `<div class="track-label">predicted (best first, ${seconds(0)} to ${seconds(duration)})</div>`
-    + timeline(duration, predicted, "moment-timeline");
+  // one row per predicted span (they often overlap), best first, then the truth
+  let html = `<div class="track-label">predicted spans, best first (${seconds(0)} to ${seconds(duration)})</div>`
+    + predicted.map((span) => timeline(duration, [span], "moment-timeline")).join("");
   if (answer.truth && answer.truth.length) {
     const truth = answer.truth.map(([start, end]) => ({start_s: start, end_s: end, cls: "truth",
       label: "true", title: `true window ${seconds(start)}-${seconds(end)}`}));
