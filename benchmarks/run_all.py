@@ -15,7 +15,10 @@ replaced atomically. Benchmarks, in order (each script also runs alone):
 * embedding: items/s of each encoder against its rate at the matmul peak (bench_embedding.py);
 * index: IVF and HNSW against exact search: QPS, recall@10, build time, memory (bench_index.py);
 * incremental: a new day's ingest against the full run, and the full run's peak memory
-  (bench_incremental.py, a throwaway project through Dagster).
+  (bench_incremental.py, a throwaway project through Dagster);
+* serving: warm text -> pins latency (p50, p99) and throughput over HTTP against `mmpipe
+  serve`, at 1 and 8 clients (bench_serving.py), over the incremental benchmark's project
+  when it ran in the same invocation, else over ``--serving-project``.
 
 One fp32 matmul FLOP/s, measured first, is the denominator of every MFU in the table.
 """
@@ -40,17 +43,19 @@ import bench_index  # noqa: E402
 import bench_mac_step  # noqa: E402
 import bench_moment_step  # noqa: E402
 import bench_pinclip_step  # noqa: E402
+import bench_serving  # noqa: E402
 from figures import Figure, machine, write_report  # noqa: E402
 from timing import matmul_flops_per_second, settings_for  # noqa: E402
 
 from mmpipe.systems.pinclip.train import PinCLIPSettings  # noqa: E402
 
-BENCHMARKS = ("pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental")
+BENCHMARKS = ("pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental",
+              "serving")
 STEP_BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step"}
 # --quick: sizes that only prove every benchmark runs end to end (a couple of minutes on
 # 2 loaded cores, most of it the tiny pipeline run); their ratios mean little.
 QUICK = {"model_scale": "tiny", "world_scale": "tiny", "steps": 2, "batch_size": 16, "index_n": 5_000,
-         "index_queries": 200, "sweep": False}
+         "index_queries": 200, "sweep": False, "serving_requests": 40}
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -75,16 +80,13 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--world-scale", default="tiny", choices=["tiny", "small", "medium"],
                         help="world of the incremental benchmark's full run and new day")
     parser.add_argument("--workdir", default=None, help="keep the incremental benchmark's project here")
+    parser.add_argument("--serving-project", default=None,
+                        help="materialized project the serving benchmark serves when the incremental benchmark "
+                             "does not run (default: this checkout, what `make run` left)")
+    parser.add_argument("--serving-requests", type=int, default=400, help="timed queries per client count")
     return parser
 
 
-def incremental(world_scale: str, workdir: str | None) -> list[Figure]:
-    """The incremental benchmark in ``workdir``, or in a temporary project removed afterwards
-    (a world, storage and MLflow store per run would pile up under /tmp otherwise)."""
-    if workdir:
-        return bench_incremental.run(world_scale, workdir=workdir)
-    with tempfile.TemporaryDirectory(prefix="bench_incremental_") as tmp:
-        return bench_incremental.run(world_scale, workdir=tmp)
 
 
 def run(args: argparse.Namespace) -> list[Figure]:
@@ -107,14 +109,21 @@ def run(args: argparse.Namespace) -> list[Figure]:
                                                  threads=args.threads, peak=peak, **steps),
         "index": lambda: bench_index.run(args.index_n, args.index_dim, args.index_queries, threads=args.threads,
                                          sweep=args.sweep),
-        "incremental": lambda: incremental(args.world_scale, args.workdir),
     }
     figures = []
-    for name in only:
-        print(f"\n=== {name}", flush=True)
-        started = time.perf_counter()
-        figures += runs[name]()
-        print(f"=== {name}: {time.perf_counter() - started:.1f} s", flush=True)
+    # The incremental benchmark's project (in --workdir, or a temporary one removed at the
+    # end: a world, storage and MLflow store per run would pile up under /tmp) is what the
+    # serving benchmark serves when both run.
+    with tempfile.TemporaryDirectory(prefix="bench_incremental_") as tmp:
+        project = args.workdir or tmp
+        runs["incremental"] = lambda: bench_incremental.run(args.world_scale, workdir=project)
+        serving_project = project if "incremental" in only else (args.serving_project or ROOT)
+        runs["serving"] = lambda: bench_serving.run(serving_project, requests=args.serving_requests)
+        for name in only:
+            print(f"\n=== {name}", flush=True)
+            started = time.perf_counter()
+            figures += runs[name]()
+            print(f"=== {name}: {time.perf_counter() - started:.1f} s", flush=True)
     return figures
 
 
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         args.index_dim = settings_for(PinCLIPSettings, "pinclip", args.model_scale, args.threads).model.embed_dim
     started = time.perf_counter()
     figures = run(args)
-    settings = {key: value for key, value in vars(args).items() if key not in ("out", "workdir")}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "workdir", "serving_project")}
     settings["wall_s"] = round(time.perf_counter() - started, 1)
     json_path, md_path = write_report(figures, machine(args.threads), settings, args.out)
     print(f"\n{len(figures)} figures in {settings['wall_s']} s -> {md_path}, {json_path}")
