@@ -181,6 +181,61 @@ def test_summary_keeps_the_shots_of_the_models_budget(server, samples):
     assert min(shot["score"] for shot in kept) >= max([s["score"] for s in shots if not s["selected"]], default=0)
 
 
+def test_concurrent_requests_get_the_answers_of_sequential_ones(server):
+    """Eight clients at once, texts of different lengths: the forwards run in parallel, and
+    each answer is the one the query gets alone (a tokenizer shared without its lock mixes
+    the lengths of concurrent texts)."""
+    texts = [f"a {colour} {'very ' * n}striped star" for n, colour in enumerate(["red", "blue", "green", "pink"] * 4)]
+    alone = {text: get(server, "/api/pinclip/text", {"q": text, "k": 5})[1]["results"] for text in texts}
+    together: dict[str, list] = {}
+
+    def ask(share: list[str]) -> None:
+        for text in share:
+            together[text] = get(server, "/api/pinclip/text", {"q": text, "k": 5})[1]["results"]
+
+    threads = [threading.Thread(target=ask, args=(texts[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == alone
+
+
+def test_the_text_tower_encodes_from_many_threads_at_once():
+    """What lets the server run forwards in parallel: one tokenizer shared by 8 threads, texts
+    and length caps of every size, each result the one a single thread gets."""
+    import torch
+
+    from mmpipe.nn.text_tower import encode_texts, load_text_encoder
+
+    tokenizer, model = load_text_encoder(None)
+    jobs = [([f"a blue striped star {i} {j}", "x " * (j % 40)], 8 + j % 24) for i in range(8) for j in range(20)]
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the server runs them: 8 threads of 2 would crowd 2 cores
+    alone = [encode_texts(texts, tokenizer, model, max_length=cap).pooled for texts, cap in jobs]
+    together: dict[int, torch.Tensor | str] = {}
+
+    def encode(rows: range) -> None:
+        for row in rows:
+            texts, cap = jobs[row]
+            try:
+                together[row] = encode_texts(texts, tokenizer, model, max_length=cap).pooled
+            except Exception as err:  # what an unguarded tokenizer raises
+                together[row] = repr(err)
+
+    threads = [threading.Thread(target=encode, args=(range(i, len(jobs), 8),)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        torch.set_num_threads(threads_before)
+    wrong = [row for row, expected in enumerate(alone) if isinstance(together[row], str)
+             or not torch.allclose(together[row], expected, atol=1e-5)]
+    assert not wrong, [together[row] for row in wrong[:3]]
+
+
 # ---------------------------------------------------------------------------------------
 # bad requests: a 4xx naming what is wrong, never a 500
 

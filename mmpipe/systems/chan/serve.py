@@ -34,9 +34,8 @@ those shots, concatenated in time order, are written as an MP4.
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -349,8 +348,6 @@ class SummaryServing:
     version: str
     summarizer: Summarizer
     videos: dict[str, VideoShots]
-    # a fast tokenizer is not safe to call from two threads at once ("Already borrowed")
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SummaryService:
@@ -374,6 +371,7 @@ class SummaryService:
 
     def load(self, version: str) -> SummaryServing:
         summarizer = load_summarizer(version_uri(version))
+        summarizer.query_features(["warm up"])  # the text tower loaded now, not by the first request
         try:
             shots = read_shot_features(self.storage)
             frames = (read_frame_features(self.storage, encoder=shots.encoder, version=shots.version)
@@ -387,8 +385,7 @@ class SummaryService:
         stored = served.videos.get(video)
         if stored is None:
             raise UnknownId(f"unknown video {video!r}: no shot features hold it")
-        with served.model_lock:
-            scores = served.summarizer.score([q], [stored.vectors])[0]
+        scores = served.summarizer.score([q], [stored.vectors])[0]
         shots = stored.shots
         durations = (shots["end_s"] - shots["start_s"]).to_numpy(float)
         selected = set(select_shots(scores, durations, served.summarizer.budget).tolist())

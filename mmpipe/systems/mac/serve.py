@@ -53,9 +53,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -613,8 +612,6 @@ class VideoServing:
     searcher: VideoSearcher
     frames: dict[str, dict]
     durations: dict[str, float]
-    # a fast tokenizer is not safe to call from two threads at once ("Already borrowed")
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class VideoService:
@@ -654,6 +651,7 @@ class VideoService:
         if stale:
             raise NotReady(f"{len(stale)} videos' frame embeddings (e.g. {stale[0]}) are not by version {version}")
         searcher.titles()
+        searcher.embedder.text_tower()  # loaded now, not by the first request
         durations = {}
         if searcher.videos_table_path.exists():
             videos = pd.read_parquet(searcher.videos_table_path, columns=[VIDEO_ID, "duration_s"])
@@ -662,8 +660,7 @@ class VideoService:
 
     @staticmethod
     def text(served: VideoServing, q: str, k: int) -> dict:
-        with served.model_lock:
-            vector = served.searcher.embedder.encode_texts([q])[0]
+        vector = served.searcher.embedder.encode_texts([q])[0]
         index = served.searcher.index
         scores, found = index.search(np.asarray(vector, np.float32)[None], min(k, index.ntotal))
         titles = served.searcher.titles()

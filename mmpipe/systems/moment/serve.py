@@ -35,9 +35,8 @@ another space, and the pipeline refuses them (:func:`load_version`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -315,8 +314,6 @@ class MomentServing:
     frames: dict[str, tuple[np.ndarray, np.ndarray]]
     durations: dict[str, float]
     truth: dict[tuple[str, str], list[list[float]]]
-    # a fast tokenizer is not safe to call from two threads at once ("Already borrowed")
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class MomentService:
@@ -340,6 +337,7 @@ class MomentService:
 
     def load(self, version: str) -> MomentServing:
         predictor = load_predictor(version_uri(version))
+        predictor.text_features(["warm up"])  # the text tower loaded now, not by the first request
         try:
             features = read_frame_features(self.storage, encoder=predictor.encoder, version=predictor.encoder_version)
         except FileNotFoundError as err:
@@ -361,8 +359,7 @@ class MomentService:
                             f"v{served.predictor.encoder_version} hold it")
         embeddings, times = stored
         duration = served.durations.get(video)
-        with served.model_lock:
-            spans = served.predictor.predict([q], [embeddings], [times], [duration])[0]
+        spans = served.predictor.predict([q], [embeddings], [times], [duration])[0]
         return {"video_id": video, "query": q, "duration_s": duration,
                 "truth": served.truth.get((video, q.strip().lower())),
                 "results": [{"start_s": round(float(start), 3), "end_s": round(float(end), 3),

@@ -48,8 +48,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Sequence
@@ -570,9 +569,6 @@ class PinServing:
     searcher: PinSearcher
     fused: dict[str, np.ndarray]
     boards: dict[str, list[dict]]
-    # One query through the text tower at a time: a fast tokenizer is not safe to call from
-    # two threads at once ("Already borrowed"), and two forwards on 2 cores gain nothing.
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def pins(self, hits: pd.DataFrame) -> list[dict]:
         return [{"pin_id": pin_id, "caption": caption, "score": round(float(score), 6),
@@ -643,8 +639,7 @@ class PinService:
 
     @staticmethod
     def text(served: PinServing, q: str, k: int) -> dict:
-        with served.model_lock:
-            vector = served.searcher.embedder.encode_texts([q])[0]
+        vector = served.searcher.embedder.encode_texts([q])[0]
         hits = served.searcher.search_vector(vector, served.searcher.text_index, k)
         return {"query": q, "results": served.pins(hits)}
 
