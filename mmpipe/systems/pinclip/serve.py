@@ -631,8 +631,8 @@ class PinService:
         for kind in {searcher.text_index, searcher.pin_index}:
             searcher.index(kind)
         searcher.captions()
-        try:
-            ids, vectors = read_embeddings(searcher.embeddings, searcher.pin_index)
+        try:  # only this version's rows: a re-embedding under way must not mix spaces
+            ids, vectors = read_embeddings(searcher.embeddings, searcher.pin_index, model_version=version)
         except EmbeddingsNotFoundError as err:
             raise NotReady(str(err)) from None
         return PinServing(str(version), searcher, dict(zip(ids, vectors)), pin_boards(self.storage))
