@@ -393,12 +393,13 @@ def add_serve_commands(subparsers) -> None:
         help="answer searches from warm models over HTTP, with the explorer page",
         description="Load every system's registered version (champion, else challenger; for an index the "
                     "version that built it) and its index once, then answer on http://HOST:PORT: /api/... "
-                    "(see /docs), the explorer page on /. The registry is polled every --poll-seconds and a new "
+                    "(/openapi.json lists them), the explorer page on /. The registry is polled every --poll-seconds and a new "
                     "version is loaded in the background and swapped in without a restart.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--root", type=Path, default=None, help="project root (default: the project's)")
+    serve.add_argument("--root", type=Path, default=None,
+                       help="project root (default: the project's); its mlflow.db unless MLFLOW_TRACKING_URI is set")
     serve.add_argument("--storage", type=Path, default=None, help="storage root (default: <root>/storage)")
     serve.add_argument("--raw", type=Path, default=None, help="raw root (default: <root>/data/raw)")
     serve.add_argument("--systems", default=None, help="comma-separated systems to serve (default: every one)")
@@ -413,6 +414,7 @@ def add_serve_commands(subparsers) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     import logging
+    import os
 
     import uvicorn
 
@@ -431,6 +433,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.root is not None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(args.root).resolve() / 'mlflow.db'}"
     project = ServingPaths.of_project(args.root or project_root())
     paths = ServingPaths(args.storage or project.storage, args.raw or project.raw)
     names = [name.strip() for name in args.systems.split(",") if name.strip()] if args.systems else None
