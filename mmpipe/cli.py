@@ -393,8 +393,8 @@ def add_serve_commands(subparsers) -> None:
         help="answer searches from warm models over HTTP, with the explorer page",
         description="Load every system's registered version (champion, else challenger; for an index the "
                     "version that built it) and its index once, then answer on http://HOST:PORT: /api/... "
-                    "(/openapi.json lists them), the explorer page on /. The registry is polled every --poll-seconds and a new "
-                    "version is loaded in the background and swapped in without a restart.",
+                    "(/openapi.json lists them), the explorer page on /. The registry is polled every "
+                    "--poll-seconds and a new version is loaded in the background and swapped in without a restart.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")

@@ -81,7 +81,7 @@ from mmpipe.registry.pyfunc import (TEXT_PACKAGE, decode_base64_image, encode_ba
 from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError,
                                      resolve_model_uri as registry_model_uri, serving_version,
                                      version_uri as registered_version_uri)
-from mmpipe.serving.service import COUNT, ID, TEXT, NotReady, Operation, Param, ServingPaths, UnknownId
+from mmpipe.serving.service import COUNT, ID, TEXT as TEXT_PARAM, NotReady, Operation, Param, ServingPaths, UnknownId
 from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixels, read_rgb
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.spec import Trained
@@ -610,7 +610,7 @@ class PinService:
         k = Param("k", COUNT, "number of pins", default=10)
         self.operations = (
             Operation("text", "text_to_pins", "pins whose images match a text query (PinCLIP text -> image index)",
-                      (Param("q", TEXT, "a text query, e.g. 'a blue striped star'"), k), self.text),
+                      (Param("q", TEXT_PARAM, "a text query, e.g. 'a blue striped star'"), k), self.text),
             Operation("similar", "pin_to_pins", "pins nearest a stored pin (fused embeddings), with their boards",
                       (Param("pin", ID, "a pin id"), k), self.similar),
         )
