@@ -17,7 +17,10 @@ replaced atomically. Benchmarks, in order (each script also runs alone):
 * incremental: a new day's ingest against the full run (bench_incremental.py, a throwaway
   project through Dagster);
 * memory: the default run's peak resident memory, largest process and process tree, against
-  the machine's RAM (bench_memory.py: `make materialize`'s commands in processes of their own).
+  the machine's RAM (bench_memory.py: `make materialize`'s commands in processes of their own);
+* serving: warm text -> pins latency (p50, p99) and throughput over HTTP against `mmpipe
+  serve`, at 1 and 8 clients (bench_serving.py), over the incremental benchmark's project
+  when it ran in the same invocation, else over ``--serving-project``.
 
 One fp32 matmul FLOP/s, measured first, is the denominator of every MFU in the table.
 """
@@ -43,18 +46,19 @@ import bench_mac_step  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_moment_step  # noqa: E402
 import bench_pinclip_step  # noqa: E402
+import bench_serving  # noqa: E402
 from figures import Figure, machine, write_report  # noqa: E402
 from timing import matmul_flops_per_second, settings_for  # noqa: E402
 
 from mmpipe.systems.pinclip.train import PinCLIPSettings  # noqa: E402
 
 BENCHMARKS = ("pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental",
-              "memory")
+              "memory", "serving")
 STEP_BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step"}
 # --quick: sizes that only prove every benchmark runs end to end (a couple of minutes on
 # 2 loaded cores, most of it the tiny pipeline run); their ratios mean little.
 QUICK = {"model_scale": "tiny", "world_scale": "tiny", "steps": 2, "batch_size": 16, "index_n": 5_000,
-         "index_queries": 200, "sweep": False}
+         "index_queries": 200, "sweep": False, "serving_requests": 40}
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -80,6 +84,10 @@ def arguments() -> argparse.ArgumentParser:
                         help="world of the incremental and memory benchmarks' runs")
     parser.add_argument("--workdir", default=None, help="keep the incremental benchmark's project here (and the "
                                                         "memory benchmark's in <workdir>_memory)")
+    parser.add_argument("--serving-project", default=None,
+                        help="materialized project the serving benchmark serves when the incremental benchmark "
+                             "does not run (default: this checkout, what `make run` left)")
+    parser.add_argument("--serving-requests", type=int, default=400, help="timed queries per client count")
     return parser
 
 
@@ -112,15 +120,22 @@ def run(args: argparse.Namespace) -> list[Figure]:
                                                  threads=args.threads, peak=peak, **steps),
         "index": lambda: bench_index.run(args.index_n, args.index_dim, args.index_queries, threads=args.threads,
                                          sweep=args.sweep),
-        "incremental": lambda: in_project(bench_incremental, args.world_scale, args.workdir),
         "memory": lambda: in_project(bench_memory, args.world_scale, args.workdir and f"{args.workdir}_memory"),
     }
     figures = []
-    for name in only:
-        print(f"\n=== {name}", flush=True)
-        started = time.perf_counter()
-        figures += runs[name]()
-        print(f"=== {name}: {time.perf_counter() - started:.1f} s", flush=True)
+    # The incremental benchmark's project (in --workdir, or a temporary one removed at the
+    # end: a world, storage and MLflow store per run would pile up under /tmp) is what the
+    # serving benchmark serves when both run.
+    with tempfile.TemporaryDirectory(prefix="bench_incremental_") as tmp:
+        project = args.workdir or tmp
+        runs["incremental"] = lambda: bench_incremental.run(args.world_scale, workdir=project)
+        serving_project = project if "incremental" in only else (args.serving_project or ROOT)
+        runs["serving"] = lambda: bench_serving.run(serving_project, requests=args.serving_requests)
+        for name in only:
+            print(f"\n=== {name}", flush=True)
+            started = time.perf_counter()
+            figures += runs[name]()
+            print(f"=== {name}: {time.perf_counter() - started:.1f} s", flush=True)
     return figures
 
 
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         args.index_dim = settings_for(PinCLIPSettings, "pinclip", args.model_scale, args.threads).model.embed_dim
     started = time.perf_counter()
     figures = run(args)
-    settings = {key: value for key, value in vars(args).items() if key not in ("out", "workdir")}
+    settings = {key: value for key, value in vars(args).items() if key not in ("out", "workdir", "serving_project")}
     settings["wall_s"] = round(time.perf_counter() - started, 1)
     json_path, md_path = write_report(figures, machine(args.threads), settings, args.out)
     print(f"\n{len(figures)} figures in {settings['wall_s']} s -> {md_path}, {json_path}")

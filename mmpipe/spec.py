@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: a model's code and its benchmarks run without MLflow
     from mmpipe.registry.mlflow_registry import RunContext
+    from mmpipe.serving.service import Service, ServingPaths
 
 
 class NothingToTrain(ValueError):
@@ -73,6 +74,9 @@ class SystemSpec:
     description: str = ""
     # what its DVC stage reads under storage/ (the derived data its inputs come from)
     data_deps: tuple[str, ...] = ("storage/validated", "storage/graph", "storage/features")
+    # (paths) -> its warm serving side for `mmpipe serve` (mmpipe.serving.service.Service);
+    # None: the system answers nothing online
+    service: Callable[[ServingPaths], Service] | None = None
 
     def __post_init__(self) -> None:
         if self.sweeps and self.evaluate_sweeps is None:

@@ -39,3 +39,23 @@ def pins_only_landing_zone(world: Path, root: Path) -> Path:
         path = root / f"{table}.parquet"
         pq.write_table(pq.read_table(path).slice(0, 0), path)
     return root
+
+
+@pytest.fixture(scope="session")
+def materialized(tiny_world, tmp_path_factory):
+    """(result, storage, instance) of the whole graph materialized on the tiny world, as
+    `make run` does (tests/test_pipeline.py), once per session: the pipeline's tests and
+    the serving tests read the same run. Treat it as read-only: a test that changes the
+    registry or storage works on a copy."""
+    import dagster as dg
+
+    from tests.test_pipeline import _materialize_all
+
+    storage = tmp_path_factory.mktemp("storage")
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
+        patch.setenv("MMPIPE_SCALE", "tiny")  # the tiny preset: a smoke run reports, not blocks, on baselines
+        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        result = _materialize_all(tiny_world, storage, instance)
+    return result, storage, instance

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
-BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental", "memory"}
+BENCHMARKS = {"pinclip_step", "mac_step", "moment_step", "chan_step", "embedding", "index", "incremental", "memory",
+              "serving"}
 
 
 @pytest.mark.slow

@@ -55,18 +55,6 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
     )
 
 
-@pytest.fixture(scope="module")
-def materialized(tiny_world, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("storage")
-    instance = dg.DagsterInstance.ephemeral()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
-        patch.setenv("MMPIPE_SCALE", "tiny")  # the tiny preset: a smoke run reports, not blocks, on baselines
-        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
-        result = _materialize_all(tiny_world, storage, instance)
-    return result, storage, instance
-
-
 def test_every_asset_and_check_succeeds(materialized):
     result, _, instance = materialized
     assert result.success

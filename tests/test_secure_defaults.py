@@ -25,7 +25,7 @@ CODE_DIRS = ("mmpipe", "orchestration", "benchmarks", "tests")
 # Files whose commands start servers: recipes, the quick start and tour, the CI script.
 COMMAND_FILES = ("Makefile", "README.md", ".ci/run", "dvc.yaml")
 SERVER_COMMAND = re.compile(r"\b(dagster dev|dagster-webserver|dagster-daemon|mlflow (?:server|ui)|"
-                            r"mlflow models serve|uvicorn|gunicorn|weed server)\b")
+                            r"mlflow models serve|mmpipe serve|uvicorn|gunicorn|weed server)\b")
 HOST_FLAG = re.compile(r"(?:--host|-h|-ip|-ip\.bind)[ =][`'\"]?([\w.:-]*\w)")
 
 
@@ -126,7 +126,7 @@ def test_the_servers_default_host_is_loopback(program):
 
 
 def test_no_mmpipe_command_takes_a_host_other_than_loopback():
-    """The CLI starts no server today; one added with a ``--host`` must default to loopback."""
+    """Every server the CLI starts (``mmpipe serve``, and any added later) defaults to loopback."""
     def actions(parser: argparse.ArgumentParser):
         for action in parser._actions:
             yield action
@@ -136,4 +136,5 @@ def test_no_mmpipe_command_takes_a_host_other_than_loopback():
 
     hosts = [action for action in actions(build_parser()) if "--host" in action.option_strings
              or action.dest in ("host", "bind")]
+    assert hosts  # `mmpipe serve --host`
     assert all(action.default == LOOPBACK for action in hosts)

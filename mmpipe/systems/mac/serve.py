@@ -54,6 +54,7 @@ import base64
 import binascii
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -79,8 +80,9 @@ from mmpipe.registry.mlflow_registry import (
 )
 from mmpipe.registry.pyfunc import log_model_with_text_tower, read_logged_record
 from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError, require_tracking_store,
-                                     resolve_model_uri as registry_model_uri,
+                                     resolve_model_uri as registry_model_uri, serving_version,
                                      version_uri as registered_version_uri)
+from mmpipe.serving.service import COUNT, TEXT as TEXT_PARAM, NotReady, Operation, Param, ServingPaths
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import VideoClips
 from mmpipe.systems.mac.model import MAC, MACConfig
@@ -595,3 +597,79 @@ class VideoSearcher:
         return pd.DataFrame({"video_id": ids, "score": [float(s) for s in scores[0][:len(ids)]],
                              "best_s": [t for t, _ in best], "frame_score": [s for _, s in best],
                              "title": self.titles().reindex(ids).fillna("").tolist()})
+
+
+# ---------------------------------------------------------------------------------------
+# warm serving (`mmpipe serve`): text -> videos with the best-matching second, loaded once
+
+
+@dataclass
+class VideoServing:
+    """One loaded version: its searcher (model and index), and every indexed video's frame
+    embeddings, title and duration in memory."""
+
+    version: str
+    searcher: VideoSearcher
+    frames: dict[str, dict]
+    durations: dict[str, float]
+
+
+class VideoService:
+    """MAC's serving side (:class:`mmpipe.serving.service.Service`): the version that built
+    the video index (``partitions.json``), as :class:`VideoSearcher` embeds queries, so a new
+    champion is served once ``video_embeddings`` and ``faiss_video_index`` are rebuilt by it."""
+
+    name = "mac"
+    registered_model = REGISTERED_NAME
+
+    def __init__(self, paths: ServingPaths):
+        self.storage = Path(paths.storage)
+        self.index_dir = self.storage / "index" / "videos"
+        self.operations = (
+            Operation("text", "text_to_videos", "videos matching a text query, with the second that matches best",
+                      (Param("q", TEXT_PARAM, "a text query, e.g. 'a red star moves left'"),
+                       Param("k", COUNT, "number of videos", default=10)), self.text),)
+
+    def target_version(self) -> str | None:
+        state = read_state(self.index_dir)
+        if state is not None and state.get("model_version") is not None:
+            return str(state["model_version"])
+        return serving_version(REGISTERED_NAME)
+
+    def load(self, version: str) -> VideoServing:
+        state = read_state(self.index_dir)
+        if state is not None and str(state.get("model_version")) not in (str(version), "None"):
+            raise NotReady(f"the video index holds version {state['model_version']}'s embeddings, not {version}'s")
+        searcher = VideoSearcher(load_embedder(version_uri(version)), index_dir=self.index_dir,
+                                 embeddings=self.storage / "embeddings" / "videos",
+                                 videos_table_path=self.storage / "validated" / "videos")
+        try:
+            frames = read_frame_embeddings(searcher.embeddings, searcher.index.ids)
+        except EmbeddingsNotFoundError as err:
+            raise NotReady(str(err)) from None
+        stale = sorted(video_id for video_id, stored in frames.items() if stored["model_version"] != str(version))
+        if stale:
+            raise NotReady(f"{len(stale)} videos' frame embeddings (e.g. {stale[0]}) are not by version {version}")
+        searcher.titles()
+        searcher.embedder.text_tower()  # loaded now, not by the first request
+        durations = {}
+        if searcher.videos_table_path.exists():
+            videos = pd.read_parquet(searcher.videos_table_path, columns=[VIDEO_ID, "duration_s"])
+            durations = dict(zip(videos[VIDEO_ID].astype(str), videos["duration_s"].astype(float)))
+        return VideoServing(str(version), searcher, frames, durations)
+
+    @staticmethod
+    def text(served: VideoServing, q: str, k: int) -> dict:
+        vector = served.searcher.embedder.encode_texts([q])[0]
+        index = served.searcher.index
+        scores, found = index.search(np.asarray(vector, np.float32)[None], min(k, index.ntotal))
+        titles = served.searcher.titles()
+        results = []
+        for video_id, score in zip(found[0], scores[0]):
+            stored = served.frames.get(video_id)
+            best_s, frame_score = (best_second(stored["embeddings"], stored["t_s"], stored["is_blank"], vector)
+                                   if stored is not None else (None, None))
+            results.append({"video_id": video_id, "title": str(titles.get(video_id, "")),
+                            "score": round(float(score), 6), "best_s": best_s, "frame_score": frame_score,
+                            "duration_s": served.durations.get(video_id)})
+        return {"query": q, "results": results}
