@@ -41,6 +41,14 @@ def pins_only_landing_zone(world: Path, root: Path) -> Path:
     return root
 
 
+def tiny_run_environment(patch: pytest.MonkeyPatch, storage: Path) -> None:
+    """The environment of a tiny pipeline run into ``storage``: its own MLflow store and
+    artifacts, and the tiny preset (a smoke run reports, not blocks, on baselines)."""
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
+    patch.setenv("MMPIPE_SCALE", "tiny")
+    patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+
+
 @pytest.fixture(scope="session")
 def materialized(tiny_world, tmp_path_factory):
     """(result, storage, instance) of the whole graph materialized on the tiny world, as
@@ -54,8 +62,6 @@ def materialized(tiny_world, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
     instance = dg.DagsterInstance.ephemeral()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
-        patch.setenv("MMPIPE_SCALE", "tiny")  # the tiny preset: a smoke run reports, not blocks, on baselines
-        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        tiny_run_environment(patch, storage)
         result = _materialize_all(tiny_world, storage, instance)
     return result, storage, instance

@@ -70,36 +70,43 @@ def log_tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
-def wait_until_up(url: str, process: subprocess.Popen, log: Path,
-                  timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-    """Poll `url` until it answers 200; fail with the server's log if it exits or never does."""
+def wait_until(ready, what: str, process: subprocess.Popen, log: Path,
+               timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Poll ``ready()`` until it is true; fail with the server's log if it exits or never is."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log_tail(log)}")
+        if ready():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} not up after {timeout_s}s:\n{log_tail(log)}")
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path,
+                  timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Poll `url` until it answers 200."""
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not up after {timeout_s}s:\n{log_tail(log)}")
+            return False
+
+    wait_until(answers, url, process, log, timeout_s)
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path,
                   timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     """For servers that speak no HTTP (PostgreSQL, Redis): wait until the port accepts connections."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_tail(log)}")
+    def accepts() -> bool:
         try:
             with socket.create_connection((HOST, port), timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"port {port} not open after {timeout_s}s:\n{log_tail(log)}")
+            return False
+
+    wait_until(accepts, f"port {port}", process, log, timeout_s)
 
 
 # --- PostgreSQL and Redis: one throwaway server each, as the team modes of deploy/dagster/ use ---

@@ -19,6 +19,7 @@ from orchestration import definitions
 from orchestration.distributed import WORKER_MODULE, _parse, torchrun_command, worker_args
 from orchestration.ingest import register_days
 from orchestration.resources import PipelinePaths
+from tests.conftest import tiny_run_environment
 from tests.test_pipeline import TINY, _resources
 
 PROCESSES = 2
@@ -35,9 +36,7 @@ def materialized(tiny_world, tmp_path_factory):
     # the ablation beside it trains in the asset's process, as by default
     in_process = {**config, "compute": {"processes": 1}}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
-        patch.setenv("MMPIPE_SCALE", "tiny")
-        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        tiny_run_environment(patch, storage)
         result = dg.materialize(
             [*definitions.assets, *definitions.asset_checks],
             selection=dg.AssetSelection.assets("pinclip_model", "pinclip_no_neighbor_model").upstream(),

@@ -20,7 +20,7 @@ from mmpipe.systems.pinclip import SPEC as PINCLIP
 from orchestration import names
 from orchestration.definitions import defs
 from orchestration.lifecycle import ABLATIONS_GROUP
-from tests.conftest import pins_only_landing_zone
+from tests.conftest import pins_only_landing_zone, tiny_run_environment
 from tests.test_pipeline import _materialize_all
 
 pytestmark = pytest.mark.slow
@@ -37,9 +37,7 @@ def run(tiny_world, tmp_path_factory):
     instance = dg.DagsterInstance.ephemeral()
     tracking = f"sqlite:///{storage / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", tracking)
-        patch.setenv("MMPIPE_SCALE", "tiny")
-        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        tiny_run_environment(patch, storage)  # MLflow at `tracking`
         result = _materialize_all(root, storage, instance)
     return result, instance, MlflowClient(tracking_uri=tracking, registry_uri=tracking)
 
