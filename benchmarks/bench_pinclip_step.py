@@ -18,12 +18,14 @@ do the step uses.
 from __future__ import annotations
 
 import torch
+from figures import Figure
 from timing import matmul_flops_per_second, measure, settings_for, step_benchmark_arguments
 
 from mmpipe.nn.losses import BoardProxyLoss, ClipLoss
 from mmpipe.systems.pinclip.model import PinCLIP
 from mmpipe.systems.pinclip.train import PinCLIPSettings
 
+BENCHMARK = "pinclip_step"
 N_BOARDS = 200
 TEXT_LENGTH = 32
 
@@ -48,15 +50,16 @@ def fusion_step(model, proxy_sets, optimizer, batch):
     optimizer.step()
 
 
-def main() -> None:
-    parser = step_benchmark_arguments(__doc__, steps=10)
-    args = parser.parse_args()
-    settings = settings_for(PinCLIPSettings, "pinclip", args.scale, args.threads)
+def run(scale: str = "small", steps: int = 10, threads: int = 2, batch_size: int | None = None,
+        peak: float | None = None) -> list[Figure]:
+    """Both phases' step MFU at ``scale``, printing what ``main`` always printed. ``peak``: the
+    fp32 matmul FLOP/s already measured by the caller (one denominator for every figure)."""
+    settings = settings_for(PinCLIPSettings, "pinclip", scale, threads)
     c, train = settings.model, settings.train
-    batch_size = args.batch_size or train.batch_size
+    batch_size = batch_size or train.batch_size
 
-    peak = matmul_flops_per_second()
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {args.threads} threads; model {args.scale}: "
+    peak = peak or matmul_flops_per_second()
+    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {threads} threads; model {scale}: "
           f"{c.image_size}px, ViT {c.vit_width}x{c.vit_depth}, {c.n_fusion_heads} fusion heads, batch {batch_size}")
 
     model = PinCLIP(c)
@@ -68,7 +71,8 @@ def main() -> None:
     batch = (torch.randn(batch_size, 3, c.image_size, c.image_size),
              torch.randn(batch_size, TEXT_LENGTH, c.text_hidden_size), mask, membership)
     optimizer = torch.optim.AdamW([*model.parameters(), *proxies.parameters()], lr=1e-4)
-    print(measure(lambda: tower_step(model, proxies, optimizer, batch), args.steps).line("tower step", peak))
+    tower = measure(lambda: tower_step(model, proxies, optimizer, batch), steps)
+    print(tower.line("tower step", peak))
 
     with torch.no_grad():
         image_tokens, image_emb = model.encode_image(batch[0])
@@ -78,8 +82,15 @@ def main() -> None:
                          for x in (image_tokens, text_tokens, mask, image_emb, text_emb))
     proxy_sets = torch.nn.ModuleList(BoardProxyLoss(N_BOARDS, c.embed_dim, seed=h) for h in range(heads))
     fusion_optimizer = torch.optim.AdamW([*model.fusion_parameters(), *proxy_sets.parameters()], lr=1e-4)
-    fusion = measure(lambda: fusion_step(model, proxy_sets, fusion_optimizer, (*fusion_batch, membership)), args.steps)
+    fusion = measure(lambda: fusion_step(model, proxy_sets, fusion_optimizer, (*fusion_batch, membership)), steps)
     print(fusion.line("fusion step", peak))
+    return [tower.mfu(BENCHMARK, f"tower step ({scale}, batch {batch_size})", peak, threads),
+            fusion.mfu(BENCHMARK, f"fusion step ({scale}, {heads} heads x {batch_size})", peak, threads)]
+
+
+def main() -> None:
+    args = step_benchmark_arguments(__doc__, steps=10).parse_args()
+    run(args.scale, args.steps, args.threads, args.batch_size)
 
 
 if __name__ == "__main__":

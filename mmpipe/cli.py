@@ -387,8 +387,73 @@ def run_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_commands(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="answer searches from warm models over HTTP, with the explorer page",
+        description="Load every system's registered version (champion, else challenger; for an index the "
+                    "version that built it) and its index once, then answer on http://HOST:PORT: /api/... "
+                    "(/openapi.json lists them), the explorer page on /. The registry is polled every "
+                    "--poll-seconds and a new version is loaded in the background and swapped in without a restart.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--root", type=Path, default=None,
+                       help="project root (default: the project's); its mlflow.db unless MLFLOW_TRACKING_URI is set")
+    serve.add_argument("--storage", type=Path, default=None, help="storage root (default: <root>/storage)")
+    serve.add_argument("--raw", type=Path, default=None, help="raw root (default: <root>/data/raw)")
+    serve.add_argument("--systems", default=None, help="comma-separated systems to serve (default: every one)")
+    serve.add_argument("--poll-seconds", type=float, default=5.0,
+                       help="how often the registry and indexes are checked for a new version (default: 5; 0: never)")
+    serve.add_argument("--torch-threads", type=int, default=1,
+                       help="torch threads per forward (default: 1: requests run in parallel, and one small "
+                            "query on several threads is slower on a busy machine)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    import uvicorn
+
+    from mmpipe.params import project_root
+    from mmpipe.serving.app import create_app
+    from mmpipe.serving.live import LiveService
+    from mmpipe.serving.media import MediaStore
+    from mmpipe.serving.service import ServingPaths
+    from mmpipe.systems import services
+
+    if args.poll_seconds < 0:
+        raise SystemExit(f"--poll-seconds must be >= 0, got {args.poll_seconds}")
+    if args.torch_threads < 1:
+        raise SystemExit(f"--torch-threads must be >= 1, got {args.torch_threads}")
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.root is not None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(args.root).resolve() / 'mlflow.db'}"
+    project = ServingPaths.of_project(args.root or project_root())
+    paths = ServingPaths(args.storage or project.storage, args.raw or project.raw)
+    names = [name.strip() for name in args.systems.split(",") if name.strip()] if args.systems else None
+    try:
+        live = [LiveService(service) for service in services(paths, names)]
+    except KeyError as error:
+        raise SystemExit(f"mmpipe serve: {error.args[0]}") from None
+    for service in live:  # warm before the port opens: the first request is as fast as the next
+        service.refresh()
+        status = service.status()
+        print(f"{service.service.name}: " + (f"{status['registered_model']} version {status['version']}"
+                                            if status["version"] else f"not serving ({status['error']})"), flush=True)
+    app = create_app(live, MediaStore(paths), poll_s=args.poll_seconds or None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
+    return 0
+
+
 COMMAND_GROUPS = [add_world_commands, add_search_commands, add_registry_commands, add_load_commands,
-                  add_moment_commands, add_summarize_commands]
+                  add_moment_commands, add_summarize_commands, add_serve_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmpipe.io import write_parquet_atomic
@@ -96,12 +98,17 @@ def read_embeddings(
     filters = None if ids is None else [(id_column, "in", [str(item) for item in ids])]
     frames = []
     for path in files:
-        names = pq.read_schema(path).names
-        if kind not in names:
-            raise ValueError(f"{path} has no {kind!r} embeddings; it has {names}")
-        versioned = model_version is not None and MODEL_VERSION in names
-        columns = [id_column, kind] + ([MODEL_VERSION] if versioned else [])
-        frame = pd.read_parquet(path, columns=columns, filters=filters)
+        # One open file for schema and rows: pyarrow opens a path several times (footer,
+        # then row groups), and a writer replacing the day in between would pair one
+        # version's footer with the other's bytes. An open file keeps its version.
+        with open(path, "rb") as handle:
+            names = pq.read_schema(handle).names
+            if kind not in names:
+                raise ValueError(f"{path} has no {kind!r} embeddings; it has {names}")
+            versioned = model_version is not None and MODEL_VERSION in names
+            columns = [id_column, kind] + ([MODEL_VERSION] if versioned else [])
+            handle.seek(0)
+            frame = pd.read_parquet(handle, columns=columns, filters=filters)
         if versioned:
             frame = frame[frame[MODEL_VERSION].astype(str) == str(model_version)]
         frames.append(frame[[id_column, kind]])
@@ -110,3 +117,36 @@ def read_embeddings(
         return [], np.zeros((0, 0), dtype=np.float32)
     return (table[id_column].astype(str).tolist(),
             np.stack([np.asarray(vector, dtype=np.float32) for vector in table[kind]]))
+
+
+def _leaf_values(column: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """The innermost values of a (nested) list column and the row each comes from."""
+    array = column.combine_chunks()
+    rows = np.arange(len(array))
+    while pa.types.is_list(array.type) or pa.types.is_large_list(array.type) or pa.types.is_fixed_size_list(
+            array.type):
+        rows = rows[pc.list_parent_indices(array).to_numpy()]
+        array = pc.list_flatten(array)
+    return array, rows
+
+
+def non_finite_embeddings(files: Sequence[Path], id_column: str = "pin_id") -> tuple[int, dict[str, list[str]]]:
+    """(rows read, per vector column: the ids of the rows holding a NaN, an inf or a null).
+
+    Every column of floats or (nested) lists of floats is checked, whatever its name: the
+    vectors an index reads (``fused``, ``video``) and those a search reads beside it
+    (a video's ``frame_embeddings``)."""
+    rows, bad = 0, {}
+    for path in files:
+        with open(path, "rb") as handle:  # one version of the file, see read_embeddings
+            table = pq.read_table(handle)
+        rows += table.num_rows
+        ids = table.column(id_column).to_pylist()
+        for name in table.column_names:
+            values, parents = _leaf_values(table.column(name))
+            if not pa.types.is_floating(values.type):
+                continue
+            finite = np.isfinite(values.to_numpy(zero_copy_only=False))  # a null reads as NaN
+            for row in np.unique(parents[~finite]).tolist():
+                bad.setdefault(name, []).append(str(ids[row]))
+    return rows, bad

@@ -62,6 +62,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmpipe.io import write_bytes_atomic
+
 RAW_COLUMNS: dict[str, list[str]] = {
     "pins": ["pin_id", "image_path", "title", "description", "created_at"],
     "boards": ["board_id", "name", "description", "created_at"],
@@ -119,9 +121,10 @@ def raw_table_path(raw_root: Path, table: str) -> Path:
 
 
 def write_manifest(raw_root: Path, manifest: dict) -> Path:
-    path = Path(raw_root) / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
+    """Write the landing zone's manifest atomically: it is the commit point of a delivery
+    (written last), so a reader sees the previous delivery or the whole new one."""
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    return write_bytes_atomic(text.encode(), Path(raw_root) / MANIFEST_FILE)
 
 
 def declared_date_window(raw_root: Path) -> tuple[str | None, str | None]:
@@ -142,21 +145,31 @@ def truth_path(raw_root: Path, name: str) -> Path:
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
-    """Resolve a data-relative path, refusing anything that escapes ``root``.
+    """Resolve a data-relative path, refusing anything that could reach outside ``root``.
+
+    Refused: an absolute path; any ``..`` component, even one that comes back inside (a
+    landing zone has no use for climbing, and whether ``a/../b`` stays inside depends on what
+    ``a`` resolves to at the moment of the check); a backslash (data paths are POSIX, and a
+    table written on Windows would climb with ``..\\``); and a path that leaves ``root``
+    through a symbolic link.
 
     >>> resolve_inside(Path("/data/raw"), "images/p1.jpg").as_posix()
     '/data/raw/images/p1.jpg'
     >>> resolve_inside(Path("/data/raw"), "../../etc/passwd")
     Traceback (most recent call last):
     ...
-    ValueError: path '../../etc/passwd' escapes the data root
+    ValueError: path '../../etc/passwd' escapes the data root: it contains '..'
     """
     if not isinstance(relative, str) or not relative.strip():
         raise ValueError(f"path {relative!r} is empty")
     if Path(relative).is_absolute() or "\x00" in relative:
         raise ValueError(f"path {relative!r} is absolute or malformed; data paths must be relative")
+    if "\\" in relative:
+        raise ValueError(f"path {relative!r} holds a backslash; data paths are relative POSIX paths")
+    if ".." in relative.split("/"):
+        raise ValueError(f"path {relative!r} escapes the data root: it contains '..'")
     root_resolved = Path(root).resolve()
     candidate = (root_resolved / relative).resolve()
     if not candidate.is_relative_to(root_resolved):
-        raise ValueError(f"path {relative!r} escapes the data root")
+        raise ValueError(f"path {relative!r} escapes the data root through a symbolic link (to {candidate})")
     return candidate

@@ -25,8 +25,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from mmpipe.layout import MANIFEST_FILE, RAW_TABLES, raw_table_path
-from mmpipe.schemas.tables import parse_iso_dates
+from mmpipe.layout import MANIFEST_FILE, RAW_TABLES
+from mmpipe.schemas.raw_tables import RawTableError, missing_columns_problem, read_raw_table
+from mmpipe.schemas.tables import iso_date_strings, parse_iso_dates
 
 # The date column each partitioned table is split by.
 DAY_COLUMN: dict[str, str] = {"pins": "created_at", "interactions": "date", "videos": "created_at"}
@@ -74,8 +75,12 @@ def row_days(table: str, raw: pd.DataFrame, manifest: dict) -> pd.Series:
     """The day partition of every row of the raw ``table`` (index: row position)."""
     if table not in DAY_COLUMN:
         raise KeyError(f"{table} is not partitioned by day; partitioned: {PARTITIONED_TABLES}")
+    problem = missing_columns_problem(table, raw.columns, required=[DAY_COLUMN[table]])
+    if problem is not None:  # a KeyError on the date column would name neither table nor rename
+        raise RawTableError(problem)
     raw = raw.reset_index(drop=True)
-    parsed = parse_iso_dates(raw[DAY_COLUMN[table]])
+    # the same reading of the date the validation's parser gives (timestamps to their UTC day)
+    parsed = parse_iso_dates(iso_date_strings(raw[DAY_COLUMN[table]]))
     low, high = pd.Timestamp(manifest["start_date"]), pd.Timestamp(manifest["end_date"])
     usable = parsed.notna() & parsed.between(low, high)
     days = pd.Series(delivery_days(manifest, table, len(raw)), index=raw.index, dtype=object)
@@ -85,7 +90,7 @@ def row_days(table: str, raw: pd.DataFrame, manifest: dict) -> pd.Series:
 
 def raw_rows_by_day(raw_root: Path, table: str) -> tuple[pd.DataFrame, pd.Series]:
     """(the raw table, the day of each row)."""
-    raw = pd.read_parquet(raw_table_path(raw_root, table)).reset_index(drop=True)
+    raw = read_raw_table(raw_root, table).reset_index(drop=True)
     return raw, row_days(table, raw, read_manifest(raw_root))
 
 

@@ -16,6 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: a model's code and its benchmarks run without MLflow
     from mmpipe.registry.mlflow_registry import RunContext
+    from mmpipe.serving.service import Service, ServingPaths
+
+
+class NothingToTrain(ValueError):
+    """A system's inputs hold no usable example (a landing zone without videos, say): its
+    training, evaluation and whatever its champion feeds have nothing to do. Raised by a
+    system's input builder; the lifecycle reports it as "nothing to do" instead of failing."""
 
 
 @dataclass
@@ -97,6 +104,9 @@ class SystemSpec:
     requirements: tuple[Requirement, ...] = ()
     # the model asset's name when the system's own vocabulary names it (default <name>_model)
     model_asset_name: str | None = None
+    # (paths) -> its warm serving side for `mmpipe serve` (mmpipe.serving.service.Service);
+    # None: the system answers nothing online
+    service: Callable[[ServingPaths], Service] | None = None
 
     def __post_init__(self) -> None:
         if self.sweeps and self.evaluate_sweeps is None:

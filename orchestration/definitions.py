@@ -11,17 +11,16 @@ from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
 from orchestration.assets.video_features import video_feature_assets
 from orchestration.checks import validation_checks
+from orchestration.deployment import executor
 from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
 from orchestration.resources import PipelinePaths, ValidationPolicy
 from orchestration.sensors import RetrainingThresholds, record_run_failures
-from orchestration.systems import chan, moment, pinclip, semantic_id
+from orchestration.systems import chan, mac, moment, pinclip, semantic_id
 
-# MAC (orchestration/systems/mac.py) joins when it beats its baselines on the small world:
-# its blocking beats_baselines check would otherwise stop `make run` (issue 13's notes).
-# CTR (orchestration/systems/ctr.py) joins on the same terms: on the small world its full
-# model does not yet beat the ID-only DIN on validation cold-item AUC (issue 16's notes).
-SYSTEMS = [pinclip, chan, moment, semantic_id]
+# CTR (orchestration/systems/ctr.py) joins when it beats its baselines on the small world:
+# its blocking beats_baselines check would otherwise stop `make run` (issue 16's notes).
+SYSTEMS = [pinclip, mac, moment, chan, semantic_id]
 
 all_assets_job = dg.define_asset_job(
     "all_assets", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),
@@ -41,7 +40,6 @@ defs = dg.Definitions(
     sensors=[record_run_failures, new_day_sensor, *(s for system in SYSTEMS for s in system.sensors)],
     resources={"paths": PipelinePaths(), "policy": ValidationPolicy(),
                "retraining": RetrainingThresholds()},
-    # One process: each step is short and a subprocess per step would spend most of its time
-    # importing torch / Great Expectations on 2 cores.
-    executor=dg.in_process_executor,
+    # MMPIPE_MODE picks it: in-process by default, Celery workers or Kubernetes Jobs for a team
+    executor=executor(),
 )

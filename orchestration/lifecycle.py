@@ -9,7 +9,10 @@ the SPEC; nothing here knows which system it builds.
 * ``<name>_model`` trains with the resolved settings (dataclass + params.yaml; the
   launchpad can override any field), logs to MLflow and registers the version as
   ``challenger``; each SPEC ablation ``<name>_<ablation>_model`` trains the same way with
-  its overrides, unregistered.
+  its overrides, unregistered. In the asset's process by default; with the settings'
+  ``compute.processes`` above 1, as ``torchrun`` processes launched through Dagster Pipes
+  (``orchestration/distributed.py``), which stream their logs and report the metrics and
+  the MLflow run back to the materialization.
 * ``eval_<name>`` scores the registered challenger (the champion re-scored beside it),
   writes the report, tags the version; its blocking check ``beats_baselines`` holds the
   gate closed unless the challenger beats every SPEC baseline on the primary metric.
@@ -18,6 +21,10 @@ the SPEC; nothing here knows which system it builds.
 * ``<name>_champion`` moves the alias when the challenger is at least as good; its data
   version is the champion version, so what a champion feeds (embeddings, indexes, other
   systems' inputs) goes stale exactly when the champion moves.
+
+When a system's inputs hold no usable example (``NothingToTrain``: a landing zone without
+videos, say), its assets materialize with a note saying there is nothing to do instead of
+failing, and so do the assets its champion feeds (:func:`champion_or_note`).
 """
 
 
@@ -34,15 +41,18 @@ from mmpipe.config import apply_overrides, resolve_settings, scaled_params, sett
 from mmpipe.eval.report import write_report
 from mmpipe.registry.mlflow_registry import CHALLENGER, CHAMPION, RunContext, configure, start_run, tracking_uri
 from mmpipe.registry.promotion import GateEvidence, alias_version, promote_from_evidence, record_eval_metric
-from mmpipe.spec import SystemSpec
-from mmpipe.train.checkpoint import read_trainer_state
-from mmpipe.train.loop import CHECKPOINT_DIR, mlflow_logger
+from mmpipe.spec import NothingToTrain, SystemSpec
+from mmpipe.train.checkpoint import read_trainer_state, readable_checkpoint
+from mmpipe.train.distributed import compute_of, set_threads, world
+from mmpipe.train.loop import CHECKPOINT_DIR, Logger, mlflow_logger
 from mmpipe.versioning import dvc_tracked_hash
 from orchestration.automation import AFTER_MODEL, EAGER
 from orchestration.config import config_to_settings, settings_config_class
+from orchestration.distributed import launch
 from orchestration.metadata import png_metadata
 from orchestration.names import EVAL_OVERVIEW
 from orchestration.partitions import SINGLE_RUN
+from orchestration.policies import IO_RETRY, TRAINING_POOL
 from orchestration.resources import PipelinePaths
 
 RESUME = "resume"
@@ -94,13 +104,70 @@ def registered_version(spec: SystemSpec, alias: str, required: bool = True) -> s
     if version is None and required:
         producer = spec.model_asset if alias == CHALLENGER else spec.champion_asset
         raise dg.Failure(description=f"no {spec.registered_model}@{alias} in the MLflow registry at "
-                                     f"{tracking_uri()}: materialize {producer} first")
+                                     f"{tracking_uri()}: materialize {producer} first", allow_retries=False)
     return version
+
+
+def nothing_to_do(spec: SystemSpec, inputs: SystemInputs, paths: PipelinePaths) -> str | None:
+    """Why ``spec`` has nothing to do on the current validated data (its inputs hold no usable
+    example), or None when it has something. It loads the inputs: for failure paths only."""
+    try:
+        inputs.load(paths, trained_settings(spec, paths))
+    except NothingToTrain as error:
+        return _nothing_note(error)
+    return None
+
+
+def _nothing_note(error: NothingToTrain) -> str:
+    return f"nothing to do: {error}"
+
+
+def champion_or_note(spec: SystemSpec, inputs: SystemInputs, paths: PipelinePaths) -> tuple[str | None, str | None]:
+    """(champion version, None), or (None, why there is nothing to do) for what a champion
+    feeds; a clear failure when there is no champion for another reason."""
+    version = registered_version(spec, CHAMPION, required=False)
+    if version is not None:
+        return version, None
+    note = nothing_to_do(spec, inputs, paths)
+    if note is None:
+        registered_version(spec, CHAMPION)  # raises: materialize the champion first
+    return None, note
 
 
 def _run_context(context, paths: PipelinePaths) -> RunContext:
     return RunContext(data_version=dvc_tracked_hash(paths.dvc_path) or "untracked",
                       orchestrator_run_id=context.run_id, asset_key=context.asset_key.to_user_string())
+
+
+def run_training(spec: SystemSpec, settings: Any, data: Any, model_dir, run_context: RunContext, registers: bool,
+                 resume: bool, log: Logger | None = None) -> dict:
+    """Train ``spec`` on ``data`` into ``model_dir``, log the run to MLflow and (``registers``)
+    register the version as challenger; the materialization's metadata. Under torchrun every
+    process trains, rank 0 alone talks to MLflow (and returns the metadata; the others {})."""
+    set_threads(compute_of(settings))
+    if world()[0] != 0:
+        spec.train(settings, data, model_dir, resume=resume, log=None)
+        return {}
+    mlflow_log = mlflow_logger()
+
+    def log_both(step: int, metrics: dict) -> None:
+        mlflow_log(step, metrics)
+        if log is not None:
+            log(step, metrics)
+
+    with start_run(spec.name, run_context.asset_key, run_context) as run:
+        trained = spec.train(settings, data, model_dir, resume=resume, log=log_both)
+        mlflow.log_params(trained.params)
+        mlflow.log_metric("train_seconds", trained.seconds)
+        version = spec.register(trained, settings, run_context) if registers else None
+    metadata = {"mlflow_run_id": run.info.run_id, "steps": trained.steps,
+                "train_seconds": round(trained.seconds, 1), "processes": world()[1],
+                **{k: v for k, v in trained.params.items() if k.startswith("train_")},
+                **{f"final_{k}": float(v) for k, v in trained.final.items() if k != "step"}}
+    if version is not None:
+        metadata["registered_model"] = f"{spec.registered_model} version {version} (alias {CHALLENGER})"
+        metadata["registered_version"] = version
+    return metadata
 
 
 def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.Config],
@@ -111,24 +178,18 @@ def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.
 
     @dg.asset(name=spec.model_asset if registers else spec.variant_asset(variant), group_name=group,
               kinds=set(inputs.kinds), deps=list(inputs.deps), code_version="3", backfill_policy=SINGLE_RUN,
-              description=what)
+              description=what, pool=TRAINING_POOL)
     def train_asset(context: dg.AssetExecutionContext, config: run_config, paths: PipelinePaths):
         settings = apply_overrides(config_to_settings(spec.settings, config, exclude=(RESUME,)), overrides)
-        data = inputs.load(paths, settings)
+        try:
+            data = inputs.load(paths, settings)
+        except NothingToTrain as error:  # no run, no registered version: eval and promotion say the same
+            return dg.MaterializeResult(metadata={"note": _nothing_note(error), "steps": 0})
         run_context = _run_context(context, paths)
-        with start_run(spec.name, context.asset_key.to_user_string(), run_context) as run:
-            trained = spec.train(settings, data, spec.model_dir(paths.storage(), variant),
-                                 resume=config.resume, log=mlflow_logger())
-            mlflow.log_params(trained.params)
-            mlflow.log_metric("train_seconds", trained.seconds)
-            version = spec.register(trained, settings, run_context) if registers else None
-        metadata = {"mlflow_run_id": run.info.run_id, "steps": trained.steps,
-                    "train_seconds": round(trained.seconds, 1),
-                    **{k: v for k, v in trained.params.items() if k.startswith("train_")},
-                    **{f"final_{k}": float(v) for k, v in trained.final.items() if k != "step"}}
-        if version is not None:
-            metadata["registered_model"] = f"{spec.registered_model} version {version} (alias {CHALLENGER})"
-            metadata["registered_version"] = version
+        if compute_of(settings).processes > 1:  # torchrun through Dagster Pipes
+            return launch(context, spec, settings, paths, run_context, variant, registers, config.resume)
+        metadata = run_training(spec, settings, data, spec.model_dir(paths.storage(), variant),
+                                run_context, registers, config.resume)
         return dg.MaterializeResult(metadata=metadata)
 
     return train_asset
@@ -137,15 +198,19 @@ def _training_asset(spec: SystemSpec, inputs: SystemInputs, run_config: type[dg.
 def _eval_asset(spec: SystemSpec, inputs: SystemInputs, variants: list[str]) -> dg.AssetsDefinition:
     @dg.asset(name=spec.eval_asset, group_name="eval", kinds={"mlflow", "markdown"},
               deps=[spec.model_asset, *map(spec.variant_asset, variants), *inputs.deps],
-              code_version="4", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN,
+              code_version="4", automation_condition=AFTER_MODEL, backfill_policy=SINGLE_RUN, retry_policy=IO_RETRY,
               description=f"The registered challenger ({spec.registered_model}@{CHALLENGER}) against its "
                           f"baselines and ceiling, the champion re-scored beside it; `{spec.primary_metric}` "
                           "is tagged on its version.")
     def eval_asset(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
         settings = trained_settings(spec, paths)
+        try:
+            data = inputs.load(paths, settings)
+        except NothingToTrain as error:  # no report: the gate and the overview skip this system
+            return dg.MaterializeResult(metadata={"note": _nothing_note(error)})
         challenger = registered_version(spec, CHALLENGER)
         champion = registered_version(spec, CHAMPION, required=False)
-        outcome = spec.evaluate(inputs.load(paths, settings), settings, challenger, champion,
+        outcome = spec.evaluate(data, settings, challenger, champion,
                                 {variant: spec.model_dir(paths.storage(), variant) for variant in variants})
         model_row = outcome.metrics.get(spec.model_method, {})
         evidence = GateEvidence(spec.registered_model, spec.primary_metric, spec.higher_is_better,
@@ -198,7 +263,11 @@ def _ablations_report_asset(spec: SystemSpec, inputs: SystemInputs) -> dg.Assets
     def ablations_report(paths: PipelinePaths) -> dg.MaterializeResult:
         settings = trained_settings(spec, paths)
         dirs = {variant: spec.model_dir(paths.storage(), variant) for variant in sweeps}
-        outcome = spec.evaluate_sweeps(inputs.load(paths, settings), settings, spec.model_dir(paths.storage()), dirs)
+        try:
+            data = inputs.load(paths, settings)
+        except NothingToTrain as error:
+            return dg.MaterializeResult(metadata={"note": _nothing_note(error)})
+        outcome = spec.evaluate_sweeps(data, settings, spec.model_dir(paths.storage()), dirs)
         files = write_report(spec.ablations_report_dir(paths.storage()),
                              f"{spec.name}_ablations", outcome.markdown, outcome.plots, outcome.summary)
         return dg.MaterializeResult(metadata={
@@ -213,15 +282,20 @@ def trained_settings(spec: SystemSpec, paths: PipelinePaths) -> Any:
     the eval reads inputs the way the challenger was trained; the resolved defaults when
     there is no checkpoint."""
     checkpoint = spec.model_dir(paths.storage()) / CHECKPOINT_DIR
-    if not checkpoint.exists():
+    if readable_checkpoint(checkpoint) is None:
         return resolve_settings(spec.settings, spec.name)
     return settings_from_dict(spec.settings, read_trainer_state(checkpoint)["config"])
 
 
+def _report_path(spec: SystemSpec, paths: PipelinePaths):
+    return spec.report_dir(paths.storage()) / f"{spec.name}_eval.json"
+
+
 def _read_summary(spec: SystemSpec, paths: PipelinePaths) -> tuple[dict, str]:
-    report = spec.report_dir(paths.storage()) / f"{spec.name}_eval.json"
+    report = _report_path(spec, paths)
     if not report.exists():
-        raise dg.Failure(description=f"no eval report at {report}: materialize {spec.eval_asset} first")
+        raise dg.Failure(description=f"no eval report at {report}: materialize {spec.eval_asset} first",
+                         allow_retries=False)
     return json.loads(report.read_text()), str(report)
 
 
@@ -248,11 +322,13 @@ def unmet_requirements(spec: SystemSpec, model_row: dict[str, float]) -> tuple[s
     return tuple(reason for reason in (r.unmet(model_row) for r in spec.requirements) if reason is not None)
 
 
-def _baselines_check(spec: SystemSpec) -> dg.AssetChecksDefinition:
+def _baselines_check(spec: SystemSpec, inputs: SystemInputs) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=spec.eval_asset, name="beats_baselines", blocking=True,
                     description=f"The challenger's `{spec.primary_metric}` beats every baseline "
                                 f"({', '.join(spec.baselines)}); the promotion gate waits on it.")
     def beats_baselines(paths: PipelinePaths) -> dg.AssetCheckResult:
+        if not _report_path(spec, paths).exists() and (note := nothing_to_do(spec, inputs, paths)):
+            return dg.AssetCheckResult(passed=True, metadata={"note": note})
         summary, _ = _read_summary(spec, paths)
         passed, numbers = baselines_beaten(spec, summary.get("metrics", {}))
         severity = scaled_params()["promotion"]["baselines_check_severity"]
@@ -265,17 +341,21 @@ def _baselines_check(spec: SystemSpec) -> dg.AssetChecksDefinition:
     return beats_baselines
 
 
-def _champion_asset(spec: SystemSpec) -> dg.AssetsDefinition:
+def _champion_asset(spec: SystemSpec, inputs: SystemInputs) -> dg.AssetsDefinition:
     @dg.asset(name=spec.champion_asset, group_name="models", kinds={"mlflow"}, deps=[spec.eval_asset],
-              code_version="2", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
+              code_version="2", automation_condition=EAGER, backfill_policy=SINGLE_RUN, retry_policy=IO_RETRY,
               description=f"The promotion gate: moves {spec.registered_model}@{CHAMPION} to the evaluated "
                           f"challenger only when its `{spec.primary_metric}` is at least the champion's; "
                           "every decision is tagged on the version (promotion.*). Its data version is the "
                           "champion version: what the champion feeds goes stale when it moves.")
     def champion_asset(paths: PipelinePaths) -> dg.MaterializeResult:
+        if not _report_path(spec, paths).exists() and (note := nothing_to_do(spec, inputs, paths)):
+            return dg.MaterializeResult(data_version=dg.DataVersion(f"{spec.registered_model}/none"),
+                                        metadata={"note": note, "champion_version": "none"})
         summary, report = _read_summary(spec, paths)
         if "promotion" not in summary:
-            raise dg.Failure(description=f"{report} has no promotion section: rematerialize {spec.eval_asset}")
+            raise dg.Failure(description=f"{report} has no promotion section: rematerialize {spec.eval_asset}",
+                             allow_retries=False)
         decision = promote_from_evidence(configure(), GateEvidence.from_dict(summary["promotion"]))
         files = write_report(spec.report_dir(paths.storage()), f"{spec.name}_promotion", decision.markdown(), {},
                              decision.to_dict())
@@ -320,7 +400,7 @@ def lifecycle(spec: SystemSpec, inputs: SystemInputs) -> Lifecycle:
     assets = [_training_asset(spec, inputs, run_config, None, {}),
               *(_training_asset(spec, inputs, run_config, name, dict(overrides))
                 for name, overrides in spec.ablations.items()),
-              _eval_asset(spec, inputs, variants), _champion_asset(spec)]
+              _eval_asset(spec, inputs, variants), _champion_asset(spec, inputs)]
     training_job = dg.define_asset_job(
         f"{spec.name}_training",
         selection=dg.AssetSelection.assets(*inputs.refresh, *(a.key for a in assets), EVAL_OVERVIEW),
@@ -342,4 +422,4 @@ def lifecycle(spec: SystemSpec, inputs: SystemInputs) -> Lifecycle:
             f"{spec.name}_ablations", selection=dg.AssetSelection.assets(*(a.key for a in sweep_assets)),
             description=f"Train {spec.name}'s sweeps ({', '.join(spec.sweeps)}) and report them against the model.",
             tags={"mmpipe/job": "ablations", "mmpipe/system": spec.name})
-    return Lifecycle(assets, [_baselines_check(spec)], training_job, [weekly], ablations_job)
+    return Lifecycle(assets, [_baselines_check(spec, inputs)], training_job, [weekly], ablations_job)

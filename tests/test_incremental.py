@@ -16,6 +16,7 @@ from mmpipe.partitions import manifest_days, raw_rows_by_day, read_days
 from mmpipe.world.advance import advance
 from orchestration import definitions
 from orchestration.ingest import INGEST_ASSETS, INGEST_DAY_PARTITIONED, ingest_day_job, register_days
+from tests.conftest import tiny_run_environment
 from tests.test_pipeline import _materialize_all, _resources
 
 NEW_DAY = "2026-01-11"  # the tiny world spans 2026-01-01 .. 2026-01-10
@@ -36,9 +37,7 @@ def incremental(tiny_world, tmp_path_factory):
     shutil.copytree(tiny_world, raw_root)
     instance = dg.DagsterInstance.ephemeral()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
-        patch.setenv("MMPIPE_SCALE", "tiny")  # the tiny preset: a smoke run reports, not blocks, on baselines
-        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
+        tiny_run_environment(patch, storage)
         full = _materialize_all(raw_root, storage, instance)
         assert full.success
         before = {kind: VectorIndex.load(storage / "index" / "pins" / kind).ntotal for kind in ("fused", "image")}

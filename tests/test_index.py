@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import faiss
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from mmpipe.index.faiss_index import (
     exact_search,
     measure_qps,
     recall_at_k_vs_exact,
+    training_sample,
 )
 
 N_CORPUS, N_QUERIES, DIM = 30_000, 300, 64
@@ -72,23 +75,59 @@ def test_flat_below_threshold():
     assert choose_factory(10**8, 128, IndexConfig(kind="flat")) == "IDMap,Flat"
 
 
-def test_hnsw_when_it_fits_in_memory_else_ivf():
+def test_auto_is_exact_then_ivf_then_quantized_ivf_with_refine_by_size():
     cfg = IndexConfig()
-    assert choose_factory(cfg.exact_below, 128, cfg) == "IDMap,HNSW32"
-    assert choose_factory(1_000_000, 384, cfg) == "IDMap,HNSW32"  # ~1.8 GB
-    assert choose_factory(10**8, 384, cfg).startswith("IVF")  # ~180 GB
-    assert choose_factory(1_000_000, 384, IndexConfig(hnsw_max_bytes=10**9)).startswith("IVF")
+    assert choose_factory(cfg.exact_below, 128, cfg) == "IVF512,Flat"  # 20000 // 39 (4·√N would starve lists)
+    assert choose_factory(cfg.quantize_below - 1, 128, cfg).endswith(",Flat")
+    assert choose_factory(cfg.quantize_below, 128, cfg) == "IDMap,IVF2191_HNSW32,SQ8,RFlat"
+    assert choose_factory(1_000_000, 256, cfg) == "IDMap,IVF4000_HNSW32,SQ8,RFlat"
     assert choose_factory(50, 64, IndexConfig(kind="hnsw", hnsw_m=16)) == "IDMap,HNSW16"
+    assert choose_factory(1_000_000, 256, IndexConfig(kind="ivf")) == "IVF4000,Flat"
+
+
+def test_quantized_ivf_finds_the_exact_neighbours_and_takes_its_search_knobs(clustered):
+    corpus, ids, queries = clustered
+    index = VectorIndex.build(corpus, ids, IndexConfig(kind="ivf_sq8"))
+    assert recall_at_k_vs_exact(index, corpus, ids, queries, k=10) >= 0.95
+    refine = faiss.downcast_index(faiss.downcast_index(index._index).index)
+    assert refine.k_factor == 2 and faiss.extract_index_ivf(index._index).nprobe == 8
+    index.configure_search(nprobe=1)
+    assert faiss.extract_index_ivf(index._index).nprobe == 1
+    # The refine step re-ranks with exact vectors: returned scores are true inner products.
+    scores, found = index.search(queries[:5], 10)
+    position = {pin_id: row for row, pin_id in enumerate(ids)}
+    for q, (row_scores, row_ids) in enumerate(zip(scores, found)):
+        exact = corpus[[position[i] for i in row_ids]] @ queries[q]
+        np.testing.assert_allclose(row_scores[: len(row_ids)], exact, rtol=1e-5, atol=1e-5)
+
+
+def test_ivf_trains_on_a_bounded_sample():
+    vectors = small_corpus(5_000)
+    sample = training_sample(vectors, 1_000)
+    assert sample.shape == (1_000, 32)
+    assert np.array_equal(sample, training_sample(vectors, 1_000))  # seeded: the same every build
+    assert training_sample(vectors, 10_000) is vectors
+    with pytest.raises(ValueError, match="train_points_per_list"):
+        IndexConfig(train_points_per_list=10)
+
+
+def test_an_index_saved_with_a_dropped_setting_still_loads(tmp_path):
+    index = VectorIndex.build(small_corpus(100), pin_ids(100))
+    index.save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["config"]["hnsw_max_bytes"] = 4 * 2**30  # what versions before ivf_sq8 wrote
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert VectorIndex.load(tmp_path).ntotal == 100
 
 
 def test_ivf_lists_grow_with_sqrt_n():
     ivf = IndexConfig(kind="ivf")
-    assert nlist_of(choose_factory(1_000_000, 128, ivf)) == 8_000  # 8·√1e6
-    assert nlist_of(choose_factory(4_000_000, 128, ivf)) == 16_000  # 4x the data, 2x the lists
-    fewer_lists = IndexConfig(kind="ivf", nlist_per_sqrt_n=4)
-    assert nlist_of(choose_factory(1_000_000, 128, fewer_lists)) == 4_000
+    assert nlist_of(choose_factory(1_000_000, 128, ivf)) == 4_000  # 4·√1e6
+    assert nlist_of(choose_factory(4_000_000, 128, ivf)) == 8_000  # 4x the data, 2x the lists
+    more_lists = IndexConfig(kind="ivf", nlist_per_sqrt_n=8)
+    assert nlist_of(choose_factory(1_000_000, 128, more_lists)) == 8_000
     # Small N: capped so each list keeps >= 39 training points; never below one list.
-    assert nlist_of(choose_factory(30_000, 64, ivf)) == 30_000 // 39
+    assert nlist_of(choose_factory(20_000, 64, ivf)) == 20_000 // 39  # not 4·√20000 = 566
     assert nlist_of(choose_factory(10, 64, ivf)) == 1
 
 
@@ -221,6 +260,21 @@ def test_bad_inputs_get_clear_errors():
         index.add(corpus[:1], [123])
     with pytest.raises(ValueError, match="2-D"):
         index.search(corpus[0], 5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])  # ivf: the check comes before training
+def test_non_finite_vectors_are_refused_naming_their_ids(kind):
+    corpus = small_corpus(400)
+    ids = pin_ids(400)
+    bad = corpus.copy()
+    bad[7, 3], bad[250, 0] = np.nan, -np.inf
+    with pytest.raises(ValueError, match=r"^2 of 400 vectors hold NaN or inf \(ids \['p000007', 'p000250'\]\): "
+                                         r"an index holds finite vectors only$"):
+        VectorIndex.build(bad, ids, IndexConfig(kind=kind))
+    index = VectorIndex.build(corpus[:300], ids[:300], IndexConfig(kind=kind))
+    with pytest.raises(ValueError, match=r"1 of 100 vectors hold NaN or inf \(ids \['p000350'\]\)"):
+        index.add(np.where(np.arange(100)[:, None] == 50, np.nan, corpus[300:]), ids[300:])
+    assert index.ntotal == 300 and "p000301" not in index  # nothing of the refused batch went in
 
 
 def test_search_on_empty_index_is_a_clear_error():

@@ -140,7 +140,7 @@ def outcome(trained):
     calls = []
     champion = MAC(TINY.model).eval()
     with pytest.MonkeyPatch.context() as patch:  # undone before any other test runs
-        patch.setattr(mac_eval, "load_version", lambda version: ({"5": model, "4": champion}[version], 2))
+        patch.setattr(mac_eval, "load_version", lambda version: ({"5": model, "4": champion}[version], 2, 1))
         patch.setattr(mac_eval, "registry_text_embeddings", _fake_text_embeddings(calls, misled=True))
         result = evaluate(inputs, TINY, "5", "4", {})
     return result, calls, champion
@@ -295,7 +295,7 @@ def test_report_files_and_the_overview_read_the_summary(outcome, tmp_path):
 def test_a_champion_that_cannot_run_on_these_inputs_is_not_rescored(trained, monkeypatch):
     inputs, model, _, _ = trained
     short = MAC(replace(TINY.model, text_positions=4))  # captions here are 8 tokens long
-    monkeypatch.setattr(mac_eval, "load_version", lambda version: (short, 2))
+    monkeypatch.setattr(mac_eval, "load_version", lambda version: (short, 2, 1))
     value, note = mac_eval.rescore_champion("3", inputs, window_queries(inputs, VALIDATION))
     assert value is None and "Champion version 3 was not re-scored" in note
 
@@ -310,8 +310,8 @@ def test_a_registered_version_loads_with_the_clip_length_it_was_trained_with(tmp
     context = RunContext(asset_key="mac_model")
     with start_run("mac-eval-test", "register", context):
         version = register(Trained(model, 1, 0.1, {}), replace(TINY, model=config), context)
-    loaded, n_frames = mac_eval.load_version(version)
-    assert n_frames == TINY.train.n_frames
+    loaded, n_frames, n_clips = mac_eval.load_version(version)
+    assert (n_frames, n_clips) == (TINY.train.n_frames, TINY.train.inference_clips)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
     # What a warm start reads of a registered version: its weights and record, without its pyfunc.

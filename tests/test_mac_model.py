@@ -10,9 +10,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mmpipe.nn.text_tower import TextFeatures
-from mmpipe.systems.mac.data import TEST, TRAIN, clip_indices, mac_inputs
+from mmpipe.systems.mac.data import TEST, TRAIN, VideoClips, clip_indices, mac_inputs
 from mmpipe.systems.mac.model import MAC, MACConfig, _keep_real_tokens, patchify, random_masking
-from mmpipe.systems.mac.train import MACSettings, MACTrainConfig, load_trained, text_to_video_recall, train_mac
+from mmpipe.systems.mac.train import (MACSettings, MACTask, MACTrainConfig, embed_clips, load_trained,
+                                      text_to_video_recall, train_mac)
 
 TINY = MACConfig(image_size=32, patch_size=8, max_frames=4, width=32, depth=2, heads=2, mlp=64, text_width=32,
                  text_depth=1, text_heads=2, text_mlp=64, embed_dim=16)
@@ -142,3 +143,62 @@ def test_inputs_leave_out_videos_without_frames_and_keep_captions_aligned():
     torch.testing.assert_close(subset.text.hidden, inputs.text.hidden[torch.as_tensor(kept)])
     assert (subset.captions["video_id"].to_numpy()
             == np.asarray(subset.clips.video_ids)[subset.captions["video_row"].to_numpy()]).all()
+
+
+def _with_moment_queries(inputs):
+    """``inputs`` plus one moment query per video about its frames 2-3 (of 6, at 0.5 s steps)
+    and one whose window holds no stored frame; text states: each video's first caption."""
+    frames = {video_id: inputs.clips.frames[row] for row, video_id in enumerate(inputs.clips.video_ids)}
+    videos = inputs.videos[["video_id", "created_at"]]
+    ids = list(inputs.clips.video_ids)
+    queries = pd.DataFrame({"query_id": [f"q{i}" for i in range(len(ids))] + ["q_out"],
+                            "video_id": ids + [ids[0]],
+                            "windows": [[[1.0, 1.6]]] * len(ids) + [[[9.0, 9.5]]]})
+    first = [int(np.flatnonzero(inputs.captions["video_id"].to_numpy() == video_id)[0]) for video_id in ids]
+    text = inputs.text.take(np.asarray(first + [first[0]]))
+    return mac_inputs(videos, lambda day, video_id: frames[video_id],
+                      inputs.captions[["caption_id", "video_id", "caption"]], inputs.text, None, queries, text,
+                      lambda day, video_id: np.arange(len(frames[video_id])) * 0.5)
+
+
+def test_moment_queries_pair_with_the_stored_frames_inside_their_windows():
+    inputs = _with_moment_queries(informative_world(12))
+    moments = inputs.moments
+    # the query whose window holds no stored frame is left out; the others keep frames at 1.0 and 1.5 s
+    assert len(moments) == 12 and all(frames.tolist() == [2, 3] for frames in moments.frames)
+    assert moments.video_rows.tolist() == list(range(12))
+    pixels = inputs.clips.pixels([0, 1], 3, 32, np.random.default_rng(0), within=moments.frames[:2])
+    expected = inputs.clips.pixels([0, 1], 3, 32)  # all six frames: another clip
+    assert pixels.shape == expected.shape
+    only_inside = VideoClips(["a"], [inputs.clips.frames[0][[2, 3]]]).pixels([0], 3, 32, np.random.default_rng(0))
+    torch.testing.assert_close(pixels[:1], only_inside)
+    with pytest.raises(ValueError, match="need their moment_text"):
+        mac_inputs(inputs.videos[["video_id", "created_at"]], lambda d, v: None, inputs.captions, inputs.text,
+                   moment_queries=pd.DataFrame())
+
+
+def test_training_adds_the_moment_loss_over_distinct_videos():
+    inputs = _with_moment_queries(informative_world(24))
+    task = MACTask(tiny_settings(moment_batch_size=8), inputs)
+    assert len(task.moment_videos) == len(task.train_rows)  # one query per training video here
+    out = task.training_forward(0)
+    assert {"caption_loss", "moment_loss"} <= set(out)
+    torch.testing.assert_close(out["loss"].detach(), out["caption_loss"] + out["moment_loss"])
+    # weight 0, or no queries: captions alone, the same caption loss for the same step
+    plain = MACTask(tiny_settings(moment_batch_size=8, moment_weight=0.0), inputs).training_forward(0)
+    assert "moment_loss" not in plain
+    torch.testing.assert_close(plain["loss"].detach(), out["caption_loss"])
+
+
+def test_a_video_embeds_as_the_mean_of_its_inference_clips():
+    inputs = informative_world(12)
+    model = MAC(TINY).eval()
+    rows = np.arange(4)
+    with torch.no_grad():
+        middle = model.encode_video(inputs.clips.pixels(rows, 3, 32)).numpy()
+        early = model.encode_video(inputs.clips.pixels(rows, 3, 32, offset=0.25)).numpy()
+        late = model.encode_video(inputs.clips.pixels(rows, 3, 32, offset=0.75)).numpy()
+    np.testing.assert_allclose(embed_clips(model, inputs.clips, rows, 3), middle, atol=1e-6)
+    mean = (early + late) / np.linalg.norm(early + late, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed_clips(model, inputs.clips, rows, 3, n_clips=2), mean, atol=1e-6)
+    assert clip_indices(6, 3, offset=0.25).tolist() == [0, 2, 4] and clip_indices(6, 3).tolist() == [1, 3, 5]

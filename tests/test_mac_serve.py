@@ -228,16 +228,18 @@ def test_register_logs_the_packaged_tower_as_challenger_and_loads_back(registry)
 # a day's embeddings
 
 
-def test_embed_day_embeds_each_video_and_each_stored_frame(mac, frame_store):
+def test_embed_day_embeds_each_video_and_the_first_frame_of_each_second(mac, frame_store):
     day_videos = frame_store.videos[frame_store.videos["created_at"] == "2026-01-02"]
     frame = embed_day(mac, day_videos, frame_store.frames_root, N_FRAMES, "7")
     assert frame["video_id"].tolist() == ["v2"]  # v3's file never decoded: no frames, no row
     assert frame["model_version"].tolist() == ["7"] and frame["created_at"].tolist() == ["2026-01-02"]
     np.testing.assert_allclose(frame[VIDEO].iloc[0], reference_clip(mac, frame_store.stored["v2"]), atol=1e-5)
     index = read_frame_index(frame_store.frames_root / "2026-01-02")
-    assert list(frame[FRAME_T_S].iloc[0]) == index.loc[index["video_id"] == "v2", "t_s"].tolist()
+    stored_t_s = index.loc[index["video_id"] == "v2", "t_s"].to_numpy()
+    assert len(stored_t_s) == 4 and np.allclose(np.diff(stored_t_s), 0.5)  # frames stored at 2 fps...
+    assert list(frame[FRAME_T_S].iloc[0]) == stored_t_s[::2].tolist()  # ...embedded one a second
     per_frame = np.stack(frame[FRAME_EMBEDDINGS].iloc[0])
-    expected = np.stack([reference_frame(mac, f) for f in frame_store.stored["v2"]])
+    expected = np.stack([reference_frame(mac, f) for f in frame_store.stored["v2"][::2]])
     np.testing.assert_allclose(per_frame, expected, atol=1e-5)
 
     both = embed_day(mac, frame_store.videos[frame_store.videos["created_at"] == "2026-01-01"],

@@ -351,3 +351,50 @@ def test_shot_boundaries_on_the_tiny_world(tiny_world, tmp_path):
     print(f"tiny world boundary F1 {pooled['f1']:.3f} (P {pooled['precision']:.3f}, R {pooled['recall']:.3f}, "
           f"{pooled['n_true']} cuts in {len(result_summary)} videos)")
     assert pooled["f1"] >= 0.9
+
+
+# -----------------------------------------------------------------------------
+# still images: EXIF orientation
+
+
+def _sideways_photo(path: Path, orientation: int) -> None:
+    """A 64x40 photo stored with red on its left half and blue on the right, tagged with an
+    EXIF orientation as a phone writes it when held in portrait."""
+    from PIL import Image
+
+    pixels = np.zeros((40, 64, 3), dtype=np.uint8)
+    pixels[:, :32] = (220, 20, 20)
+    pixels[:, 32:] = (20, 20, 220)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize("orientation, top, bottom", [
+    (6, "red", "blue"),  # rotate 90 degrees clockwise to view: the stored left edge is the top
+    (8, "blue", "red"),  # counter-clockwise: the stored right edge is the top
+])
+def test_images_are_read_upright_as_their_exif_orientation_says(tmp_path, orientation, top, bottom):
+    from mmpipe.media.images import open_rgb
+    from mmpipe.systems.pinclip.data import read_rgb
+
+    path = tmp_path / "photo.jpg"
+    _sideways_photo(path, orientation)
+    colour = {"red": 0, "blue": 2}
+    image = np.asarray(open_rgb(path))
+    assert image.shape == (64, 40, 3)  # portrait, as the phone showed it
+    assert image[:8, :, colour[top]].mean() > 180 and image[-8:, :, colour[bottom]].mean() > 180
+    square = read_rgb(path, 32)  # what PinCLIP trains on
+    assert square[:8, :, colour[top]].mean() > 180 and square[-8:, :, colour[bottom]].mean() > 180
+
+
+def test_cmyk_and_grey_jpegs_are_read_as_rgb(tmp_path):
+    from PIL import Image
+
+    from mmpipe.media.images import open_rgb
+
+    Image.new("RGB", (20, 20), (200, 30, 30)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    Image.new("L", (20, 20), 128).save(tmp_path / "grey.jpg")
+    red = np.asarray(open_rgb(tmp_path / "cmyk.jpg")).reshape(-1, 3).mean(axis=0)
+    assert red[0] > 170 and red[1] < 70 and red[2] < 70, red
+    assert np.asarray(open_rgb(tmp_path / "grey.jpg")).shape == (20, 20, 3)

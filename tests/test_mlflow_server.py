@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,6 +27,7 @@ from mmpipe.registry.mlflow_registry import RunContext, start_run
 from mmpipe.systems.pinclip.eval import PRIMARY_METRIC
 from mmpipe.systems.pinclip.serve import load_embedder, log_pinclip, make_pyfunc_input
 from mmpipe.registry.promotion import FIRST, record_eval_metric, promote_if_better
+from tests.servers import HOST, VENV_BIN, free_port, start, stop, wait_until_up
 from tests.test_pinclip_registry import (  # noqa: F401  text_tower_dir is a fixture
     MODEL,
     TEXT_MAX_LENGTH,
@@ -41,53 +35,13 @@ from tests.test_pinclip_registry import (  # noqa: F401  text_tower_dir is a fix
     text_tower_dir,
 )
 
+
 pytestmark = pytest.mark.slow
 
-HOST = "127.0.0.1"
-STARTUP_TIMEOUT_S = 60
-MLFLOW = Path(sys.executable).parent / "mlflow"
+MLFLOW = VENV_BIN / "mlflow"
 CONTEXT = RunContext(data_version="data-server-1", orchestrator_run_id="dagster-run-7",
                      asset_key="pinclip_model")
 EXPERIMENT = "pinclip-server-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A server in a session of its own, so stopping it also stops the workers it forks."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                cwd=log.parent, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)  # the group this test started, by its id
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not up after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -247,7 +247,7 @@ import sys, torch, torch.distributed as dist
 from mmpipe.nn.losses import ClipLoss
 rank, world, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
-image, text = torch.load(sys.argv[5])
+image, text = torch.load(sys.argv[5], weights_only=True)
 half = image.shape[0] // world
 image = image[rank * half:(rank + 1) * half].clone().requires_grad_()
 text = text[rank * half:(rank + 1) * half].clone().requires_grad_()
@@ -261,7 +261,9 @@ dist.destroy_process_group()
 # Starts two Python processes (~2 s): the only way to exercise the all_gather path.
 def test_clip_loss_gathers_across_processes_with_exact_local_gradients(tmp_path):
     """Two gloo ranks with half the batch each: every rank sees the full-batch loss, and
-    the gradients of its own rows equal the single-process full-batch gradients."""
+    the gradients of its own rows are the world size times the single-process full-batch
+    gradients, so DDP's average over ranks of the encoders' gradients is the full-batch
+    gradient (gather_features scales the local rows; open_clip leaves them at 1/world)."""
     import subprocess
     import sys
 
@@ -276,10 +278,10 @@ def test_clip_loss_gathers_across_processes_with_exact_local_gradients(tmp_path)
     full = ClipLoss()(image, text, torch.tensor(10.0, dtype=torch.float64))
     full.backward()
     for rank in range(2):
-        loss, image_grad, text_grad = torch.load(tmp_path / f"rank{rank}.pt")
+        loss, image_grad, text_grad = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(loss, full.detach())
-        torch.testing.assert_close(image_grad, image.grad[rank * 4:(rank + 1) * 4])
-        torch.testing.assert_close(text_grad, text.grad[rank * 4:(rank + 1) * 4])
+        torch.testing.assert_close(image_grad, 2 * image.grad[rank * 4:(rank + 1) * 4])
+        torch.testing.assert_close(text_grad, 2 * text.grad[rank * 4:(rank + 1) * 4])
 
 
 def test_neighbor_loss_matches_naive_reference_with_and_without_mask():

@@ -22,20 +22,18 @@ from orchestration.definitions import defs
 from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.resources import PipelinePaths, ValidationPolicy
 
-# The tiny world plants at least one record of every defect kind in tables of a few rows,
-# so its quarantine shares are far above what the default policy tolerates.
-TINY_MAX_QUARANTINE_RATE = 0.7
 from tests.conftest import PROJECT_ROOT
 
 # The tiny preset of params.yaml (what `SCALE=tiny make run` trains), as launchpad config.
-TINY_PINCLIP = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]["pinclip"]
-TINY_MOMENT = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]["moment"]
+TINY = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["scales"]["tiny"]
 
 
 def _resources(raw_root: Path, storage: Path) -> dict:
     return {
         "paths": PipelinePaths(raw_dir=str(raw_root), storage_dir=str(storage)),
-        "policy": ValidationPolicy(max_quarantine_rate=TINY_MAX_QUARANTINE_RATE),
+        # the default policy: the tiny world plants every defect kind in tables of a few rows,
+        # and the check must still tell that from a broken source
+        "policy": ValidationPolicy(),
     }
 
 
@@ -45,28 +43,16 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
 
     days = manifest_days(raw_root)
     register_days(instance, days)
-    pinclip = {"config": TINY_PINCLIP}
+    pinclip = {"config": TINY["pinclip"]}
     return dg.materialize(
         [*definitions.assets, *definitions.asset_checks],
         selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),  # as `make run`
         resources=_resources(raw_root, storage),
         instance=instance,
         run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip,
-                            "moment_model": {"config": TINY_MOMENT}}},
+                            "mac_model": {"config": TINY["mac"]}, "moment_model": {"config": TINY["moment"]}}},
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
-
-
-@pytest.fixture(scope="module")
-def materialized(tiny_world, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("storage")
-    instance = dg.DagsterInstance.ephemeral()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{storage / 'mlflow.db'}")
-        patch.setenv("MMPIPE_SCALE", "tiny")  # the tiny preset: a smoke run reports, not blocks, on baselines
-        patch.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(storage / "mlruns"))
-        result = _materialize_all(tiny_world, storage, instance)
-    return result, storage, instance
 
 
 def test_every_asset_and_check_succeeds(materialized):
@@ -82,8 +68,11 @@ def test_every_asset_and_check_succeeds(materialized):
         if graph.get(key).is_partitioned:
             assert instance.get_materialized_partitions(key) == days, key
     evaluations = result.get_asset_check_evaluations()
-    # three data checks per validated table, and each system's beats_baselines check on its eval
-    assert len(evaluations) == 3 * len(RAW_TABLES) + len(SPECS)
+    # three data checks per validated table, each system's beats_baselines check on its eval,
+    # and finite_embeddings on each embeddings asset that feeds an index
+    finite = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations if e.check_name == "finite_embeddings"}
+    assert finite == {("pin_embeddings", "finite_embeddings"), ("video_embeddings", "finite_embeddings")}
+    assert len(evaluations) == 3 * len(RAW_TABLES) + len(SPECS) + len(finite)
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations
             if e.check_name == "beats_baselines"} == {(spec.eval_asset, "beats_baselines") for spec in SPECS}
     # the tiny preset runs the baselines check at WARN: a smoke run reports it, nothing else may fail
@@ -135,9 +124,7 @@ def test_cli_materializes_everything(tiny_world, tmp_path):
     root = tmp_path / "project"
     (root / "data").mkdir(parents=True)
     shutil.copytree(tiny_world, root / "data" / "raw")
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["validation"]["max_quarantine_rate"] = TINY_MAX_QUARANTINE_RATE
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

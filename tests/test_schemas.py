@@ -114,6 +114,22 @@ def _write_image(data: bytes):
     return change
 
 
+def _symlink_out(root: Path, row: dict) -> dict:
+    """A good JPEG outside the root, reached through a link inside it."""
+    outside = root.parent / f"{root.name}_outside.jpg"
+    outside.write_bytes(jpeg_bytes(seed=7))
+    (root / "images" / "link.jpg").symlink_to(outside)
+    return {**row, "image_path": "images/link.jpg"}
+
+
+def _symlinked_folder_out(root: Path, row: dict) -> dict:
+    outside = root.parent / f"{root.name}_outside"
+    outside.mkdir()
+    (outside / "p.jpg").write_bytes(jpeg_bytes(seed=7))
+    (root / "more_images").symlink_to(outside, target_is_directory=True)
+    return {**row, "image_path": "more_images/p.jpg"}
+
+
 def _set(**changes):
     return lambda root, row: {**row, **changes}
 
@@ -126,6 +142,10 @@ PIN_DEFECTS = {
     "missing_image": (_set(image_path="images/nowhere.jpg"), "image_path.file_exists"),
     "path_traversal": (_set(image_path="../../etc/passwd"), "image_path.inside_root"),
     "absolute_path": (_set(image_path="/etc/passwd"), "image_path.inside_root"),
+    "dotdot_coming_back_inside": (_set(image_path="images/../images/p0.jpg"), "image_path.inside_root"),
+    "windows_separators": (_set(image_path="..\\..\\etc\\passwd"), "image_path.inside_root"),
+    "symlink_out_of_root": (_symlink_out, "image_path.inside_root"),
+    "symlinked_folder_out_of_root": (_symlinked_folder_out, "image_path.inside_root"),
     "duplicate_id": (_set(pin_id="p1", image_path="images/p1.jpg"), "pin_id.unique_id"),
     "null_id": (_set(pin_id=None), "pin_id.not_nullable"),
     "empty_text": (_set(title="  ", description=""), "has_text"),
@@ -149,6 +169,67 @@ def test_each_pin_defect_is_quarantined_under_its_rule(raw_root, defect):
     assert_only_bad_row_quarantined(result, len(GOOD_PINS), rule)
 
 
+def _pixels(seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 64, 3), dtype=np.uint8))
+
+
+def _phone_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Phone maker", "Phone 12", 6  # make, model, orientation
+    return exif.tobytes()
+
+
+def _without_jfif(data: bytes) -> bytes:
+    """The JPEG with its APP0 (JFIF) segment cut out, as camera firmware writes them."""
+    assert data[2:4] == b"\xff\xe0"
+    length = int.from_bytes(data[4:6], "big")
+    return data[:2] + data[4 + length:]
+
+
+def _saved(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, **{"format": "JPEG", **options})
+    return buffer.getvalue()
+
+
+# JPEGs as cameras, phones and print tools write them: all of them must pass.
+JPEG_VARIANTS = {
+    "exif_app1_no_jfif": lambda: _without_jfif(_saved(_pixels(), exif=_phone_exif())),
+    "progressive": lambda: _saved(_pixels(), progressive=True),
+    "restart_markers": lambda: _saved(_pixels(), restart_marker_blocks=2),
+    "cmyk": lambda: _saved(_pixels().convert("CMYK")),
+    "greyscale": lambda: _saved(_pixels().convert("L")),
+    "phone_mpo_with_depth_map": lambda: _saved(_pixels(), format="MPO", save_all=True,
+                                               append_images=[_pixels(1).convert("L")], exif=_phone_exif()),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(JPEG_VARIANTS))
+def test_every_kind_of_jpeg_passes(raw_root, variant):
+    data = JPEG_VARIANTS[variant]()
+    assert data[:3] == b"\xff\xd8\xff"
+    row = _write_image(data)(raw_root, new_pin())
+    result = validate_pins(pd.DataFrame(GOOD_PINS + [row]), raw_root, MIN_DATE, MAX_DATE)
+    assert result.quarantine.empty, result.quarantine["message"].tolist()
+    assert result.valid["row_index"].tolist() == [0, 1, 2, 3, 4]
+
+
+def _bomb_jpeg(side: int = 60000) -> bytes:
+    """A small JPEG whose frame header claims ``side`` x ``side`` pixels."""
+    data = bytearray(jpeg_bytes())
+    start = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
+    data[start + 5: start + 9] = side.to_bytes(2, "big") * 2
+    return bytes(data)
+
+
+def test_a_decompression_bomb_is_named_as_one(raw_root):
+    row = _write_image(_bomb_jpeg())(raw_root, new_pin())
+    result = validate_pins(pd.DataFrame(GOOD_PINS + [row]), raw_root, MIN_DATE, MAX_DATE)
+    assert rules_by_row(result) == {4: "image_path.decompression_bomb"}
+    message = result.quarantine["message"].iloc[0]
+    assert "'images/bad.jpg' is a decompression bomb" in message and "corrupt" not in message
+
+
 def test_clean_pins_pass_typed_with_their_row_index(raw_root):
     result = validate_pins(pd.DataFrame(GOOD_PINS), raw_root, MIN_DATE, MAX_DATE)
     assert result.quarantine.empty and list(result.quarantine.columns) == QUARANTINE_COLUMNS
@@ -168,6 +249,25 @@ def test_messages_say_what_is_wrong(raw_root):
     raw = pd.DataFrame(GOOD_PINS + [{**new_pin(), "image_path": "../../etc/passwd"}])
     message = validate_pins(raw, raw_root, MIN_DATE, MAX_DATE).quarantine["message"].iloc[0]
     assert "'../../etc/passwd' escapes the data root" in message
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/etc/passwd", "is absolute"),
+    ("images/../images/p0.jpg", "contains '..'"),
+    ("..\\p0.jpg", "holds a backslash"),
+    ("images/link.jpg", "through a symbolic link"),
+])
+def test_path_messages_name_the_path_and_why(raw_root, path, words):
+    _symlink_out(raw_root, new_pin())
+    raw = pd.DataFrame(GOOD_PINS + [{**new_pin(), "image_path": path}])
+    message = validate_pins(raw, raw_root, MIN_DATE, MAX_DATE).quarantine["message"].iloc[0]
+    assert f"image_path: path {path!r}" in message and words in message, message
+
+
+def test_a_link_inside_the_root_to_a_file_inside_it_is_fine(raw_root):
+    (raw_root / "images" / "alias.jpg").symlink_to(raw_root / "images" / "p0.jpg")
+    raw = pd.DataFrame(GOOD_PINS + [{**new_pin(), "image_path": "images/alias.jpg"}])
+    assert validate_pins(raw, raw_root, MIN_DATE, MAX_DATE).quarantine.empty
 
 
 def test_a_row_breaking_several_rules_is_one_record_listing_all(raw_root):
@@ -195,7 +295,7 @@ def test_dates_default_to_not_in_the_future(raw_root):
 
 
 def test_a_table_without_its_columns_is_refused(raw_root):
-    with pytest.raises(ValueError, match="lacks columns"):
+    with pytest.raises(ValueError, match="pins lacks the column 'created_at'"):
         validate_pins(pd.DataFrame(GOOD_PINS).drop(columns=["created_at"]), raw_root)
 
 
@@ -214,6 +314,16 @@ def test_captions_with_typos_are_not_garbled():
 @pytest.mark.parametrize("text", [
     "Café crème brûlée, so dreamy 🍰", "e\u0301te\u0301", "line one\nline two\ttab",
     "Vi\u1ec7t Nam", "👩\u200d🎨 art inspo", "Wall art #aesthetic #decoridea",
+    # emoji: variation selector U+FE0F (a combining mark), ZWJ sequences with it, keycaps,
+    # skin tones, a subdivision flag spelt in tag characters
+    "I \u2764\ufe0f this", "\u2764\ufe0f\u200d\U0001f525 hot", "1\ufe0f\u20e3 first pick", "\U0001f44d\U0001f3fd ok",
+    "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f football",
+    # scripts whose vowel signs are combining marks: Hindi (nukta + vowel sign + anusvara on
+    # one consonant in "padhen"), Thai tone marks, Hebrew points, Arabic, CJK
+    "\u092a\u0922\u093c\u0947\u0902", "\u0939\u093f\u0902\u0926\u0940 \u092e\u0947\u0902 \u0938\u091c\u093e\u0935\u091f",
+    "\u0e19\u0e49\u0e33\u0e15\u0e32\u0e25", "\u05e9\u05c1\u05b8\u05dc\u05d5\u05b9\u05dd", "\u0645\u0631\u062d\u0628\u0627", "日本語のテキスト",
+    # Latin-1 text that is not mojibake
+    "S\u00c3O PAULO", "na\u00efve caf\u00e9 \u00a92026",
 ])
 def test_ordinary_text_in_many_forms_is_not_garbled(text):
     assert not looks_garbled(text)
@@ -226,9 +336,21 @@ def test_generated_garbage_is_always_garbled():
             assert looks_garbled(garbled_text(rng, length))
 
 
-@pytest.mark.parametrize("text", ["a\x00b", "bad\ufffddecode", "\u202eevil", "\u0301start", "ok\ue000", "z\u0300\u0301\u0302"])
-def test_odd_characters_are_garbled(text):
-    assert looks_garbled(text)
+@pytest.mark.parametrize("text, reason", [
+    ("a\x00b", "control character U+0000 at position 1"),
+    ("bad\ufffddecode", "replacement character"),
+    ("\u202eevil", "invisible format character U+202E"),
+    ("\u0301start", "combining mark with no letter to attach to U+0301 at position 0"),
+    ("ok \u0301", "combining mark with no letter to attach to U+0301 at position 3"),
+    ("ok\ue000", "private-use character"),
+    ("z\u0300\u0301\u0302", "pile of combining marks U+0302 at position 3"),
+    ("\u0915\u093c\u0947\u0902\u0901\u0902", "pile of combining marks U+0902 at position 5"),
+    ("\ufe0f alone", "variation selector with nothing to select"),
+    ("tag\U000e0067 in text", "tag character outside an emoji flag"),
+    ("Caf\u00c3\u00a9 cr\u00c3\u00a8me", "mojibake '\u00c3\u00a9' at position 3 (UTF-8 read as cp1252: 'Caf\u00e9 cr\u00e8me')"),
+])
+def test_odd_characters_are_garbled(text, reason):
+    assert reason in garbled_reason(text)
 
 
 # -----------------------------------------------------------------------------
@@ -308,6 +430,96 @@ def test_interaction_defects(changes, rule):
 
 
 # -----------------------------------------------------------------------------
+# dates given as timestamps, and dates in the future
+
+
+@pytest.mark.parametrize("values, days", [
+    (["2026-01-03 13:45:00", "2026-01-05T08:00:00Z", "2026-01-05T08:00:00.250+01:00"],
+     ["2026-01-03", "2026-01-05", "2026-01-05"]),
+    (["2026-01-06T23:30:00-05:00", "2026-01-06 23:30"], ["2026-01-07", "2026-01-06"]),  # the UTC day
+    (pd.to_datetime(["2026-01-03 13:45", "2026-01-05 08:00"]), ["2026-01-03", "2026-01-05"]),
+    (pd.to_datetime(["2026-01-03 13:45", "2026-01-05 20:00"]).tz_localize("US/Pacific"), ["2026-01-03", "2026-01-06"]),
+    (["2026-02-30 10:00", "junk", "2026-01-02"], ["2026-02-30 10:00", "junk", "2026-01-02"]),  # left for iso_date
+])
+def test_timestamps_in_date_columns_count_for_their_utc_day(values, days):
+    from mmpipe.schemas.tables import iso_date_strings
+
+    assert iso_date_strings(pd.Series(values)).tolist() == days
+
+
+def test_timestamped_interactions_validate_and_partition_by_their_own_day():
+    """A date column written as timestamps spreads over its days (it once fell back to the
+    delivery day, all of it, and was quarantined wholesale)."""
+    from mmpipe.partitions import row_days
+
+    stamps = ["2026-01-03T09:15:00Z", "2026-01-04T18:00:00Z", "2026-01-05T00:00:01Z", "2026-01-06T23:59:59Z"]
+    raw = pd.DataFrame([{**row, "date": stamp} for row, stamp in zip(GOOD_IMPRESSIONS, stamps)])
+    manifest = {"start_date": MIN_DATE, "end_date": MAX_DATE}
+    assert row_days("interactions", raw, manifest).tolist() == ["2026-01-03", "2026-01-04", "2026-01-05", "2026-01-06"]
+    result = validate_interactions(raw, {"u0", "u1"}, {"p0", "p1", "p2"}, MIN_DATE, MAX_DATE)
+    assert result.quarantine.empty, result.quarantine["message"].tolist()
+    assert result.valid["date"].tolist() == ["2026-01-03", "2026-01-04", "2026-01-05", "2026-01-06"]
+    typed = raw.assign(date=pd.to_datetime(stamps))  # a Parquet timestamp column reads back typed
+    assert row_days("interactions", typed, manifest).tolist() == result.valid["date"].tolist()
+
+
+def test_an_impression_before_its_pin_was_created_has_its_own_rule():
+    raw = pd.DataFrame(GOOD_IMPRESSIONS + [{**GOOD_IMPRESSIONS[0], "impression_id": "i9", "pin_id": "p2",
+                                             "date": "2026-01-04"}])
+    created = {"p0": "2026-01-01", "p1": "2026-01-06", "p2": "2026-01-05"}  # p1 on the very day of i1
+    result = validate_interactions(raw, {"u0", "u1"}, set(created), MIN_DATE, MAX_DATE, pin_created=created)
+    assert_only_bad_row_quarantined(result, len(GOOD_IMPRESSIONS), "pin_existed")
+    assert result.quarantine["message"].iloc[0] == (
+        "is dated before its pin was created: date='2026-01-04' but pin 'p2' was created on 2026-01-05")
+
+
+def test_a_day_partition_names_an_impression_of_a_later_pin_as_too_early_not_unknown(tmp_path):
+    """Day by day, the pins of later days are not validated yet; the raw pins table still
+    says the pin exists, created after the impression."""
+    from mmpipe.partitions import row_days
+    from mmpipe.schemas.validate import validate_day
+
+    pins = pd.DataFrame([{**good_pin("p0"), "created_at": "2026-01-02"}, {**good_pin("p1"), "created_at": "2026-01-05"}])
+    pins.to_parquet(tmp_path / "pins.parquet")
+    raw = pd.DataFrame([
+        {**GOOD_IMPRESSIONS[0], "impression_id": "i0", "pin_id": "p0", "date": "2026-01-03"},
+        {**GOOD_IMPRESSIONS[0], "impression_id": "i1", "pin_id": "p1", "date": "2026-01-03"},
+        {**GOOD_IMPRESSIONS[0], "impression_id": "i2", "pin_id": "p404", "date": "2026-01-03"},
+    ])
+    days = row_days("interactions", raw, {"start_date": MIN_DATE, "end_date": MAX_DATE})
+    parents = {"users": pd.DataFrame({"user_id": ["u0"]}), "pins": pins.iloc[:1]}  # validated up to the day
+    result = validate_day("interactions", raw, days, "2026-01-03", tmp_path, parents, MIN_DATE, MAX_DATE)
+    assert rules_by_row(result) == {1: "pin_existed", 2: "pin_id.known"}
+    assert "pin 'p1' was created on 2026-01-05" in result.quarantine["message"].iloc[0]
+
+
+TOMORROW = (date.today() + timedelta(days=2)).isoformat()
+
+
+@pytest.mark.parametrize("table, validate, good, column", [
+    ("users", lambda raw: validate_users(raw), GOOD_USERS, "signup_date"),
+    ("boards", lambda raw: validate_boards(raw), GOOD_BOARDS, "created_at"),
+    ("board_pins", lambda raw: validate_board_pins(raw, {"p0", "p1", "p2"}, {"b0", "b1"}), GOOD_SAVES, "saved_at"),
+])
+def test_future_dates_are_quarantined(table, validate, good, column):
+    bad = {**good[-1], column: TOMORROW}
+    if table != "board_pins":
+        bad[f"{table[:-1]}_id"] = "new"
+    else:
+        bad["pin_id"] = "p2"
+    result = validate(pd.DataFrame(good + [bad]))
+    assert_only_bad_row_quarantined(result, len(good), f"{column}.not_in_future")
+    assert f"{column}='{TOMORROW}' is in the future (after " in result.quarantine["message"].iloc[0]
+
+
+def test_dates_after_the_delivery_window_are_in_the_future():
+    raw = pd.DataFrame(GOOD_USERS + [{**GOOD_USERS[0], "user_id": "late", "signup_date": "2026-02-01"}])
+    result = validate_users(raw, max_date=MAX_DATE)
+    assert_only_bad_row_quarantined(result, len(GOOD_USERS), "signup_date.not_in_future")
+    assert "after 2026-01-31, the latest accepted date" in result.quarantine["message"].iloc[0]
+
+
+# -----------------------------------------------------------------------------
 # videos and moment queries
 
 
@@ -339,6 +551,8 @@ VIDEO_DEFECTS = {
     "duplicate_id": (_set(video_id="v0", video_path="videos/v0.mp4"), "video_id.unique_id"),
     "wrong_duration": (_set(video_path="videos/v1.mp4", duration_s=30.0), "video_path.duration"),
     "zero_fps": (_set(video_path="videos/v1.mp4", fps=0), "fps.greater_than"),
+    "created_in_the_future": (_set(video_path="videos/v1.mp4", created_at=(date.today() + timedelta(days=2)).isoformat()),
+                              "created_at.in_date_range"),
 }
 
 
@@ -467,3 +681,28 @@ def test_expectations_fail_on_a_broken_table(tiny_results):
     orphan = pd.concat([valid["board_pins"], pd.DataFrame([{"board_id": "b0001", "pin_id": "p404", "saved_at": "2026-01-02"}])])
     report = run_expectations("board_pins", orphan, valid)
     assert [(r["expectation"], r["column"]) for r in report.failed()] == [("expect_column_values_to_be_in_set", "pin_id")]
+
+
+def test_tiny_world_passes_the_default_quarantine_rate_policy(tiny_results):
+    """The tiny world plants one record of every defect kind, 3 of its 13 boards and 7 of its
+    31 videos: more than 20%, yet no evidence of a source worse than 20%."""
+    from mmpipe.params import load_params
+    from mmpipe.schemas.quarantine import quarantine_rate_verdict
+
+    max_rate = load_params()["validation"]["max_quarantine_rate"]
+    for table, result in tiny_results.items():
+        verdict = quarantine_rate_verdict(len(result.quarantine), result.n_in, max_rate)
+        assert verdict["passed"], (table, verdict)
+
+
+@pytest.mark.parametrize("bad, rows, passed", [
+    (3, 13, True), (8, 13, False),  # a few rows: only a clear excess fails
+    (0, 0, True), (1, 1, True),
+    (20_100, 100_000, True), (20_500, 100_000, False),  # many rows: the plain share, nearly
+])
+def test_the_quarantine_rate_verdict_fails_only_on_evidence(bad, rows, passed):
+    from mmpipe.schemas.quarantine import quarantine_rate_verdict
+
+    verdict = quarantine_rate_verdict(bad, rows, 0.2)
+    assert verdict["passed"] is passed
+    assert verdict["quarantine_rate"] == pytest.approx(bad / max(rows, 1))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmpipe.train.checkpoint import read_trainer_state
-from mmpipe.train.loop import LoopConfig, Phase, TrainingTask, cosine_lr, fit
+from mmpipe.train.checkpoint import NonFiniteError, load_checkpoint, read_trainer_state
+from mmpipe.train.loop import LoopConfig, Phase, TrainingTask, config_changes, cosine_lr, fit
 
 
 class LinearRegression(TrainingTask):
@@ -136,3 +136,85 @@ def test_the_checkpoint_records_wall_clock_across_resumes(tmp_path):
     second = fit(LinearRegression(), tmp_path, resume=True)
     total = read_trainer_state(tmp_path / "checkpoint")["extra"]["train_seconds"]
     assert recorded < total <= second.seconds  # the resumed run adds its own time to the first's
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, caplog):
+    """New defaults (or a launchpad override) change the config record: the run trains
+    afresh and says why, instead of loading weights of other shapes or taking a finished
+    run of other settings for this one. The same record resumes (here: nothing left to do)."""
+    fit(LinearRegression(), tmp_path, config_record={"model": {"width": 4}, "lr": 0.1})
+    assert fit(LinearRegression(), tmp_path, config_record={"model": {"width": 4}, "lr": 0.1}).history == []
+    with caplog.at_level("WARNING"):
+        again = fit(LinearRegression(), tmp_path, config_record={"model": {"width": 8}, "lr": 0.1})
+    assert "not resuming" in caplog.text and "model.width: 4 -> 8" in caplog.text
+    assert [h["step"] for h in again.history] == list(range(1, 31))  # trained every step again
+    assert read_trainer_state(tmp_path / "checkpoint")["config"] == {"model": {"width": 8}, "lr": 0.1}
+
+
+def test_config_changes_names_each_difference_as_json_sees_it():
+    assert config_changes({"a": (1, 2), "b": 1, "n": {"x": 1}}, {"a": [1, 2], "c": 2, "n": {"x": 2}}) == [
+        "b: 1 -> <absent>", "c: <absent> -> 2", "n.x: 1 -> 2"]
+
+
+class DivergesAt(LinearRegression):
+    """A loss with two named terms, one of which turns ``bad`` at global step ``at``."""
+
+    def __init__(self, at: int, term: str, bad: float):
+        super().__init__()
+        self.at, self.term, self.bad = at, term, bad
+
+    def forward_all(self, step: int):
+        x, y = self.batch(step)
+        terms = {"fit": ((self.model(x) - y) ** 2).mean(), "shrink": 1e-3 * self.model.weight.pow(2).sum()}
+        if step == self.at:
+            terms[self.term] = terms[self.term] * self.bad
+        return {"loss": terms["fit"] + terms["shrink"], **terms, "items": len(x)}
+
+
+@pytest.mark.parametrize("at, term, bad, phase, shown", [
+    (13, "fit", float("nan"), "all", "loss=nan, fit=nan"),
+    (24, "shrink", float("inf"), "bias", "loss=inf, shrink=inf"),  # the second phase: its own terms
+])
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, at, term, bad, phase,
+                                                                              shown):
+    task = DivergesAt(at, term, bad)
+    if phase == "bias":
+        task.forward_bias = lambda step: task.forward_all(step)
+    with pytest.raises(NonFiniteError) as raised:
+        fit(task, tmp_path, loop=LoopConfig(checkpoint_every=5))
+    last = at // 5 * 5
+    assert str(raised.value) == (f"non-finite loss at step {at} of phase {phase!r}: {shown}; training stopped "
+                                 f"before this update (the last checkpoint, step {last} at "
+                                 f"{tmp_path / 'checkpoint'}, is kept)")
+    assert read_trainer_state(tmp_path / "checkpoint")["step"] == last
+    saved = LinearRegression(seed=5)
+    load_checkpoint(tmp_path / "checkpoint", saved.model, aux=saved.aux)
+    assert all(torch.isfinite(p).all() for p in [*saved.model.parameters(), *saved.aux.parameters()])
+    # the weights the run had when it stopped: the bad loss never reached them
+    assert all(torch.isfinite(p).all() for p in task.model.parameters())
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path):
+    with pytest.raises(NonFiniteError, match=r"at step 2 of phase 'all': loss=nan, fit=nan; .*"
+                                             r"\(no checkpoint was written\)"):
+        fit(DivergesAt(2, "fit", float("nan")), tmp_path, loop=LoopConfig(checkpoint_every=5))
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_weights_made_non_finite_by_a_finite_loss_are_not_checkpointed(tmp_path):
+    """sqrt at zero: the loss is finite, its gradient is not, so the update makes the
+    weights NaN; the checkpoint due at that step is refused and the previous one stays."""
+    task = LinearRegression()
+    forward = task.forward_all
+
+    def poisoned(step: int):
+        outputs = forward(step)
+        if step == 9:
+            weight = task.model.weight
+            outputs["loss"] = outputs["loss"] + 0 * torch.sqrt(weight - weight.detach()).sum()
+        return outputs
+
+    task.forward_all = poisoned
+    with pytest.raises(NonFiniteError, match=r"not writing checkpoint step 10 .*non-finite values in weight"):
+        fit(task, tmp_path, loop=LoopConfig(checkpoint_every=5))
+    assert read_trainer_state(tmp_path / "checkpoint")["step"] == 5

@@ -30,6 +30,7 @@ from mmpipe.media.features import (
     read_frame_features,
     read_query_text_features,
     read_shot_features,
+    text_states_of,
     update_frame_features,
     update_query_text_features,
     update_shot_features,
@@ -353,6 +354,11 @@ def test_query_text_features_read_back_as_written(tmp_path, text_tower_dir):
     assert read.select("video_captions").keys["video_id"].tolist() == ["vid_a"] * 3
     with pytest.raises(KeyError, match="have no stored text features"):
         read.rows("moment_queries", ["m9"])
+    # what a system reads: its table's rows in its own order, whatever the cache's
+    aligned = text_states_of(tmp_path, "moment_queries", ["m2", "m1"])
+    torch.testing.assert_close(aligned.pooled, written.text.pooled[rows])
+    with pytest.raises(KeyError, match="have no stored text features"):
+        text_states_of(tmp_path, "moment_queries", ["m1", "m9"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +25,10 @@ import yaml
 
 from orchestration.definitions import defs
 from tests.conftest import PROJECT_ROOT
+from tests.servers import HOST, free_port
 
-HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 120
-TINY_MAX_QUARANTINE_RATE = 0.7  # the tiny world plants every defect kind in a few rows
 
 ASSET_NODES_QUERY = """
 query {
@@ -81,12 +79,6 @@ run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -141,12 +133,12 @@ class Server:
 
 
 def make_project_root(root: Path, tiny_world: Path) -> Path:
-    """A project root with the tiny world as data/raw and params tuned for it."""
+    """A project root with the tiny world as data/raw and the project's own params: the
+    default quarantine policy must pass the tiny world (a one-sided binomial test, so a table
+    of a few rows is not failed on one planted bad record)."""
     (root / "data").mkdir(parents=True)
     shutil.copytree(tiny_world, root / "data" / "raw")
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["validation"]["max_quarantine_rate"] = TINY_MAX_QUARANTINE_RATE
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     return root
 
 
@@ -235,6 +227,12 @@ def test_launch_a_materialization_through_graphql(server):
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
             assert event is not None and event.run_id == run_id, key
         assert instance.get_latest_materialization_event(dg.AssetKey("validated_users")) is None
+        rate = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey("validated_boards"), "quarantine_rate"))
+        assert rate is not None and rate.run_id == run_id
+        assert rate.event.asset_check_evaluation.passed
+        assert rate.event.asset_check_evaluation.metadata["threshold"].value == \
+            yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["validation"]["max_quarantine_rate"]
         metadata = instance.get_latest_materialization_event(
             dg.AssetKey("validated_boards")).asset_materialization.metadata
     raw = pd.read_parquet(root / "data" / "raw" / "boards.parquet")

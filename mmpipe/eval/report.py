@@ -154,6 +154,16 @@ def methods_legend(order, roles: Mapping[str, str], descriptions: Mapping[str, s
             for name in order]
 
 
+def windows_sentence(windows, created: str, counts: Mapping[str, str], gate_metric: str) -> str:
+    """The date split of a report in one sentence: the cut-offs of ``windows``
+    (mmpipe.eval.splits.DateWindows), what each window holds (``counts``: window -> "848
+    queries", "44 videos, 176 captions"...) and the metric the promotion gate reads.
+    ``created``: what is dated ("pin", "video")."""
+    return (f"Windows by {created} creation date: train before **{windows.train_end}** ({counts['train']}, the only "
+            f"ones training saw), validation {windows.train_end} to {windows.test_start} ({counts['validation']}: the "
+            f"promotion gate reads `{gate_metric}`), test from **{windows.test_start}** ({counts['test']}).")
+
+
 def signed_points(value: float) -> str:
     """A difference of two shares in points: 0.123 -> "+12.3"; "n/a" when not a number."""
     return f"{100 * value:+.1f}" if value is not None and math.isfinite(value) else "n/a"

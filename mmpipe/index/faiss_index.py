@@ -6,8 +6,23 @@ built with ``faiss.METRIC_INNER_PRODUCT`` and the caller normalises.
 Which index (the faiss guidelines, see ``choose_factory``):
 
 * fewer than ``exact_below`` vectors: ``IDMap,Flat``, brute force and exact;
-* otherwise HNSW when its vectors and graph fit in ``hnsw_max_bytes`` (fast, high recall,
-  no training), else IVF with about ``nlist_per_sqrt_n·√N`` lists (trained, compact).
+* up to ``quantize_below`` vectors: ``ivf``, IVF with the exact vectors in its lists
+  (``make bench``, 100k x 128, quiet 2 cores: nprobe 8 recall@10 0.999 at 9.2x exact QPS,
+  where ``ivf_sq8`` below gave 3.8x: at this size its fixed per-query cost dominates);
+* otherwise ``ivf_sq8``: IVF with about ``nlist_per_sqrt_n·√N`` lists found through an
+  HNSW graph over the centroids (the coarse step stays cheap with thousands of lists),
+  vectors scanned as 8-bit scalar codes (4x less memory to stream), and the best
+  ``refine_k_factor·k`` candidates re-ranked with their exact float vectors (``RFlat``), as
+  the faiss guidelines suggest at a million vectors. Chosen by ``benchmarks/bench_index.py``
+  (1M clustered 256-d vectors, 2 cores, 2026-12-05): nprobe 8, k_factor 2 gives recall@10
+  0.995 at 72x the exact search's QPS, built in 91 s, where HNSW32 gave 5.8x at 0.916 and
+  IVF8000,Flat 11.7x (nprobe 16), after 11 minutes of training. At 1M x 128: 51x at 0.995
+  (built in 24 s) against IVF4000,Flat's 32x at the same nprobe; at 100k x 256 about 30x.
+  Small indexes pay its fixed per-query cost (the graph walk, the re-rank): at 30k x 64
+  plain IVF was 13x and this 3x, so the crossover lies between 30k and 100k vectors; the
+  default run's indexes (5,000 pins, 600 videos) are exact either way.
+* ``hnsw`` stays available by name. ``quantize_below`` sits between the sizes measured
+  (plain IVF ahead at 30k and 100k, ``ivf_sq8`` at 1M), at about their geometric mean.
 
 Ids: faiss labels are int64, pins are strings ("p000123"). Each pin's faiss label is the
 position at which it was added (0, 1, 2, ...), and that id table is saved beside the
@@ -27,7 +42,13 @@ Incremental adds never retrain. What "the same results as a one-shot build" mean
 
 Saving is atomic across files: the index and id table go to fresh file names, then a
 small manifest naming them is swapped in with ``os.replace``. A reader that loads the
-manifest sees either the old pair or the new one, never half of a write or a mix.
+manifest sees either the old pair or the new one, never half of a write or a mix. Writers
+of one directory take turns (a file lock beside it), so two materializations at once
+never delete the files the other's manifest names; a reader whose files were replaced
+twice while it read reads the manifest again.
+
+Only finite vectors enter an index: a NaN makes every inner product with it NaN, and
+faiss ranks those arbitrarily, so one bad embedding would turn up in any result list.
 """
 
 from __future__ import annotations
@@ -36,7 +57,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -44,9 +65,9 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from mmpipe.io import atomic_path, write_bytes_atomic, write_parquet_atomic
+from mmpipe.io import atomic_path, file_lock, write_bytes_atomic, write_parquet_atomic
 
-KINDS = ("auto", "flat", "ivf", "hnsw")
+KINDS = ("auto", "flat", "ivf", "ivf_sq8", "hnsw")
 
 # faiss k-means warns below 39 training points per centroid: with fewer, the centroids
 # fit noise and lists come out empty or lopsided.
@@ -54,25 +75,34 @@ MIN_POINTS_PER_LIST = 39
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+LOAD_ATTEMPTS = 5  # reads of the manifest before a load gives up on files that keep vanishing
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     exact_below: int = 20_000  # N below this → "IDMap,Flat" (exact)
-    kind: str = "auto"  # "auto" | "flat" | "ivf" | "hnsw"
-    nlist_per_sqrt_n: float = 8.0  # IVF lists = clamp(round(k·√N), 1, N/39); faiss: k in 4–16
-    nprobe: int = 16  # IVF lists scanned per query
+    kind: str = "auto"  # "auto" (by size, see the module docstring) | "flat" | "ivf" | "ivf_sq8" | "hnsw"
+    quantize_below: int = 300_000  # "auto": plain IVF below this many vectors, ivf_sq8 from it on
+    nlist_per_sqrt_n: float = 4.0  # IVF lists = clamp(round(k·√N), 1, N/39); faiss: k in 4–16
+    # IVF lists scanned per query: at 1M (4,000 lists) 8 gave recall@10 0.995 with the refine
+    # step, 16 0.9998 at 60% of the speed (benchmarks/bench_index.py).
+    nprobe: int = 8
+    refine_k_factor: int = 2  # ivf_sq8: candidates re-ranked exactly, as a multiple of k
+    # k-means of the IVF centroids sees at most this many vectors per list (a seeded sample):
+    # all 1M vectors for 8,000 lists took 11 minutes; 64 a list gives the same recall.
+    train_points_per_list: int = 64
     hnsw_m: int = 32  # HNSW links per node (2M on the bottom layer)
     ef_search: int = 128  # HNSW candidate list length per query
-    hnsw_max_bytes: int = 4 * 2**30  # "auto" prefers HNSW when it fits in this much memory
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.exact_below < 0 or self.nlist_per_sqrt_n <= 0:
             raise ValueError("exact_below must be >= 0 and nlist_per_sqrt_n > 0")
-        if self.nprobe < 1 or self.hnsw_m < 2 or self.ef_search < 1:
-            raise ValueError("nprobe and ef_search must be >= 1, hnsw_m >= 2")
+        if self.nprobe < 1 or self.hnsw_m < 2 or self.ef_search < 1 or self.refine_k_factor < 1:
+            raise ValueError("nprobe, ef_search and refine_k_factor must be >= 1, hnsw_m >= 2")
+        if self.train_points_per_list < MIN_POINTS_PER_LIST:
+            raise ValueError(f"train_points_per_list must be >= {MIN_POINTS_PER_LIST}")
 
 
 def ivf_nlist(n: int, cfg: IndexConfig) -> int:
@@ -81,26 +111,18 @@ def ivf_nlist(n: int, cfg: IndexConfig) -> int:
     return max(1, min(wanted, n // MIN_POINTS_PER_LIST))
 
 
-def hnsw_bytes(n: int, dim: int, m: int) -> int:
-    """Approximate memory of ``IDMap,HNSW{m}``: float32 vectors, 2·M int32 links per node
-    on the bottom layer (upper layers add about 1/M more) and an int64 label."""
-    return n * (4 * dim + 4 * 2 * m + 8)
-
-
 def choose_factory(n: int, dim: int, cfg: IndexConfig) -> str:
     """The ``faiss.index_factory`` string for ``n`` vectors of ``dim`` (inner-product metric)."""
     kind = cfg.kind
     if kind == "auto":
-        if n < cfg.exact_below:
-            kind = "flat"
-        elif hnsw_bytes(n, dim, cfg.hnsw_m) <= cfg.hnsw_max_bytes:
-            kind = "hnsw"
-        else:
-            kind = "ivf"
+        kind = "flat" if n < cfg.exact_below else "ivf" if n < cfg.quantize_below else "ivf_sq8"
     if kind == "flat":
         return "IDMap,Flat"
     if kind == "hnsw":
         return f"IDMap,HNSW{cfg.hnsw_m}"  # HNSW stores no labels of its own
+    if kind == "ivf_sq8":
+        # The refine wrapper stores no labels of its own either.
+        return f"IDMap,IVF{ivf_nlist(n, cfg)}_HNSW{cfg.hnsw_m},SQ8,RFlat"
     return f"IVF{ivf_nlist(n, cfg)},Flat"  # inverted lists store labels natively
 
 
@@ -127,13 +149,14 @@ class VectorIndex:
     ) -> VectorIndex:
         """Choose an index for ``vectors``, train it on them if it needs training, add them."""
         vectors = _as_matrix(vectors, "vectors")
+        _require_finite(vectors, ids)  # before training: NaN centroids would spoil every list
         n, dim = vectors.shape
         factory = choose_factory(n, dim, cfg)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
             if n == 0:
                 raise ValueError(f"{factory} needs training: build it from at least one vector")
-            index.train(vectors)
+            index.train(training_sample(vectors, ivf_nlist(n, cfg) * cfg.train_points_per_list))
         pin_index = cls(index, [], factory, cfg)
         pin_index.add(vectors, ids)
         return pin_index
@@ -188,6 +211,7 @@ class VectorIndex:
         ids = list(ids)
         if len(ids) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+        _require_finite(vectors, ids)
         not_strings = [pin_id for pin_id in ids if not isinstance(pin_id, str)]
         if not_strings:
             raise TypeError(f"pin ids must be strings, got e.g. {not_strings[:3]!r}")
@@ -225,11 +249,16 @@ class VectorIndex:
     def save(self, directory: Path) -> None:
         """Write the index into ``directory`` atomically (see the module docstring).
 
-        One writer at a time. The generation replaced stays on disk for readers that
-        opened its manifest just before the swap; older ones are deleted.
+        Writers of one directory take turns (:func:`mmpipe.io.file_lock`). The generation
+        replaced stays on disk for readers that opened its manifest just before the swap;
+        older ones are deleted.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        with file_lock(directory):
+            self._save_unlocked(directory)
+
+    def _save_unlocked(self, directory: Path) -> None:
         previous = _read_manifest(directory) if (directory / MANIFEST).exists() else None
         generation = uuid.uuid4().hex[:12]
         index_file, ids_file = f"index-{generation}.faiss", f"ids-{generation}.parquet"
@@ -272,15 +301,25 @@ class VectorIndex:
         directory = Path(directory)
         if not (directory / MANIFEST).exists():
             raise FileNotFoundError(f"no saved VectorIndex in {directory} (no {MANIFEST})")
-        manifest = _read_manifest(directory)
-        index = faiss.read_index(str(directory / manifest["index_file"]))
-        id_table = pd.read_parquet(directory / manifest["ids_file"])
+        for attempt in range(LOAD_ATTEMPTS):
+            manifest = _read_manifest(directory)
+            try:
+                index = faiss.read_index(str(directory / manifest["index_file"]))
+                id_table = pd.read_parquet(directory / manifest["ids_file"])
+                break
+            except (FileNotFoundError, RuntimeError):  # faiss reports a missing file as RuntimeError
+                # Two saves since the manifest was read deleted its generation: read it again.
+                # An unchanged manifest means the files are broken, not replaced.
+                if attempt == LOAD_ATTEMPTS - 1 or _read_manifest(directory) == manifest:
+                    raise
         labels = id_table["faiss_label"].to_numpy()
         if index.ntotal != manifest["ntotal"] or not np.array_equal(labels, np.arange(len(labels))):
             raise ValueError(f"{directory}: the id table does not match the index")
         if index.d != manifest["dim"]:
             raise ValueError(f"{directory}: index dim {index.d}, manifest says {manifest['dim']}")
-        cfg = IndexConfig(**manifest["config"])
+        # Settings an older version saved and this one dropped (hnsw_max_bytes) are ignored.
+        known = {f.name for f in fields(IndexConfig)}
+        cfg = IndexConfig(**{name: value for name, value in manifest["config"].items() if name in known})
         return cls(index, id_table["pin_id"].tolist(), manifest["factory"], cfg)
 
     def __repr__(self) -> str:
@@ -299,6 +338,15 @@ class VectorIndex:
         return x
 
 
+def _require_finite(vectors: np.ndarray, ids: Sequence[str]) -> None:
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        ids = list(ids)
+        named = [ids[row] if row < len(ids) else f"row {row}" for row in bad[:10].tolist()]
+        raise ValueError(f"{len(bad)} of {len(vectors)} vectors hold NaN or inf (ids {named}"
+                         f"{' ...' if len(bad) > 10 else ''}): an index holds finite vectors only")
+
+
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)  # faiss reads raw float32 rows
     if x.ndim != 2:
@@ -310,10 +358,22 @@ def _set_search_parameters(index: faiss.Index, factory: str, cfg: IndexConfig) -
     # Search-time knobs are not part of the factory string; set them on every build and
     # load so the config, not whatever was serialised, decides them.
     space = faiss.ParameterSpace()
-    if factory.startswith("IVF"):
+    if "IVF" in factory:
         space.set_index_parameter(index, "nprobe", cfg.nprobe)
-    if "HNSW" in factory:
+        if "_HNSW" in factory:  # the graph over the centroids
+            space.set_index_parameter(index, "quantizer_efSearch", cfg.ef_search)
+    elif "HNSW" in factory:
         space.set_index_parameter(index, "efSearch", cfg.ef_search)
+    if factory.endswith(",RFlat"):  # IDMap -> IndexRefineFlat: ParameterSpace cannot reach it
+        faiss.downcast_index(faiss.downcast_index(index).index).k_factor = cfg.refine_k_factor
+
+
+def training_sample(vectors: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` of ``vectors`` (a seeded random subset, in their order) to train on."""
+    if len(vectors) <= limit:
+        return vectors
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=limit, replace=False))
+    return vectors[rows]
 
 
 def _read_manifest(directory: Path) -> dict:

@@ -13,7 +13,9 @@ record with the embeddings on disk:
   retrained: see ``faiss_index``), or nothing when there are none.
 
 Each index is saved atomically and the record is written last, so a crash leaves either
-the old record (and the next sync redoes the work) or the new one.
+the old record (and the next sync redoes the work) or the new one. A sync holds a file lock
+on ``index_root`` from reading the record to writing it, so two materializations at once
+run one after the other (the second finds the days indexed and does nothing).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 
 from mmpipe.embeddings import embedded_days, embedding_file, read_embeddings
 from mmpipe.index.faiss_index import IndexConfig, VectorIndex, measure_qps, recall_at_k_vs_exact
-from mmpipe.io import write_bytes_atomic
+from mmpipe.io import file_lock, write_bytes_atomic
 from mmpipe.versioning import file_md5
 
 STATE_FILE = "partitions.json"
@@ -96,6 +98,12 @@ def sync_index(index_root: Path, embeddings_dir: Path, kinds: tuple[str, ...], i
     """Bring the indexes of ``kinds`` under ``index_root`` up to the per-day embeddings of
     ``what`` (pin, video: rows named by ``id_column``) in ``embeddings_dir``."""
     index_root, embeddings_dir = Path(index_root), Path(embeddings_dir)
+    with file_lock(index_root):
+        return _sync_locked(index_root, embeddings_dir, kinds, id_column, what, cfg)
+
+
+def _sync_locked(index_root: Path, embeddings_dir: Path, kinds: tuple[str, ...], id_column: str, what: str,
+                 cfg: IndexConfig) -> SyncReport:
     days = embedded_days(embeddings_dir)
     if not days:
         raise FileNotFoundError(f"no {what} embeddings in {embeddings_dir}: materialize {what}_embeddings first")

@@ -653,6 +653,14 @@ def read_query_text_features(storage: Path, sources: Sequence[str] | None = None
                              TextFeatures.concat([part.text for part in parts]))
 
 
+def text_states_of(storage: Path, source: str, ids: Sequence[str]) -> TextFeatures:
+    """The cached text-tower states of ``source``'s rows ``ids``, row i for ``ids[i]``: the
+    cache's rows follow its own table order, so a system aligns them with its table by id
+    (an id the cache lacks is an error asking to rematerialize the cache)."""
+    cached = read_query_text_features(storage, [source])
+    return cached.text.take(cached.rows(source, [str(i) for i in ids]))
+
+
 # ---------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mmpipe.media.images import open_rgb
+
 
 def grid_png(images: list[np.ndarray | Image.Image], columns: int = 8, tile: int = 64) -> bytes:
     """Tile images (RGB arrays or PIL images) into one PNG, row-major."""
@@ -25,11 +27,7 @@ def grid_png(images: list[np.ndarray | Image.Image], columns: int = 8, tile: int
 
 
 def image_files_grid_png(paths: list[Path], columns: int = 8, tile: int = 64) -> bytes:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    return grid_png(images, columns=columns, tile=tile)
+    return grid_png([open_rgb(path) for path in paths], columns=columns, tile=tile)
 
 
 def png_markdown(png: bytes, alt: str) -> str:

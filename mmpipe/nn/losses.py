@@ -18,19 +18,51 @@ from torch import nn
 MAX_LOGIT_SCALE = math.log(100)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` backward."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
 def gather_features(features: torch.Tensor) -> torch.Tensor:
     """All ranks' features concatenated in rank order; one process gets ``features`` back.
 
+    open_clip's ``gather_features`` (``local_loss=False``, ``gather_with_grad=False``):
     ``all_gather`` returns tensors without a gradient, so the local tensor is put back in
-    place of its gathered copy: every rank then computes the full-batch loss with exact
-    gradients for its own rows (open_clip's ``gather_features`` with ``local_loss=False``,
-    ``gather_with_grad=False``); DDP's gradient averaging does the rest.
+    place of its gathered copy, and every rank computes the full-batch loss with exact
+    gradients for its own rows. Two additions:
+
+    * ranks may hold different numbers of rows (a global batch that does not split evenly):
+      the row counts are gathered first and every part padded to the largest;
+    * the local rows' gradient is scaled by the world size. Each rank's gradient then holds
+      ``world`` times its rows' share of the full-batch gradient, and the average DDP takes
+      (:func:`mmpipe.train.distributed.average_gradients_`) is exactly the full-batch
+      gradient, for the encoders and for weights the loss uses directly (a logit scale,
+      board proxies) alike. open_clip leaves the encoders' gradient ``1/world`` of it, which
+      Adam hides but gradient clipping does not.
+
+    A distributed loss must see other ranks' rows only through this function.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
-    gathered = [torch.zeros_like(features) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, features.contiguous())
-    gathered[dist.get_rank()] = features
+    world, rank = dist.get_world_size(), dist.get_rank()
+    counts = [torch.zeros(1, dtype=torch.long, device=features.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([features.shape[0]], device=features.device))
+    counts = [int(count) for count in counts]
+    padded = features.detach()
+    if max(counts) > features.shape[0]:
+        padded = torch.cat([padded, padded.new_zeros(max(counts) - features.shape[0], *features.shape[1:])])
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    gathered = [part[:count] for part, count in zip(gathered, counts)]
+    gathered[rank] = _ScaleGradient.apply(features, float(world))
     return torch.cat(gathered)
 
 

@@ -1,7 +1,11 @@
 """The one MLflow helper every model uses: tracking location, run tags, registration, aliases.
 
 Tracking defaults to a SQLite store in the project (``mlflow.db``, artifacts in ``mlruns/``);
-``MLFLOW_TRACKING_URI`` overrides it (e.g. an ``mlflow server`` on 127.0.0.1).
+``MLFLOW_TRACKING_URI`` overrides it (e.g. an ``mlflow server`` on 127.0.0.1, or a team's
+PostgreSQL: ``postgresql://user:password@host:5432/mlflow``).
+``MMPIPE_MLFLOW_ARTIFACTS`` moves the artifacts of new experiments: a directory, or an object
+store URI such as ``s3://bucket/mlruns`` (with ``MLFLOW_S3_ENDPOINT_URL`` for an S3-compatible
+server and the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, Iterator
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mmpipe.params import project_root
 
@@ -66,11 +71,29 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # SQLite stores default artifacts to ./mlruns of whatever the cwd is; pin it to the project.
-    artifact_root = Path(os.environ.get("MMPIPE_MLFLOW_ARTIFACTS", project_root() / "mlruns"))
-    if "MLFLOW_TRACKING_URI" in os.environ and not os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite"):
-        return client.create_experiment(name)  # a server decides where its artifacts go
-    return client.create_experiment(name, artifact_location=(artifact_root / name).as_uri())
+    # A server decides where its artifacts go; database stores (SQLite, PostgreSQL) would put them
+    # in ./mlruns of whatever the cwd is (each Celery worker's own), so pin them to the project.
+    server = os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://"))
+    try:
+        return client.create_experiment(name, artifact_location=None if server else artifact_location(name))
+    except MlflowException:
+        # another process (a Celery worker) created it since the lookup
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def artifact_location(experiment: str) -> str:
+    """Where a new experiment's artifacts go: ``MMPIPE_MLFLOW_ARTIFACTS``/<experiment>.
+
+    Database stores default artifacts to ./mlruns of whatever the cwd is, so the default is pinned
+    to the project. A URI (``s3://bucket/prefix``) is kept as it is: a Path would fold its ``//``.
+    """
+    root = os.environ.get("MMPIPE_MLFLOW_ARTIFACTS") or str(project_root() / "mlruns")
+    if "://" in root:
+        return f"{root.rstrip('/')}/{experiment}"
+    return (Path(root).resolve() / experiment).as_uri()
 
 
 @contextmanager

@@ -37,3 +37,18 @@ def resolve_model_uri(name: str, aliases: Sequence[str] = (CHAMPION, CHALLENGER)
             return f"models:/{name}@{alias}"
     raise SearchSetupError(f"registered model {name!r} has none of the aliases {list(aliases)}; "
                            f"{RUN_PIPELINE_FIRST} (or pass a model URI / checkpoint directory)")
+
+
+def serving_version(name: str, aliases: Sequence[str] = (CHAMPION, CHALLENGER)) -> str | None:
+    """The version holding the first of ``aliases`` that is set (champion, else challenger),
+    or None when none is (or the tracking store does not exist yet): what a server should load."""
+    try:
+        require_tracking_store()
+    except SearchSetupError:
+        return None
+    client = configure()
+    for alias in aliases:
+        version = alias_version(client, name, alias)
+        if version is not None:
+            return version
+    return None

@@ -63,10 +63,24 @@ def strict_jpeg_loading() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
+# Every JPEG stream starts with the start-of-image marker and another marker (FF D8 FF);
+# what follows differs by writer: APP0 JFIF (libjpeg), APP1 EXIF (cameras), APP2 MPF
+# (phones that append a depth map or preview, which Pillow reports as format "MPO"), or a
+# quantization table straight away. The marker, not Pillow's format name, says "JPEG".
+JPEG_SOI = b"\xff\xd8\xff"
+
+
+def is_jpeg_stream(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(JPEG_SOI)) == JPEG_SOI
+
+
 def check_image(raw_root: Path, relative: str, column: str = "image_path") -> MediaProblem | None:
     """A JPEG inside the root whose every byte decodes, of a sane size.
 
-    Call inside ``strict_jpeg_loading()`` (``check_images`` does).
+    Any JPEG a camera or phone writes passes: baseline or progressive, with EXIF, restart
+    markers, grey or CMYK pixels, or an MPO's extra pictures after the first (decoders read
+    the first). Call inside ``strict_jpeg_loading()`` (``check_images`` does).
     """
     located = locate(raw_root, column, relative)
     if isinstance(located, MediaProblem):
@@ -75,7 +89,7 @@ def check_image(raw_root: Path, relative: str, column: str = "image_path") -> Me
     try:
         # Open reads only the header, so the size is checked before any pixel is decoded.
         with Image.open(located) as image:
-            if image.format != "JPEG":
+            if not is_jpeg_stream(located):
                 return MediaProblem(f"{column}.format", f"{column} {relative!r} is a {image.format} image, not a JPEG")
             width, height = image.size
             if not (MIN_IMAGE_SIDE <= width <= MAX_IMAGE_SIDE and MIN_IMAGE_SIDE <= height <= MAX_IMAGE_SIDE):
@@ -90,7 +104,11 @@ def check_image(raw_root: Path, relative: str, column: str = "image_path") -> Me
             image.load()
     except UnidentifiedImageError:
         return MediaProblem(decodes, f"{column} {relative!r} is not an image file")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        # A header declaring billions of pixels is an attack or a broken writer, not a
+        # damaged file: Pillow refuses it before decoding a byte, and so does this check.
+        return MediaProblem(f"{column}.decompression_bomb", f"{column} {relative!r} is a decompression bomb ({error})")
+    except (OSError, SyntaxError, ValueError) as error:
         return MediaProblem(decodes, f"{column} {relative!r} is corrupt or truncated ({error})")
     return None
 

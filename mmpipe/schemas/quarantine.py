@@ -63,6 +63,37 @@ class ValidationResult:
         return {str(rule): int(n) for rule, n in self.quarantine["rule"].value_counts().items()}
 
 
+# How sure the quarantine-rate check must be that a source is worse than the threshold.
+RATE_CONFIDENCE = 0.95
+
+
+def quarantine_rate_verdict(n_quarantined: int, n_rows: int, max_rate: float,
+                            confidence: float = RATE_CONFIDENCE) -> dict:
+    """Is a table's source worse than ``max_rate`` bad records? ``passed`` is False only when
+    ``n_quarantined`` of ``n_rows`` is evidence of it: under a source at exactly
+    ``max_rate``, so many or more bad rows would happen less than ``1 - confidence`` of
+    the time (a one-sided exact binomial test).
+
+    Why not the plain share: the threshold describes a source, and a table of a few rows
+    cannot show it. A 13-row table with 3 bad rows (the tiny world plants one of each of
+    the boards' three defect kinds) is 23% bad, yet a source at 20% gives 3 or more bad rows
+    in 13 half the time. On a large table the test is the plain share with a sliver of
+    slack: at 100,000 rows and 20%, it fails from about 20.2%.
+
+    >>> quarantine_rate_verdict(3, 13, 0.2)["passed"]
+    True
+    >>> quarantine_rate_verdict(8, 13, 0.2)["passed"], quarantine_rate_verdict(20_500, 100_000, 0.2)["passed"]
+    (False, False)
+    """
+    from scipy.stats import binom
+
+    rate = n_quarantined / max(n_rows, 1)
+    # P(X >= n_quarantined) for X ~ Binomial(n_rows, max_rate); 1 for an empty table
+    p_value = float(binom.sf(n_quarantined - 1, n_rows, max_rate)) if n_rows else 1.0
+    return {"passed": p_value >= 1 - confidence, "quarantine_rate": rate, "threshold": max_rate,
+            "p_value_above_threshold": p_value, "confidence": confidence, "rows": n_rows}
+
+
 # The columns whose pair identifies a row of a table without an id column.
 PAIR_COLUMNS: dict[str, tuple[str, str]] = {
     "board_pins": ("board_id", "pin_id"),

@@ -55,9 +55,17 @@ def unique_id(series: pd.Series) -> pd.Series:
     return ~(series.duplicated(keep="first") & series.notna())
 
 
+def _text_only(series: pd.Series) -> pd.Series:
+    """The strings of ``series`` as a string column, anything else (bytes, numbers, lists)
+    as missing: casting those to text could fail (undecodable bytes) or invent a date."""
+    if pd.api.types.is_string_dtype(series) and series.dtype != object:
+        return series.astype("string")
+    return series.map(lambda value: value if isinstance(value, str) else None).astype("string")
+
+
 def parse_iso_dates(series: pd.Series) -> pd.Series:
     """Timestamps of strictly ``YYYY-MM-DD`` strings that are real dates; NaT otherwise."""
-    text = series.astype("string")
+    text = _text_only(series)
     well_formed = text.str.fullmatch(_ISO_DATE).fillna(False).astype(bool)
     parsed = pd.to_datetime(text.where(well_formed), format="%Y-%m-%d", errors="coerce")
     return parsed
@@ -98,12 +106,40 @@ def real_numbers(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce")
 
 
+# An ISO 8601 timestamp written as text: a date, a time of day, maybe seconds, fractions
+# and an offset ("2026-01-05T13:45:00.123+01:00", "2026-01-05 13:45", "...Z").
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def _utc_day(value: dt.date) -> str | None:
+    if pd.isna(value):  # NaT is a datetime too
+        return None
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d")
+
+
 def iso_date_strings(series: pd.Series) -> pd.Series:
-    """Dates a user's Parquet stores as timestamps or dates, as the ISO strings partitions use."""
+    """Dates as the ISO ``YYYY-MM-DD`` strings partitions key on, however the file holds them:
+    strings, dates, or timestamps with a time of day (typed, or ISO 8601 text). A timestamp
+    counts for the day it falls on in UTC, the clock the daily partitions and the "not in
+    the future" bound use; a timestamp without an offset is taken as UTC. Anything else
+    stays as it is, for ``iso_date`` to report."""
     if pd.api.types.is_datetime64_any_dtype(series):
+        if getattr(series.dt, "tz", None) is not None:
+            series = series.dt.tz_convert("UTC")
         return series.dt.strftime("%Y-%m-%d")
-    if series.dtype == object:
-        return series.map(lambda value: value.strftime("%Y-%m-%d") if isinstance(value, dt.date) else value)
+    if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
+        return series
+    series = series.map(lambda value: _utc_day(value) if isinstance(value, dt.date) else value)
+    text = _text_only(series)
+    stamped = text.str.fullmatch(_ISO_TIMESTAMP).fillna(False).astype(bool)
+    if not stamped.any():
+        return series
+    # an impossible timestamp ("2026-02-30 10:00") stays text, and fails iso_date
+    days = pd.to_datetime(text[stamped], format="ISO8601", utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
+    series = series.astype(object)
+    series[stamped & days.reindex(series.index).notna()] = days.dropna()
     return series
 
 
@@ -316,13 +352,16 @@ def _model_row_check(name: str, detail: Callable, **statistics):
 
 
 class _RawTable(pa.DataFrameModel):
+    """Every id column is non-blank (an empty id names nothing a reference could find) and
+    unique."""
+
     class Config:
         coerce = True
         strict = False  # extra columns (and the row_index we add) pass through
 
 
 class PinsModel(_RawTable):
-    pin_id: Series[str] = pa.Field(unique_id=())
+    pin_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     image_path: Series[str]
     title: Series[str] = pa.Field(nullable=True, max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     description: Series[str] = pa.Field(nullable=True, max_chars=MAX_DESCRIPTION_CHARS, not_garbled=())
@@ -338,7 +377,7 @@ class PinsModel(_RawTable):
 
 
 class BoardsModel(_RawTable):
-    board_id: Series[str] = pa.Field(unique_id=())
+    board_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     name: Series[str] = pa.Field(not_blank=(), max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     description: Series[str] = pa.Field(nullable=True, max_chars=MAX_DESCRIPTION_CHARS, not_garbled=())
     created_at: Series[str] = pa.Field(iso_date=())
@@ -364,7 +403,7 @@ class BoardPinsModel(_RawTable):
 
 
 class UsersModel(_RawTable):
-    user_id: Series[str] = pa.Field(unique_id=())
+    user_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     country: Series[str] = pa.Field(nullable=True)
     signup_date: Series[str] = pa.Field(iso_date=())
 
@@ -374,7 +413,7 @@ class UsersModel(_RawTable):
 
 
 class InteractionsModel(_RawTable):
-    impression_id: Series[str] = pa.Field(unique_id=())
+    impression_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     user_id: Series[str]
     pin_id: Series[str]
     date: Series[str] = pa.Field(iso_date=())
@@ -391,7 +430,7 @@ class InteractionsModel(_RawTable):
 
 
 class VideosModel(_RawTable):
-    video_id: Series[str] = pa.Field(unique_id=())
+    video_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_path: Series[str]
     title: Series[str] = pa.Field(nullable=True, max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     duration_s: Series[float] = pa.Field(gt=0, le=MAX_VIDEO_SECONDS)
@@ -408,7 +447,7 @@ class VideosModel(_RawTable):
 
 
 class MomentQueriesModel(_RawTable):
-    query_id: Series[str] = pa.Field(unique_id=())
+    query_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_id: Series[str]
     query: Series[str] = pa.Field(not_blank=(), max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
     windows: Series[object]
@@ -423,7 +462,7 @@ class MomentQueriesModel(_RawTable):
 
 
 class VideoCaptionsModel(_RawTable):
-    caption_id: Series[str] = pa.Field(unique_id=())
+    caption_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_id: Series[str]
     caption: Series[str] = pa.Field(not_blank=(), max_chars=MAX_SHORT_TEXT_CHARS, not_garbled=())
 
@@ -477,7 +516,7 @@ class VideoShotsModel(_RawTable):
 
 
 class SummaryQueriesModel(_RawTable):
-    query_id: Series[str] = pa.Field(unique_id=())
+    query_id: Series[str] = pa.Field(not_blank=(), unique_id=())
     video_id: Series[str]
     concepts: Series[object]
     relevant_shots: Series[object]
@@ -533,6 +572,33 @@ def date_window(min_date: str | None, max_date: str | None) -> pa.Check:
     return pa.Check(
         within, name="in_date_range", statistics={"min_date": min_date or "-", "max_date": max_date or "-"}
     )
+
+
+def not_in_future(max_date: str) -> pa.Check:
+    """ISO dates on or before ``max_date``: today (UTC), or the last day a delivery declares.
+    A sign-up or a save dated later has not happened yet: a clock or a writer is wrong.
+    Malformed dates pass here: ``iso_date`` reports them."""
+    high = pd.Timestamp(max_date)
+
+    def not_later(series: pd.Series) -> pd.Series:
+        parsed = parse_iso_dates(series)
+        return parsed.isna() | (parsed <= high)
+
+    return pa.Check(not_later, name="not_in_future", statistics={"max_date": max_date})
+
+
+def pin_existed(pin_created: dict[str, str]) -> pa.Check:
+    """An interaction is dated on or after its pin's creation (``pin_created``: ISO date by
+    pin id). A pin not in the map, or a malformed date, is left to ``pin_id.known`` and
+    ``date.iso_date``."""
+    def too_early(row: dict) -> str | None:
+        created = pin_created.get(row["pin_id"]) if isinstance(row["pin_id"], str) else None
+        date = row["date"]
+        if created is None or not isinstance(date, str) or not _ISO_DATE.fullmatch(date):
+            return None
+        return f"date={date!r} but pin {row['pin_id']!r} was created on {created}" if date < created else None
+
+    return row_check(too_early, "pin_existed")
 
 
 def window_ends(row: dict) -> list[tuple[str, float]]:
@@ -647,6 +713,8 @@ _EXPLANATIONS = {
     "unique_id": "repeats the id of an earlier row",
     "iso_date": "is not a valid YYYY-MM-DD date",
     "in_date_range": "is outside the accepted dates {min_date}..{max_date}",
+    "pin_existed": "is dated before its pin was created",
+    "not_in_future": "is in the future (after {max_date}, the latest accepted date)",
     "not_blank": "is empty",
     "max_chars": "is longer than {limit} characters",
     "not_garbled": "looks garbled",

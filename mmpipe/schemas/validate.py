@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from mmpipe.layout import ID_COLUMN, RAW_COLUMNS, RAW_TABLES, declared_date_window, raw_table_path
+from mmpipe.layout import ID_COLUMN, RAW_COLUMNS, RAW_TABLES, declared_date_window
 from mmpipe.schemas.media_checks import check_images, check_videos
 from mmpipe.schemas.quarantine import (
     ROW_INDEX,
@@ -25,6 +25,7 @@ from mmpipe.schemas.quarantine import (
     quarantine_records,
     write_result,
 )
+from mmpipe.schemas.raw_tables import RawTableError, missing_columns_problem, read_raw_table
 from mmpipe.schemas.tables import (
     DETAIL,
     MAX_FPS,
@@ -41,9 +42,13 @@ from mmpipe.schemas.tables import (
     concept_vocabulary,
     date_window,
     explain,
+    iso_date_strings,
     known_concepts,
     known_ids,
     known_shots,
+    not_in_future,
+    parse_iso_dates,
+    pin_existed,
     real_numbers,
     shot_end,
     shown,
@@ -82,7 +87,8 @@ _SHOWN_CHARS = 60
 
 
 def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+    """None, NA, NaN, and NaT (what an empty cell of a timestamp column reads back as)."""
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 def _row_message(column: str, check_name: str, explanation: str, value, detail: str | None = None) -> str:
@@ -205,9 +211,9 @@ def _video_issues(frame: pd.DataFrame, raw_root: Path) -> list[Issue]:
 def _numbered(table: str, raw: pd.DataFrame, positions: Sequence[int] | None = None) -> pd.DataFrame:
     """The raw rows with their position in the raw file as ``row_index`` (and as the index):
     ``positions`` when the rows are a part (one day) of the file, else 0, 1, 2, ..."""
-    missing = [column for column in RAW_COLUMNS[table] if column not in raw.columns]
-    if missing:
-        raise ValueError(f"{table}: the raw table lacks columns {missing}; expected {RAW_COLUMNS[table]}")
+    problem = missing_columns_problem(table, raw.columns)
+    if problem is not None:
+        raise RawTableError(problem)
     frame = raw.reset_index(drop=True)
     if positions is None:
         frame[ROW_INDEX] = pd.RangeIndex(len(frame), dtype="int64")
@@ -215,6 +221,36 @@ def _numbered(table: str, raw: pd.DataFrame, positions: Sequence[int] | None = N
         frame[ROW_INDEX] = np.asarray(positions, dtype=np.int64)
         frame.index = pd.Index(frame[ROW_INDEX].to_numpy())
     return frame
+
+
+def _text_from_bytes(table: str, frame: pd.DataFrame) -> list[Issue]:
+    """Decode bytes values in place, returning an issue for each that is not UTF-8.
+
+    Some Parquet writers store text as plain byte arrays (no UTF-8 annotation), which read
+    back as ``bytes``: as text they are what the writer meant. Bytes that are not UTF-8 are
+    kept, escaped (``\\x80``), for the message and quarantined; left as bytes, they would
+    crash the string coercion of the whole table.
+    """
+    issues = []
+    for column in RAW_COLUMNS[table]:
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        is_bytes = values.map(lambda value: isinstance(value, (bytes, bytearray, memoryview)))
+        if not is_bytes.any():
+            continue
+        decoded = {}
+        for row, value in values[is_bytes].items():
+            data = bytes(value)
+            try:
+                decoded[row] = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                decoded[row] = data.decode("utf-8", errors="backslashreplace")
+                issues.append(Issue(int(frame.at[row, ROW_INDEX]), column, f"{column}.utf8",
+                                    f"{column} holds bytes that are not UTF-8 text "
+                                    f"({error.reason} at byte {error.start}: {decoded[row][:30]!r})"))
+        frame[column] = values.where(~is_bytes, pd.Series(decoded, dtype=object))
+    return issues
 
 
 def _validate(
@@ -226,7 +262,8 @@ def _validate(
     extra_issues: Callable[[pd.DataFrame], list[Issue]] | None = None,
 ) -> ValidationResult:
     frame = _numbered(table, raw, positions)
-    issues = schema_issues(schema, frame)
+    issues = _text_from_bytes(table, frame)
+    issues += schema_issues(schema, frame)
     if media_issues is not None:
         issues += media_issues(frame)
     if extra_issues is not None:
@@ -256,20 +293,44 @@ def validate_pins(
     return _validate("pins", raw, schema, lambda frame: _image_issues(frame, Path(raw_root)))
 
 
-def validate_boards(raw: pd.DataFrame) -> ValidationResult:
-    return _validate("boards", raw, with_runtime_checks(BoardsModel))
+def validate_boards(raw: pd.DataFrame, max_date: str | None = None) -> ValidationResult:
+    schema = with_runtime_checks(BoardsModel, {"created_at": [not_in_future(_latest_date(max_date))]})
+    return _validate("boards", raw, schema)
 
 
-def validate_board_pins(raw: pd.DataFrame, valid_pin_ids: Iterable[str], valid_board_ids: Iterable[str]) -> ValidationResult:
+def validate_board_pins(
+    raw: pd.DataFrame, valid_pin_ids: Iterable[str], valid_board_ids: Iterable[str], max_date: str | None = None
+) -> ValidationResult:
     schema = with_runtime_checks(BoardPinsModel, {
         "board_id": [known_ids(valid_board_ids, "boards")],
         "pin_id": [known_ids(valid_pin_ids, "pins")],
+        "saved_at": [not_in_future(_latest_date(max_date))],
     })
     return _validate("board_pins", raw, schema)
 
 
-def validate_users(raw: pd.DataFrame) -> ValidationResult:
-    return _validate("users", raw, with_runtime_checks(UsersModel))
+def validate_users(raw: pd.DataFrame, max_date: str | None = None) -> ValidationResult:
+    """Sign-ups may predate any delivery (no lower bound), but not follow the latest one."""
+    schema = with_runtime_checks(UsersModel, {"signup_date": [not_in_future(_latest_date(max_date))]})
+    return _validate("users", raw, schema)
+
+
+def _interactions_schema(
+    user_ids: Iterable[str],
+    pin_ids: Iterable[str],
+    min_date: str | None,
+    max_date: str | None,
+    pin_created: Mapping[str, str] | None,
+) -> pa.DataFrameSchema:
+    return with_runtime_checks(
+        InteractionsModel,
+        {
+            "user_id": [known_ids(user_ids, "users")],
+            "pin_id": [known_ids(pin_ids, "pins")],
+            "date": [date_window(min_date, _latest_date(max_date))],
+        },
+        [] if pin_created is None else [pin_existed(pin_created)],
+    )
 
 
 def validate_interactions(
@@ -278,18 +339,28 @@ def validate_interactions(
     valid_pin_ids: Iterable[str],
     min_date: str | None = None,
     max_date: str | None = None,
+    pin_created: Mapping[str, str] | None = None,
 ) -> ValidationResult:
-    schema = with_runtime_checks(InteractionsModel, {
-        "user_id": [known_ids(valid_user_ids, "users")],
-        "pin_id": [known_ids(valid_pin_ids, "pins")],
-        "date": [date_window(min_date, _latest_date(max_date))],
-    })
+    """``pin_created``: the creation date of pins (by id); an impression dated before its
+    pin's is quarantined as ``pin_existed``."""
+    schema = _interactions_schema(valid_user_ids, valid_pin_ids, min_date, max_date, pin_created)
     return _validate("interactions", raw, schema)
 
 
-def validate_videos(raw: pd.DataFrame, raw_root: Path) -> ValidationResult:
-    """Decodes every frame of every video: cheap at the sizes this pipeline handles."""
-    return _validate("videos", raw, with_runtime_checks(VideosModel), lambda frame: _video_issues(frame, Path(raw_root)))
+def _creation_dates(pins: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(pins["pin_id"], pins["created_at"]))
+
+
+def _videos_schema(min_date: str | None, max_date: str | None) -> pa.DataFrameSchema:
+    return with_runtime_checks(VideosModel, {"created_at": [date_window(min_date, _latest_date(max_date))]})
+
+
+def validate_videos(
+    raw: pd.DataFrame, raw_root: Path, min_date: str | None = None, max_date: str | None = None
+) -> ValidationResult:
+    """Decodes every frame of every video: cheap at the sizes this pipeline handles. Dates
+    as for pins: a video is partitioned by its created_at as a pin is."""
+    return _validate("videos", raw, _videos_schema(min_date, max_date), lambda frame: _video_issues(frame, Path(raw_root)))
 
 
 def validate_moment_queries(raw: pd.DataFrame, valid_videos: pd.DataFrame) -> ValidationResult:
@@ -355,7 +426,7 @@ def validate_table(
     if absent:
         raise ValueError(f"validating {table} needs the validated {absent} tables")
     raw_root = Path(raw_root)
-    raw = pd.read_parquet(raw_table_path(raw_root, table))
+    raw = read_raw_table(raw_root, table)
 
     def ids(parent: str) -> set[str]:
         return set(parents[parent][ID_COLUMN[parent]])
@@ -363,15 +434,16 @@ def validate_table(
     if table == "pins":
         return validate_pins(raw, raw_root, min_date, max_date)
     if table == "boards":
-        return validate_boards(raw)
+        return validate_boards(raw, max_date)
     if table == "board_pins":
-        return validate_board_pins(raw, ids("pins"), ids("boards"))
+        return validate_board_pins(raw, ids("pins"), ids("boards"), max_date)
     if table == "users":
-        return validate_users(raw)
+        return validate_users(raw, max_date)
     if table == "interactions":
-        return validate_interactions(raw, ids("users"), ids("pins"), min_date, max_date)
+        return validate_interactions(raw, ids("users"), ids("pins"), min_date, max_date,
+                                     _creation_dates(parents["pins"]))
     if table == "videos":
-        return validate_videos(raw, raw_root)
+        return validate_videos(raw, raw_root, min_date, max_date)
     if table == "moment_queries":
         return validate_moment_queries(raw, parents["videos"])
     if table == "video_captions":
@@ -445,14 +517,20 @@ def validate_day(
         schema = with_runtime_checks(PinsModel, {"created_at": [date_window(min_date, _latest_date(max_date))]})
         media = lambda frame: _image_issues(frame, raw_root)  # noqa: E731
     elif table == "interactions":
-        schema = with_runtime_checks(InteractionsModel, {
-            "user_id": [known_ids(parents["users"]["user_id"], "users")],
-            "pin_id": [known_ids(parents["pins"]["pin_id"], "pins")],
-            "date": [date_window(min_date, _latest_date(max_date))],
-        })
+        # An impression may name a pin that a later day creates: not an unknown pin but one
+        # that did not exist yet. The raw pins table says which pins those are (whatever has
+        # been validated so far), so the verdict does not depend on which days ran first.
+        pin_created = _creation_dates(parents["pins"])
+        raw_pins = read_raw_table(raw_root, "pins")
+        raw_days = iso_date_strings(raw_pins["created_at"])
+        later = parse_iso_dates(raw_days) > pd.Timestamp(day)
+        for pin_id, created in zip(raw_pins.loc[later, "pin_id"], raw_days[later]):
+            if isinstance(pin_id, str):
+                pin_created.setdefault(pin_id, created)
+        schema = _interactions_schema(parents["users"]["user_id"], list(pin_created), min_date, max_date, pin_created)
         media = None
     elif table == "videos":
-        schema = with_runtime_checks(VideosModel)
+        schema = _videos_schema(min_date, max_date)
         media = lambda frame: _video_issues(frame, raw_root)  # noqa: E731
     else:
         raise KeyError(f"{table} is not validated by day")

@@ -1,16 +1,17 @@
 """The systems, one package each with the same file names, over the shared layers.
 
 ``SPECS`` lists every system's SPEC, for the code that serves them all (the overview, the
-registry CLI); systems never import each other.
+registry CLI, ``mmpipe serve``); systems never import each other.
 """
 
 from mmpipe.systems.chan import SPEC as CHAN
+from mmpipe.systems.mac import SPEC as MAC
 from mmpipe.systems.moment import SPEC as MOMENT
 from mmpipe.systems.pinclip import SPEC as PINCLIP
 from mmpipe.systems.semantic_id import SPEC as SEMANTIC_ID
 
-# MAC's and CTR's SPECs (mmpipe.systems.mac, .ctr) join with their assets (orchestration/definitions.py).
-SPECS = (PINCLIP, CHAN, MOMENT, SEMANTIC_ID)
+# CTR's SPEC (mmpipe.systems.ctr) joins with its assets (orchestration/definitions.py).
+SPECS = (PINCLIP, MAC, MOMENT, CHAN, SEMANTIC_ID)
 
 
 def spec_named(name: str):
@@ -19,3 +20,15 @@ def spec_named(name: str):
         if spec.name == name:
             return spec
     raise KeyError(f"unknown system {name!r}; the systems are {[spec.name for spec in SPECS]}")
+
+
+def services(paths, names=None) -> list:
+    """The serving side of every system that has one (``SystemSpec.service``), or of ``names``:
+    what ``mmpipe serve`` loads. A new system serves by setting its SPEC's ``service``."""
+    servable = [spec for spec in SPECS if spec.service is not None]
+    if names is not None:
+        unknown = sorted(set(names) - {spec.name for spec in servable})
+        if unknown:
+            raise KeyError(f"no servable system {unknown}; the servable systems are {[s.name for s in servable]}")
+        servable = [spec for spec in servable if spec.name in set(names)]
+    return [spec.service(paths) for spec in servable]

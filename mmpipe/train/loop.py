@@ -20,20 +20,29 @@ never asks which model it trains:
   the weights of one that never stopped;
 * the progress bar, and metrics every ``log_every`` steps to a callback
   (:func:`mlflow_logger` sends them to the active MLflow run);
+* a loss that is NaN or infinite stops the run before its update with a
+  :class:`~mmpipe.train.checkpoint.NonFiniteError` naming the step, the phase and the
+  loss terms that are not finite; the last checkpoint stays the one written before it
+  (and a checkpoint is never written of non-finite weights);
 * early stopping: a phase with ``validate`` (a score on held-out data, higher is better)
   is scored every ``validate_every`` steps and at its end; after ``patience`` scores
   without a new best it stops, and the phase ends with the weights of its best score
   (model and aux). The checkpoint then marks the phase done, so a resumed run goes on
-  with the next one.
-
-Rank and world size are read here (:func:`world`) and nowhere else, so distributed
-training can come to the loop without touching any system.
+  with the next one;
+* where it runs (``compute``, :class:`~mmpipe.train.distributed.ComputeConfig`): the device
+  (the model and aux move there for training and come back to the CPU at the end; a task
+  puts its batches on ``task.device``), bf16 autocast of the forward, and data parallelism
+  under torchrun (:mod:`mmpipe.train.distributed`): equal weights on every process at the
+  start, gradients averaged after backward, validation scored by rank 0 and its score
+  shared, so every process stops together. The task shards its global batch and gathers
+  its embeddings; the loop never asks how.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,20 +52,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmpipe.train.checkpoint import load_checkpoint, load_optimizer_state, read_trainer_state, save_checkpoint
+from mmpipe.train.checkpoint import (NonFiniteError, load_checkpoint, load_optimizer_state, read_trainer_state,
+                                    readable_checkpoint, save_checkpoint)
+from mmpipe.train.distributed import (ComputeConfig, autocast, average_gradients_, barrier, broadcast_float,
+                                      broadcast_parameters_, select_device, world)
 
 CHECKPOINT_DIR = "checkpoint"
 
 Metrics = dict[str, float]
 Logger = Callable[[int, Metrics], None]
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process: torch.distributed's when initialised, else the
-    launcher's environment (``RANK``/``WORLD_SIZE``, as torchrun sets), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def cosine_lr(step: int, peak: float, steps: int, warmup_steps: int = 0, floor: float = 0.1) -> float:
@@ -98,6 +102,7 @@ class TrainingTask:
 
     model: nn.Module
     aux: nn.Module | None = None
+    device: torch.device = torch.device("cpu")  # where the loop put the model: batches go there too
 
     def phases(self) -> Sequence[Phase]:
         raise NotImplementedError
@@ -140,8 +145,8 @@ class _EarlyStopping:
     def score(self, step: int) -> bool:
         """Score the current weights at global ``step``; True when the phase should stop."""
         self.task.model.eval()
-        with torch.no_grad():
-            value = float(self.phase.validate())
+        with torch.no_grad():  # rank 0's score on every process: they stop at the same step
+            value = broadcast_float(self.phase.validate() if world()[0] == 0 else None)
         self.task.model.train()
         self.scores.append([step, value])
         if value > self.best_score:
@@ -175,6 +180,54 @@ def _scalar(value) -> float:
     return float(value.detach().item()) if torch.is_tensor(value) else float(value)
 
 
+def _require_finite_loss(outputs: dict, step: int, phase: str, checkpoint: Path | None, saved: int | None) -> None:
+    """Stop before a non-finite loss reaches the weights, naming what went wrong where.
+
+    One host sync a step (the loss is read as a float anyway for the metrics)."""
+    if math.isfinite(_scalar(outputs["loss"])):
+        return
+    terms = {name: _scalar(value) for name, value in outputs.items()
+             if (torch.is_tensor(value) and value.numel() == 1) or isinstance(value, float)}
+    bad = ", ".join(f"{name}={value}" for name, value in terms.items() if not math.isfinite(value))
+    kept = (f"the last checkpoint, step {saved} at {checkpoint}, is kept" if saved is not None
+            else "no checkpoint was written" if checkpoint is not None else "no checkpoint directory")
+    raise NonFiniteError(f"non-finite loss at step {step} of phase {phase!r}: {bad}; training stopped before "
+                         f"this update ({kept})")
+
+
+def config_changes(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """What differs between two configuration records, one ``key: old -> new`` each (nested
+    keys joined by dots), compared as JSON (a tuple equals a list).
+
+    >>> config_changes({"model": {"width": 64, "depth": 3}}, {"model": {"width": 128, "depth": 3}})
+    ['model.width: 64 -> 128']
+    """
+    stored, current = json.loads(json.dumps(stored)), json.loads(json.dumps(current))
+    changes = []
+    for key in sorted(set(stored) | set(current), key=str):
+        old, new = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old} -> {new}")
+    return changes
+
+
+def _resumable(checkpoint: Path, config_record: dict | None) -> bool:
+    """Whether the checkpoint continues this run: it was written with the same configuration.
+    Another configuration (new defaults, a launchpad override) trains afresh: resuming would
+    load weights of other shapes, or take a finished run of other settings for this one."""
+    stored = read_trainer_state(checkpoint).get("config")
+    if config_record is None or stored is None:
+        return True
+    changes = config_changes(stored, config_record)
+    if changes:
+        shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+        logging.getLogger(__name__).warning(
+            "not resuming %s: it was trained with another configuration (%s); training afresh", checkpoint, shown)
+    return not changes
+
+
 def fit(
     task: TrainingTask,
     out_dir: Path | None = None,
@@ -185,18 +238,25 @@ def fit(
     log: Logger | None = None,
     progress: bool = False,
     desc: str = "train",
+    compute: ComputeConfig | None = None,
 ) -> FitResult:
     """Run ``task``'s phases one after another (global step numbers run on across
     phases); checkpoints go to ``out_dir/checkpoint``. ``stop_after`` ends the run at that
     step, with a checkpoint, as an interrupted run would; calling again with
-    ``resume=True`` continues it."""
+    ``resume=True`` continues it, unless ``config_record`` differs from the one the
+    checkpoint was written with (then it trains afresh and says why). ``compute``: the
+    device and bf16 autocast, for a task that puts its batches on ``task.device``
+    (default: the CPU, where every task can run)."""
+    compute = compute or ComputeConfig(device="cpu")
     phases = list(task.phases())
     total = sum(phase.steps for phase in phases)
     checkpoint = Path(out_dir) / CHECKPOINT_DIR if out_dir is not None else None
     rank, _ = world()
     start = 0
-    if resume and checkpoint is not None and checkpoint.exists():
+    if (resume and checkpoint is not None and readable_checkpoint(checkpoint) is not None
+            and _resumable(checkpoint, config_record)):
         start = read_trainer_state(checkpoint)["step"]
+    saved = start if start else None  # the step of the checkpoint on disk that this run continues
     end = total if stop_after is None else min(total, stop_after)
     history: list[Metrics] = []
     validation: dict[str, dict] = {}
@@ -214,6 +274,11 @@ def fit(
 
     if start:  # weights, aux and RNG; optimizer state below, for the phase it belongs to
         load_checkpoint(checkpoint, task.model, aux=task.aux)
+    task.device = select_device(compute.device)
+    for module in (task.model, task.aux):
+        if module is not None:
+            module.to(task.device)
+    broadcast_parameters_([task.model, task.aux])
     offset = 0
     for phase in phases:
         first, last = offset, offset + phase.steps
@@ -233,11 +298,14 @@ def fit(
             lr = phase.lr_at(step - first)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            outputs = phase.training_forward(step)
+            with autocast(task.device, compute.bf16):
+                outputs = phase.training_forward(step)
+            _require_finite_loss(outputs, step, phase.name, checkpoint, saved)
             optimizer.zero_grad(set_to_none=True)
             outputs["loss"].backward()
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            average_gradients_(params)
             if loop.grad_clip_norm:
-                params = [p for group in optimizer.param_groups for p in group["params"]]
                 torch.nn.utils.clip_grad_norm_(params, loop.grad_clip_norm)
             optimizer.step()
             task.after_step()
@@ -258,6 +326,7 @@ def fit(
             if checkpoint is not None and rank == 0 and (done % loop.checkpoint_every == 0 or done == end):
                 save_checkpoint(checkpoint, task.model, optimizer, done, config_record or {}, aux=task.aux,
                                 extra=extra())
+                saved = done
             bar.update()
         # A phase interrupted by stop_after keeps its current weights (its checkpoint resumes
         # it); one that ended, early or not, ends with its best-scored weights, checkpointed
@@ -271,7 +340,12 @@ def fit(
             if checkpoint is not None and rank == 0:
                 save_checkpoint(checkpoint, task.model, optimizer, last, config_record or {}, aux=task.aux,
                                 extra=extra())
+                saved = last
     bar.close()
+    barrier()  # no process leaves before rank 0's last checkpoint is written
+    for module in (task.model, task.aux):  # callers embed, register and serve on the CPU
+        if module is not None:
+            module.cpu()
     task.model.eval()
     final: Metrics = {}
     for record in history:  # the last metrics of each phase: a fusion run still reports its towers' loss

@@ -60,7 +60,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mmpipe import layout
-from mmpipe.io import atomic_path, write_bytes_atomic
+from mmpipe.io import write_bytes_atomic
 from mmpipe.world.attributes import ATTRIBUTE_NAMES, ATTRIBUTES
 from mmpipe.world.config import WorldConfig
 from mmpipe.world.generate import STREAMS, stream_rng, write_parquet
@@ -215,18 +215,6 @@ def read_manifest(raw_root: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: generate a world first (mmpipe world generate)")
     return json.loads(path.read_text())
-
-
-def write_manifest_atomic(raw_root: Path, manifest: dict) -> None:
-    """The commit point of a day; same format as ``layout.write_manifest``."""
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    write_bytes_atomic(text.encode(), Path(raw_root) / layout.MANIFEST_FILE)
-
-
-def write_table_atomic(df: pd.DataFrame, path: Path) -> None:
-    """The generator's Parquet flavour (no pandas metadata, plain utf8), via a temp file."""
-    with atomic_path(path) as tmp:
-        write_parquet(df, tmp)
 
 
 def world_config_of(world: dict) -> WorldConfig:
@@ -598,12 +586,12 @@ def commit_day(w: World, day: int, block: DayBlock) -> dict[str, dict[str, int]]
         truth[name] = appended(w.truth[name], new_bad if name == "bad_records" else block.truth[name])
 
     for name in APPENDED_TRUTH:
-        write_table_atomic(truth[name], layout.truth_path(w.root, name))
+        write_parquet(truth[name], layout.truth_path(w.root, name))
     for table in APPENDED_TABLES:
-        write_table_atomic(raw[table][layout.RAW_COLUMNS[table]], layout.raw_table_path(w.root, table))
+        write_parquet(raw[table][layout.RAW_COLUMNS[table]], layout.raw_table_path(w.root, table))
     summary = world_summary(w, raw, truth, day)
     write_bytes_atomic((json.dumps(summary, indent=2) + "\n").encode(), layout.truth_path(w.root, "world"))
-    write_manifest_atomic(w.root, {
+    layout.write_manifest(w.root, {
         **w.manifest,
         "producer": PRODUCER,
         "end_date": summary["end_date"],
@@ -630,7 +618,7 @@ def stamp_truth_rows(raw_root: Path) -> None:
         name: pq.ParquetFile(layout.truth_path(raw_root, name)).metadata.num_rows for name in TRUTH_TABLES
     }
     deliveries = manifest.get("deliveries") or [{"date": manifest["end_date"], "rows": manifest["rows"]}]
-    write_manifest_atomic(raw_root, {**manifest, "truth_rows": truth_rows, "deliveries": deliveries})
+    layout.write_manifest(raw_root, {**manifest, "truth_rows": truth_rows, "deliveries": deliveries})
 
 
 def advance(raw_root: Path, days: int = 1, progress: bool = True) -> dict:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmpipe import layout
+from mmpipe.io import atomic_path, write_bytes_atomic
 from mmpipe.world.attributes import ATTRIBUTES
 from mmpipe.world.captions import MENTION_PROBABILITY
 from mmpipe.world.config import WorldConfig, world_config
@@ -52,8 +53,8 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
         for f in table.schema
     ]
     table = table.cast(pa.schema(fields)).replace_schema_metadata(None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    with atomic_path(path) as tmp:  # a world advanced in place is read while it is written
+        pq.write_table(table, tmp)
 
 
 def clear_previous_world(out: Path) -> None:
@@ -149,7 +150,7 @@ def generate_world(out: Path, cfg: WorldConfig | str = "small", progress: bool =
         "counts": counts,
         "bad_records": bad_counts,
     }
-    layout.truth_path(out, "world").write_text(json.dumps(world, indent=2) + "\n")
+    write_bytes_atomic((json.dumps(world, indent=2) + "\n").encode(), layout.truth_path(out, "world"))
     layout.write_manifest(
         out,
         {"producer": "mmpipe world generate", "scale": cfg.scale, "seed": cfg.seed,

@@ -58,6 +58,8 @@ def validated_frames(context: dg.AssetExecutionContext, config: FramesConfig,
         "per_video": preview_table(summary),
         "dagster/row_count": len(index),
     }
+    if summary.empty:
+        metadata["note"] = "no valid video on these days: nothing to decode"
     if sample is not None:
         frames = np.load(sample, mmap_mode="r")
         picks = np.linspace(0, len(frames) - 1, num=min(16, len(frames))).astype(int)

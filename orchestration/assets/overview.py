@@ -14,6 +14,7 @@ from orchestration.automation import EAGER
 from orchestration.metadata import png_metadata
 from orchestration.names import EVAL_OVERVIEW
 from orchestration.partitions import SINGLE_RUN
+from orchestration.policies import IO_RETRY
 from orchestration.resources import PipelinePaths
 
 # Every system's eval asset writes a summary under storage/reports/<name>/ (write_report);
@@ -22,7 +23,7 @@ EVAL_REPORT_ASSETS = [spec.eval_asset for spec in SPECS]
 
 
 @dg.asset(name=EVAL_OVERVIEW, group_name="eval", kinds={"mlflow", "markdown", "dvc"}, deps=EVAL_REPORT_ASSETS,
-          code_version="1", automation_condition=EAGER, backfill_policy=SINGLE_RUN,
+          code_version="1", automation_condition=EAGER, backfill_policy=SINGLE_RUN, retry_policy=IO_RETRY,
           description="Every model vs its best baseline vs oracle, with the trend since the previous "
                       "run; DVC metrics in storage/metrics/, plots data in storage/plots/.")
 def eval_overview(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:

@@ -47,6 +47,8 @@ def _metadata(table: str, paths: PipelinePaths, valid: pd.DataFrame, quarantine:
         "preview": preview_table(valid.drop(columns=["row_index"], errors="ignore")),
         "dagster/row_count": len(valid),
     }
+    if n_in == 0:
+        metadata["note"] = f"no {table} rows delivered: nothing to validate"
     if len(quarantine):
         metadata["quarantine_preview"] = preview_table(quarantine)
     if table == "pins" and len(valid):

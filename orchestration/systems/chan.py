@@ -6,8 +6,7 @@ comes from the factory."""
 import dagster as dg
 import numpy as np
 
-from mmpipe.media.features import read_frame_features, read_query_text_features, read_shot_features
-from mmpipe.registry.mlflow_registry import CHAMPION
+from mmpipe.media.features import read_frame_features, read_shot_features, text_states_of
 from mmpipe.systems.chan import SPEC
 from mmpipe.systems.chan.data import TEST, VALIDATION, chan_inputs
 from mmpipe.systems.chan.serve import load_version_summarizer, version_uri, write_query_summaries
@@ -15,16 +14,14 @@ from mmpipe.systems.chan.train import CHANSettings
 from orchestration import names
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
-from orchestration.lifecycle import SystemInputs, lifecycle, registered_version
+from orchestration.lifecycle import SystemInputs, champion_or_note, lifecycle
 from orchestration.partitions import SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
 
 def read_inputs(paths: PipelinePaths, frame_extremes: bool):
     queries = read_validated(paths, "summary_queries").reset_index(drop=True)
-    cached = read_query_text_features(paths.storage(), ["summary_queries"])
-    # The cache's rows follow its own table order: align them with the queries by id.
-    text = cached.text.take(cached.rows("summary_queries", queries["query_id"].astype(str).tolist()))
+    text = text_states_of(paths.storage(), "summary_queries", queries["query_id"].tolist())
     # video_features.encoder's current version; frame features for the shots' frame extremes
     frames = read_frame_features(paths.storage()) if frame_extremes else None
     return chan_inputs(read_validated(paths, "videos"), read_validated(paths, "video_shots"), queries,
@@ -54,7 +51,9 @@ LIFECYCLE = lifecycle(SPEC, INPUTS)
                       "scores, in storage/summaries/chan/video_summaries.json (format: "
                       "mmpipe.eval.summarization).")
 def video_summaries(paths: PipelinePaths) -> dg.MaterializeResult:
-    version = registered_version(SPEC, CHAMPION)  # resolved once: the alias may move while we summarise
+    version, note = champion_or_note(SPEC, INPUTS, paths)  # resolved once: the alias may move while we summarise
+    if note:
+        return dg.MaterializeResult(metadata={"note": note})
     summarizer = load_version_summarizer(version)
     inputs = read_inputs(paths, summarizer.model.config.frame_extremes)
     path, summaries = write_query_summaries(paths.storage(), summarizer.model, inputs, (VALIDATION, TEST),

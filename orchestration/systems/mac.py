@@ -1,5 +1,5 @@
 """MAC in the asset graph: what it trains on (the validated videos' stored frames, their
-captions' text-tower states, and the image encoder's frame features for the eval's
+captions' and moment queries' text-tower states, and the image encoder's frame features for the eval's
 baseline), and what its champion feeds (per-day video embeddings, the FAISS video index).
 Its lifecycle comes from the factory."""
 
@@ -9,18 +9,18 @@ import dagster as dg
 
 from mmpipe.embeddings import write_day_embeddings
 from mmpipe.index.faiss_index import IndexConfig
-from mmpipe.media.features import read_frame_features, read_query_text_features
+from mmpipe.media.features import read_frame_features, text_states_of
 from mmpipe.params import load_params
-from mmpipe.registry.mlflow_registry import CHAMPION
 from mmpipe.systems.mac import SPEC
-from mmpipe.systems.mac.data import frame_store_loader, mac_inputs
-from mmpipe.systems.mac.serve import (embed_day, load_embedder, sync_video_index, version_uri,
+from mmpipe.systems.mac.data import frame_store_loader, frame_store_times, mac_inputs
+from mmpipe.systems.mac.serve import (VIDEO_ID, embed_day, load_embedder, sync_video_index, version_uri,
                                       video_index_quality)
 from mmpipe.systems.mac.train import MACSettings
 from orchestration import names
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
-from orchestration.lifecycle import SystemInputs, lifecycle, registered_version
+from orchestration.checks import finite_embeddings_check
+from orchestration.lifecycle import SystemInputs, champion_or_note, lifecycle, nothing_to_do
 from orchestration.partitions import DAY, SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
@@ -32,18 +32,19 @@ def embeddings_dir(paths: PipelinePaths):
 
 def load_inputs(paths: PipelinePaths, settings: MACSettings):
     captions = read_validated(paths, "video_captions").reset_index(drop=True)
-    cached = read_query_text_features(paths.storage(), ["video_captions"])
-    # The cache's rows follow its own table order: align them with the captions by id (a
-    # caption the cache lacks is an error asking to rematerialize query_text_features).
-    text = cached.text.take(cached.rows("video_captions", captions["caption_id"].astype(str).tolist()))
+    text = text_states_of(paths.storage(), "video_captions", captions["caption_id"].tolist())
+    queries = read_validated(paths, "moment_queries").reset_index(drop=True)
     return mac_inputs(read_validated(paths, "videos"), frame_store_loader(paths.storage("frames")),
                       captions[["caption_id", "video_id", "caption"]], text,
-                      read_frame_features(paths.storage()))  # video_features.encoder's current version
+                      read_frame_features(paths.storage()),  # video_features.encoder's current version
+                      queries[["query_id", "video_id", "windows"]],
+                      text_states_of(paths.storage(), "moment_queries", queries["query_id"].tolist()),
+                      frame_store_times(paths.storage("frames")))
 
 
 INPUTS = SystemInputs(
     deps=[names.VALIDATED_FRAMES, names.QUERY_TEXT_FEATURES, names.FRAME_FEATURES, names.validated("video_captions"),
-          names.validated("videos")],
+          names.validated("moment_queries"), names.validated("videos")],
     load=load_inputs,
     # Day-partitioned inputs (frames, frame features) cannot join an unpartitioned training
     # run's selection; the daily ingest keeps them current.
@@ -61,13 +62,16 @@ LIFECYCLE = lifecycle(SPEC, INPUTS)
                       "that made them; a day never recomputes another.")
 def video_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
     started = time.perf_counter()
-    version = registered_version(SPEC, CHAMPION)  # resolved once: the alias may move while we embed
+    version, note = champion_or_note(SPEC, INPUTS, paths)  # resolved once: the alias may move while we embed
+    if note:
+        return dg.MaterializeResult(metadata={"note": note})
     embedder = load_embedder(version_uri(version))  # knows the clip length this version was trained with
     videos = {}
     for day in sorted(context.partition_keys):
         day_videos = read_validated(paths, "videos", [day])
         try:
-            frame = embed_day(embedder.model, day_videos, paths.storage("frames"), embedder.n_frames, version)
+            frame = embed_day(embedder.model, day_videos, paths.storage("frames"), embedder.n_frames, version,
+                              n_clips=embedder.n_clips)
         except FileNotFoundError as error:  # the day's frame store is missing
             raise dg.Failure(description=str(error)) from error
         write_day_embeddings(frame, embeddings_dir(paths), day)
@@ -91,10 +95,12 @@ def video_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) ->
                       "storage/index/videos/partitions.json.")
 def faiss_video_index(paths: PipelinePaths) -> dg.MaterializeResult:
     index = load_params()["index"]
-    cfg = IndexConfig(exact_below=index["exact_below"], nprobe=index["nprobe"], ef_search=index["ef_search"])
+    cfg = IndexConfig(**index)  # every IndexConfig field params.yaml sets (nprobe, quantize_below, ...)
     try:
         report = sync_video_index(paths.storage("index", "videos"), embeddings_dir(paths), cfg)
     except (FileNotFoundError, ValueError) as error:
+        if note := nothing_to_do(SPEC, INPUTS, paths):  # no embeddings because there are no videos
+            return dg.MaterializeResult(metadata={"note": note})
         raise dg.Failure(description=str(error)) from error
     return dg.MaterializeResult(metadata={
         "sync": report.mode, "sync_reason": report.reason, "days_added": ", ".join(report.days_added) or "none",
@@ -104,7 +110,7 @@ def faiss_video_index(paths: PipelinePaths) -> dg.MaterializeResult:
 
 
 assets = [*LIFECYCLE.assets, video_embeddings, faiss_video_index]
-asset_checks = LIFECYCLE.asset_checks
+asset_checks = [*LIFECYCLE.asset_checks, finite_embeddings_check(names.VIDEO_EMBEDDINGS, embeddings_dir, VIDEO_ID)]
 # No retraining sensor yet: the shared one (orchestration.sensors.retraining_sensor over
 # mmpipe.registry.retraining) counts new *pins* and drift of *fused pin* embeddings. MAC
 # retrains on its weekly schedule (LIFECYCLE.schedules) or by its training job.

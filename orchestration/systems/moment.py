@@ -5,8 +5,7 @@ from the factory."""
 
 import dagster as dg
 
-from mmpipe.media.features import read_frame_features, read_query_text_features
-from mmpipe.registry.mlflow_registry import CHAMPION
+from mmpipe.media.features import read_frame_features, text_states_of
 from mmpipe.systems.moment import SPEC
 from mmpipe.systems.moment.data import TEST, VALIDATION, moment_inputs
 from mmpipe.systems.moment.serve import load_version, version_uri, write_predictions
@@ -14,15 +13,14 @@ from mmpipe.systems.moment.train import MomentSettings
 from orchestration import names
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
-from orchestration.lifecycle import SystemInputs, lifecycle, registered_version
+from orchestration.lifecycle import SystemInputs, champion_or_note, lifecycle
 from orchestration.partitions import SINGLE_RUN
 from orchestration.resources import PipelinePaths
 
 
 def load_inputs(paths: PipelinePaths, settings: MomentSettings):
     queries = read_validated(paths, "moment_queries").reset_index(drop=True)
-    cached = read_query_text_features(paths.storage(), ["moment_queries"])
-    text = cached.text.take(cached.rows("moment_queries", queries["query_id"].astype(str).tolist()))
+    text = text_states_of(paths.storage(), "moment_queries", queries["query_id"].tolist())
     return moment_inputs(read_validated(paths, "videos"), queries, text,
                          read_frame_features(paths.storage()))  # video_features.encoder's current version
 
@@ -46,7 +44,9 @@ LIFECYCLE = lifecycle(SPEC, INPUTS)
                       "them: storage/predictions/moment/<window>.jsonl and <window>_gt.jsonl, for "
                       "`mmpipe eval-moments`.")
 def moment_predictions(paths: PipelinePaths) -> dg.MaterializeResult:
-    version = registered_version(SPEC, CHAMPION)  # resolved once: the alias may move while we predict
+    version, note = champion_or_note(SPEC, INPUTS, paths)  # resolved once: the alias may move while we predict
+    if note:
+        return dg.MaterializeResult(metadata={"note": note})
     inputs = load_inputs(paths, None)
     try:
         model, decode = load_version(version, inputs.encoder, inputs.encoder_version)

@@ -19,6 +19,7 @@ from mmpipe.systems.pinclip.serve import embed_day, load_version_model, version_
 from mmpipe.systems.pinclip.train import PinCLIPSettings
 from orchestration.assets.validated import read_validated
 from orchestration.automation import EAGER
+from orchestration.checks import finite_embeddings_check
 from orchestration.lifecycle import SystemInputs, lifecycle, registered_version
 from orchestration.names import (FAISS_PIN_INDEX, GRAPH_NEIGHBOR_PAIRS, PIN_EMBEDDINGS, PIN_TEXT_FEATURES,
                                  validated)
@@ -99,7 +100,7 @@ def pin_embeddings(context: dg.AssetExecutionContext, paths: PipelinePaths) -> d
                       "indexed are recorded in storage/index/pins/partitions.json.")
 def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
     index = load_params()["index"]
-    cfg = IndexConfig(exact_below=index["exact_below"], nprobe=index["nprobe"], ef_search=index["ef_search"])
+    cfg = IndexConfig(**index)  # every IndexConfig field params.yaml sets (nprobe, quantize_below, ...)
     try:
         report = sync_pin_index(paths.storage("index", "pins"), embeddings_dir(paths), cfg)
     except ValueError as error:
@@ -112,5 +113,5 @@ def faiss_pin_index(paths: PipelinePaths) -> dg.MaterializeResult:
 
 
 assets = [pin_text_features, *LIFECYCLE.assets, pin_embeddings, faiss_pin_index]
-asset_checks = LIFECYCLE.asset_checks
+asset_checks = [*LIFECYCLE.asset_checks, finite_embeddings_check(PIN_EMBEDDINGS, embeddings_dir, "pin_id")]
 sensors = [retraining_sensor(SPEC, LIFECYCLE.training_job)]

@@ -30,4 +30,5 @@ SPEC = SystemSpec(
     evaluate_sweeps=chan_eval.evaluate_sweeps,
     description="CHAN shot relevance to a query (query-focused summaries), registered in MLflow as `chan`.",
     data_deps=("storage/validated", "storage/features"),
+    service=serve.SummaryService,
 )

@@ -34,6 +34,7 @@ from mmpipe.eval.splits import DateWindows, date_windows
 from mmpipe.eval.summarization import ReferenceShots
 from mmpipe.media.features import FeatureTable, concept_phrase
 from mmpipe.nn.text_tower import TextFeatures
+from mmpipe.spec import NothingToTrain
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -210,6 +211,8 @@ def chan_inputs(videos: pd.DataFrame, video_shots: pd.DataFrame, summary_queries
     max and min of its frames' features too (:func:`frame_extremes`)."""
     if len(summary_queries) != len(text):
         raise ValueError(f"{len(summary_queries)} summarization queries but {len(text)} rows of text features")
+    if videos.empty:
+        raise NothingToTrain("no validated videos: nothing to train on")
     detected_rows = shot_features.video_rows()
     frame_rows = frame_features.video_rows() if frame_features is not None else {}
     shots_of = {str(v): rows.sort_values("start_s", kind="stable")
@@ -240,6 +243,9 @@ def chan_inputs(videos: pd.DataFrame, video_shots: pd.DataFrame, summary_queries
     queries = summary_queries.reset_index(drop=True)
     has_video = queries["video_id"].astype(str).map(row_of).notna().to_numpy()
     queries = queries[has_video].reset_index(drop=True)
+    if queries.empty:
+        raise NothingToTrain(f"no validated summarization query of the {len(kept)} videos with annotated shots "
+                             "and shot features: nothing to train on")
     video_rows = queries["video_id"].astype(str).map(row_of).astype(np.int64).to_numpy()
     relevant = []
     for query_id, video_row, shots in zip(queries["query_id"], video_rows, queries["relevant_shots"]):

@@ -36,7 +36,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mmpipe.eval.report import bar_plot_png, methods_legend, metrics_table_markdown, report_order, signed_points
+from mmpipe.eval.report import (bar_plot_png, methods_legend, metrics_table_markdown, report_order, signed_points,
+                                windows_sentence)
 from mmpipe.eval.retrieval import paired_comparison
 from mmpipe.eval.summarization import METRICS, LengthBudget, uniform_selection
 from mmpipe.media.features import registry_text_embeddings
@@ -271,10 +272,9 @@ def chan_report(scores: Scores, inputs: CHANInputs, rows: Mapping[str, np.ndarra
         lines += [f"**Test window, against the best baseline:** {_comparison_line(c, model)}; the relevance "
                   f"ceiling is {metrics.get(CEILING, {}).get(HEADLINE_METRIC, math.nan):.3f}.", ""]
     lines += [
-        f"Windows by video creation date: train before **{w.train_end}** ({len(train_rows)} queries, the only ones "
-        f"training saw), validation {w.train_end} to {w.test_start} ({len(rows[VALIDATION])} queries over "
-        f"{n_videos[VALIDATION]} videos: the promotion gate reads `{PRIMARY_METRIC}`), test from **{w.test_start}** "
-        f"({len(rows[TEST])} queries over {n_videos[TEST]} videos). QFVS protocol: shot similarity is the IoU of the "
+        windows_sentence(w, "video", {TRAIN: f"{len(train_rows)} queries",
+                                      **{window: f"{len(rows[window])} queries over {n_videos[window]} videos"
+                                         for window in (VALIDATION, TEST)}}, PRIMARY_METRIC) + " QFVS protocol: shot similarity is the IoU of the "
         "shots' concept sets, selected and relevant shots are matched one-to-one by maximum weight, precision = "
         "matched weight / selected shots, recall = matched weight / relevant shots. Length budget, every method: "
         f"{budget.describe()}.", ""]

@@ -48,14 +48,16 @@ from mmpipe.config import settings_from_dict
 from mmpipe.eval.summarization import LengthBudget, SummaryShot, VideoSummary, select_shots, write_summaries
 from mmpipe.layout import resolve_inside
 from mmpipe.media.decode import write_spans_mp4
-from mmpipe.media.features import VideoFeaturesConfig, read_frame_features, read_shot_features
+from mmpipe.media.features import FeatureTable, VideoFeaturesConfig, read_frame_features, read_shot_features
 from mmpipe.nn.text_tower import TextFeatures, encode_texts, load_text_encoder
 from mmpipe.partitions import read_days
 from mmpipe.registry.mlflow_registry import CHALLENGER, CHAMPION, RunContext, configure, register_logged_model
 from mmpipe.registry.pyfunc import (decode_base64_image, encode_base64_image, log_model_with_text_tower,
                                      read_logged_record)
 from mmpipe.registry.serving import resolve_model_uri as registry_model_uri
+from mmpipe.registry.serving import serving_version
 from mmpipe.registry.serving import version_uri as registered_version_uri
+from mmpipe.serving.service import ID, TEXT, NotReady, Operation, Param, ServingPaths, UnknownId
 from mmpipe.spec import Trained
 from mmpipe.systems.chan.data import CHANInputs, shot_vectors
 from mmpipe.systems.chan.model import CHAN, CHANConfig
@@ -307,3 +309,88 @@ def summarize_video(video_id: str, query: str, out: Path, storage: Path, raw_roo
     write_spans_mp4(resolve_inside(Path(raw_root), str(row["video_path"])), [(s.start_s, s.end_s) for s in chosen],
                     Path(out))
     return VideoSummary(video_id, query, chosen, None, budget)
+
+
+# ---------------------------------------------------------------------------------------
+# warm serving (`mmpipe serve`): a stored video's query-focused summary, loaded once
+
+
+@dataclass
+class VideoShots:
+    """One stored video's detected shots (shot_id, start_s, end_s) and the vectors CHAN scores."""
+
+    shots: pd.DataFrame
+    vectors: np.ndarray
+
+
+def stored_video_shots(shots: FeatureTable, frames: FeatureTable | None) -> dict[str, VideoShots]:
+    """Every video of the shot-feature table, with its shots' vectors as :func:`shot_vectors`
+    builds them (frame extremes from ``frames`` when the model reads them)."""
+    frame_rows = frames.video_rows() if frames is not None else {}
+    found = {}
+    for video_id, rows in shots.video_rows().items():
+        video_frames = None
+        if frames is not None:
+            if video_id not in frame_rows:
+                continue
+            picked = frame_rows[video_id]
+            video_frames = FeatureTable(frames.index.iloc[picked], frames.embedding[picked], frames.encoder,
+                                        frames.version)
+        table = shots.index.iloc[rows].reset_index(drop=True)
+        found[video_id] = VideoShots(table, shot_vectors(video_id, table, shots.embedding[rows], video_frames))
+    return found
+
+
+@dataclass
+class SummaryServing:
+    """One loaded version: its summarizer and every stored video's shot vectors."""
+
+    version: str
+    summarizer: Summarizer
+    videos: dict[str, VideoShots]
+
+
+class SummaryService:
+    """CHAN's serving side (:class:`mmpipe.serving.service.Service`): the registered champion
+    (else the challenger), over the stored shot features (by the encoder version they were
+    last computed by, as ``mmpipe summarize`` reads them)."""
+
+    name = "chan"
+    registered_model = REGISTERED_NAME
+
+    def __init__(self, paths: ServingPaths):
+        self.storage = Path(paths.storage)
+        self.operations = (
+            Operation("summary", "summary", "a query-focused summary of a stored video: every shot's relevance "
+                      "and the shots the model's length budget keeps",
+                      (Param("video", ID, "a video id"), Param("q", TEXT, "concept words, e.g. 'red, striped'")),
+                      self.summary),)
+
+    def target_version(self) -> str | None:
+        return serving_version(REGISTERED_NAME)
+
+    def load(self, version: str) -> SummaryServing:
+        summarizer = load_summarizer(version_uri(version))
+        summarizer.query_features(["warm up"])  # the text tower loaded now, not by the first request
+        try:
+            shots = read_shot_features(self.storage)
+            frames = (read_frame_features(self.storage, encoder=shots.encoder, version=shots.version)
+                      if summarizer.model.config.frame_extremes else None)
+        except FileNotFoundError as err:
+            raise NotReady(str(err)) from None
+        return SummaryServing(str(version), summarizer, stored_video_shots(shots, frames))
+
+    @staticmethod
+    def summary(served: SummaryServing, video: str, q: str) -> dict:
+        stored = served.videos.get(video)
+        if stored is None:
+            raise UnknownId(f"unknown video {video!r}: no shot features hold it")
+        scores = served.summarizer.score([q], [stored.vectors])[0]
+        shots = stored.shots
+        durations = (shots["end_s"] - shots["start_s"]).to_numpy(float)
+        selected = set(select_shots(scores, durations, served.summarizer.budget).tolist())
+        return {"video_id": video, "query": q, "budget": served.summarizer.budget.to_dict(),
+                "results": [{"shot_id": int(shot_id), "start_s": round(float(start), 3), "end_s": round(float(end), 3),
+                             "score": round(float(score), 6), "selected": position in selected}
+                            for position, (shot_id, start, end, score) in
+                            enumerate(zip(shots["shot_id"], shots["start_s"], shots["end_s"], scores))]}

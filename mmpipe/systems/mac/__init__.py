@@ -30,4 +30,5 @@ SPEC = SystemSpec(
     evaluate_sweeps=mac_eval.evaluate_sweeps,
     description="MAC video and caption embeddings (masked contrastive pretraining), registered in MLflow as `mac`.",
     data_deps=("storage/validated", "storage/frames", "storage/features"),
+    service=serve.VideoService,
 )

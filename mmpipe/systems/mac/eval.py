@@ -13,8 +13,8 @@ and the sweeps are all scored by the same code on the same queries and corpus:
   result; each captioned video is a query over the window's captions, any of its captions
   relevant. Recall@1/5/10, median and mean rank of the best-ranked relevant result, ties
   counted against the model (:func:`mmpipe.eval.retrieval.first_relevant_ranks`).
-* **Rows**: ``mac`` (the challenger, embedded unmasked: the middle clip of each video,
-  every caption token), ``pinclip_frames`` (the mean of each video's frame embeddings by
+* **Rows**: ``mac`` (the challenger, embedded unmasked: the mean of each video's
+  inference clips, every caption token), ``pinclip_frames`` (the mean of each video's frame embeddings by
   the image encoder's champion against the same version's text embeddings of the
   captions: what the project has without training on video), ``untrained_encoder`` (the
   challenger's architecture, randomly initialised) and ``random`` (the floor).
@@ -46,7 +46,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mmpipe.eval.report import comparison_line, metrics_table_markdown, signed_points, times
+from mmpipe.eval.report import comparison_line, metrics_table_markdown, signed_points, times, windows_sentence
 from mmpipe.eval.retrieval import (DEFAULT_KS, first_relevant_ranks, paired_bootstrap_difference,
                                    paired_comparison, summarise_ranks)
 from mmpipe.media.features import VideoFeaturesConfig, registry_text_embeddings
@@ -92,9 +92,9 @@ UNTRAINED_SEED = 0
 RANDOM_SEED = 0
 
 # Training step time of MAC unmasked over masked (mask 0.75), same model and batch, as
-# `benchmarks/bench_mac_step.py` measured it on 2 CPU cores (2026-12-04: 2.19 s vs 0.40 s).
+# `benchmarks/bench_mac_step.py` measured it on 2 CPU cores (2026-12-05, batch 32: 1.04 s vs 0.22 s).
 # Measure again when the model's defaults change.
-UNMASKED_STEP_TIME_RATIO = 5.5
+UNMASKED_STEP_TIME_RATIO = 4.8
 _DEFAULT_TRAIN = MACTrainConfig()
 UNMASKED = {"mask_ratio": 0.0, "text_mask_ratio": 0.0}
 # The ablations job's runs (name -> settings overrides), each against the model (mask 0.75):
@@ -119,8 +119,8 @@ SWEEPS = {
 MASK_SWEEP = ("mask_0", "mask_50", "mask_90")  # with the model itself, the points of the sweep plot
 
 DESCRIPTIONS = {
-    MODEL_NAME: "MAC trained with masked video and text, embedded unmasked: the middle clip of each video, "
-                "every caption token.",
+    MODEL_NAME: "MAC trained with masked video and text, embedded unmasked: the mean of each video's inference "
+                "clips, every caption token.",
     PINCLIP_FRAMES: "the image encoder's champion frame embeddings (PinCLIP by default), mean-pooled over each "
                     "video's non-blank stored frames, against the same version's text embeddings of the "
                     "captions (its registered pyfunc): what the project has without training on video.",
@@ -203,9 +203,10 @@ class MethodEmbeddings:
 
 
 def model_embeddings(name: str, model: MAC, inputs: MACInputs, queries: Mapping[str, WindowQueries],
-                     n_frames: int) -> MethodEmbeddings:
-    """A MAC's unmasked embeddings (``embed_videos``: each video's middle clip)."""
-    return MethodEmbeddings(name, {w: embed_videos(model, inputs, q.video_rows, n_frames) for w, q in queries.items()},
+                     n_frames: int, n_clips: int = 1) -> MethodEmbeddings:
+    """A MAC's unmasked embeddings (``embed_videos``: the mean of each video's ``n_clips`` clips)."""
+    return MethodEmbeddings(name, {w: embed_videos(model, inputs, q.video_rows, n_frames, n_clips)
+                                   for w, q in queries.items()},
                             {w: embed_captions(model, inputs, q.caption_rows) for w, q in queries.items()})
 
 
@@ -377,7 +378,7 @@ def _queries_summary(queries: Mapping[str, WindowQueries]) -> dict:
 
 def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MACInputs, n_frames: int,
                model: str = MODEL_NAME, baselines: Sequence[str] = BASELINES,
-               descriptions: Mapping[str, str] | None = None) -> tuple[str, dict[str, bytes], dict]:
+               descriptions: Mapping[str, str] | None = None, n_clips: int = 1) -> tuple[str, dict[str, bytes], dict]:
     """Markdown, the PNG recall curves and the summary (for ``write_report`` and the overview)."""
     metrics = scores.metrics
     missing = [name for name in (model, *baselines) if name not in metrics]
@@ -401,14 +402,15 @@ def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MAC
                   f"{signed_points(headline['difference'])} points (90% CI {signed_points(headline['difference_ci'][0])} to "
                   f"{signed_points(headline['difference_ci'][1])}).", ""]
     lines += [
-        f"Windows by video creation date: train before **{w.train_end}** ({train_videos} videos, the only ones "
-        f"training saw), validation {w.train_end} to {w.test_start} ({counts[VALIDATION]['videos']} videos, "
-        f"{counts[VALIDATION]['captions']} captions: the promotion gate reads `{PRIMARY_METRIC}`), test from "
-        f"**{w.test_start}** ({counts[TEST]['videos']} videos, {counts[TEST]['captions']} captions). MSR-VTT "
-        "protocol within each window: every caption is a text query over the window's videos, its own video "
+        windows_sentence(w, "video", {TRAIN: f"{train_videos} videos",
+                                      **{window: f"{counts[window]['videos']} videos, {counts[window]['captions']} "
+                                                 "captions" for window in (VALIDATION, TEST)}}, PRIMARY_METRIC)
+        + " MSR-VTT protocol within each window: every caption is a text query over the window's videos, its own video "
         "the one relevant result; every captioned video is a query over the window's captions, any of its "
         "captions relevant. Ranks are those of the best-ranked relevant result, ties counted against the model. "
-        f"Videos are embedded from their middle clip of {n_frames} frames, unmasked.", "",
+        + (f"Videos are embedded from their middle clip of {n_frames} frames, unmasked." if n_clips == 1 else
+         f"Videos are embedded from the mean of {n_clips} clips of {n_frames} frames each (clip c takes the frame "
+         f"at (c + 0.5)/{n_clips} of each of the {n_frames} segments), unmasked."), "",
         "No true ceiling: which other videos a caption also describes is not annotated, so the best achievable "
         f"recall is unknown. Captions whose exact text also captions another video of the window (no model can "
         f"rank those above a tie): validation {duplicates[VALIDATION]}, test {duplicates[TEST]}.", "",
@@ -449,7 +451,7 @@ def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MAC
         "cutoff_date": w.train_end,
         "queries": counts,
         "ceiling": {"computed": False, "duplicate_captions": duplicates},
-        "n_frames": n_frames,
+        "n_frames": n_frames, "n_clips": n_clips,
     }
     return markdown, plots, summary
 
@@ -458,20 +460,22 @@ def mac_report(scores: Scores, queries: Mapping[str, WindowQueries], inputs: MAC
 # the whole evaluation, and the gate's evidence
 
 
-def load_version(version: str) -> tuple[MAC, int]:
-    """A registered version's MAC and the clip length it was trained with (it is scored on
-    clips like those). ``load_version_model`` refuses a version that cannot read the
-    pipeline's video-text cache (another text tower, captions cut at another length); the
-    clip length is what ``serve.log_mac`` records in the version's MLflow metadata."""
+def load_version(version: str) -> tuple[MAC, int, int]:
+    """A registered version's MAC, the clip length it was trained with and the clips a video
+    is embedded from (it is scored on clips like those). ``load_version_model`` refuses a
+    version that cannot read the pipeline's video-text cache (another text tower, captions
+    cut at another length); the clip settings are what ``serve.log_mac`` records in the
+    version's MLflow metadata (versions before multi-clip embeddings: one clip)."""
     import mlflow
 
     model = load_version_model(version, text_max_length=VideoFeaturesConfig.from_params().text_max_length)
-    return model, int(mlflow.models.get_model_info(version_uri(version)).metadata["n_frames"])
+    metadata = mlflow.models.get_model_info(version_uri(version)).metadata
+    return model, int(metadata["n_frames"]), int(metadata.get("n_clips", 1))
 
 
-def gate_metric(model: MAC, inputs: MACInputs, queries: WindowQueries, n_frames: int) -> float:
+def gate_metric(model: MAC, inputs: MACInputs, queries: WindowQueries, n_frames: int, n_clips: int = 1) -> float:
     """The gate's number for one model: text->video R@5 on the validation window."""
-    scores = score_methods([model_embeddings("scored", model, inputs, {VALIDATION: queries}, n_frames)],
+    scores = score_methods([model_embeddings("scored", model, inputs, {VALIDATION: queries}, n_frames, n_clips)],
                            {VALIDATION: queries})
     return float(scores.metrics["scored"][PRIMARY_METRIC])
 
@@ -484,8 +488,8 @@ def rescore_champion(champion: str, inputs: MACInputs, queries: WindowQueries) -
     longer captions than its text encoder takes) is not re-scored; the gate then uses the
     number its own eval recorded."""
     try:
-        model, n_frames = load_version(champion)
-        return gate_metric(model, inputs, queries, n_frames), ""
+        model, n_frames, n_clips = load_version(champion)
+        return gate_metric(model, inputs, queries, n_frames, n_clips), ""
     except ValueError as err:
         return None, (f"Champion version {champion} was not re-scored ({err}); "
                       "the gate uses the number its own eval recorded.")
@@ -498,20 +502,22 @@ def evaluate(inputs: MACInputs, settings: MACSettings, challenger_version: str, 
     champion, when there is another one, re-scored on the validation window. Each model
     sees clips of the length it was trained with: a version's from its registry metadata,
     an ablation's from its checkpoint (``settings`` holds the same for the challenger)."""
-    model, n_frames = load_version(challenger_version)
+    model, n_frames, n_clips = load_version(challenger_version)
     queries = {window: window_queries(inputs, window) for window in WINDOWS}
-    methods = [model_embeddings(MODEL_NAME, model, inputs, queries, n_frames)]
+    methods = [model_embeddings(MODEL_NAME, model, inputs, queries, n_frames, n_clips)]
     descriptions = {}
     for name, directory in ablation_dirs.items():
         row = f"{MODEL_NAME}_{name}"
-        methods.append(model_embeddings(row, load_trained(directory), inputs, queries,
-                                        training_record(directory)["n_frames"]))
+        record = training_record(directory)
+        methods.append(model_embeddings(row, load_trained(directory), inputs, queries, record["n_frames"],
+                                        record["inference_clips"]))
         descriptions[row] = f"ablation `{name}`, trained beside the model."
     methods += [pinclip_frames_embeddings(inputs, queries),
-                model_embeddings(UNTRAINED, untrained_like(model), inputs, queries, n_frames),
+                model_embeddings(UNTRAINED, untrained_like(model), inputs, queries, n_frames, n_clips),
                 random_embeddings(queries, model.config.embed_dim)]
     scores = score_methods(methods, queries)
-    markdown, plots, summary = mac_report(scores, queries, inputs, n_frames, descriptions=descriptions)
+    markdown, plots, summary = mac_report(scores, queries, inputs, n_frames, descriptions=descriptions,
+                                          n_clips=n_clips)
     champion_value, note = None, ""
     if champion_version is not None and str(champion_version) != str(challenger_version):
         champion_value, note = rescore_champion(str(champion_version), inputs, queries[VALIDATION])
@@ -533,7 +539,8 @@ def training_record(model_dir: Path) -> dict:
     train = state["config"]["train"]
     seconds = (state.get("extra") or {}).get(TRAIN_SECONDS)
     return {"mask_ratio": float(train["mask_ratio"]), "text_mask_ratio": float(train["text_mask_ratio"]),
-            "n_frames": int(train["n_frames"]), "steps": int(train["steps"]), "checkpoint_step": int(state["step"]),
+            "n_frames": int(train["n_frames"]), "inference_clips": int(train.get("inference_clips", 1)),
+            "steps": int(train["steps"]), "checkpoint_step": int(state["step"]),
             TRAIN_SECONDS: float(seconds) if seconds is not None else None}
 
 
@@ -585,15 +592,15 @@ def evaluate_sweeps(inputs: MACInputs, settings: MACSettings, model_dir: Path,
     records = {name: training_record(path) for name, path in runs.items()}
     models = {name: load_trained(path) for name, path in runs.items()}
     # Each run embedded with its own clip length (a sweep could vary it).
-    methods = [model_embeddings(name, model, inputs, queries, records[name]["n_frames"])
-               for name, model in models.items()]
+    methods = [model_embeddings(name, model, inputs, queries, records[name]["n_frames"],
+                                records[name]["inference_clips"]) for name, model in models.items()]
     note = ""
     if inputs.frame_features is not None:
         methods.append(pinclip_frames_embeddings(inputs, queries))
     else:
         note = f"{PINCLIP_FRAMES} is left out: these inputs carry no frame features."
     methods += [model_embeddings(UNTRAINED, untrained_like(models[MODEL_NAME]), inputs, queries,
-                                 records[MODEL_NAME]["n_frames"]),
+                                 records[MODEL_NAME]["n_frames"], records[MODEL_NAME]["inference_clips"]),
                 random_embeddings(queries, models[MODEL_NAME].config.embed_dim)]
     scores = score_methods(methods, queries)
 

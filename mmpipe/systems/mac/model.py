@@ -100,14 +100,17 @@ class MACConfig:
         return cls(**values)
 
 
-def random_masking(x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep a random ``1 - mask_ratio`` of the tokens of each row, as MAE does: sort uniform
     noise, keep the tokens with the smallest. ``x`` is [N, L, D]; returns the kept tokens
-    [N, L_keep, D] and their positions ``ids_keep`` [N, L_keep] (in the order kept)."""
+    [N, L_keep, D] and their positions ``ids_keep`` [N, L_keep] (in the order kept).
+    ``noise`` [N, L]: the uniform draw to use instead of one from ``generator`` (the rows of
+    a larger batch's draw, when ``x`` is one process's share of it)."""
     n, length, width = x.shape
     len_keep = max(1, int(length * (1 - mask_ratio)))
-    noise = torch.rand(n, length, device=x.device, generator=generator)
+    if noise is None:
+        noise = torch.rand(n, length, device=x.device, generator=generator)
     ids_keep = torch.argsort(noise, dim=1)[:, :len_keep]
     return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, width)), ids_keep
 
@@ -162,8 +165,9 @@ class VideoEncoder(nn.Module):
         self.proj = nn.Linear(config.width, config.embed_dim, bias=False)
 
     def forward(self, frames: torch.Tensor, mask_ratio: float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unit embeddings [B, E] of clips ``frames`` [B, T, 3, H, W] (T = 1: images)."""
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit embeddings [B, E] of clips ``frames`` [B, T, 3, H, W] (T = 1: images); the
+        masking draws from ``generator``, or sorts ``noise`` [B*T, patches per frame]."""
         batch, n_frames = frames.shape[:2]
         if n_frames > self.config.max_frames:
             raise ValueError(f"clips of {n_frames} frames, the model has position embeddings for "
@@ -175,7 +179,7 @@ class VideoEncoder(nn.Module):
         # embedding works on each patch alone, so embedding only the kept patches is the
         # same as embedding all and dropping, for a quarter of the work.
         if mask_ratio > 0:
-            patches, ids_keep = random_masking(patches, mask_ratio, generator)
+            patches, ids_keep = random_masking(patches, mask_ratio, generator, noise)
             pos = torch.gather(pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
         x = self.patch_embed(patches) + pos  # [B*T, N_keep, D]
         local = self.config.local_depth
@@ -202,16 +206,17 @@ class TextEncoder(nn.Module):
         self.proj = nn.Linear(config.text_width, config.embed_dim, bias=False)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, mask_ratio: float = 0.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Unit embeddings [B, E] of cached token states ``hidden`` [B, L, H] with ``mask``
-        [B, L] (True: a real token). Masking drops a share of each caption's real tokens."""
+        [B, L] (True: a real token). Masking drops a share of each caption's real tokens
+        (drawn from ``generator``, or by ``noise`` [B, L])."""
         length = hidden.shape[1]
         if length > self.pos.shape[0]:
             raise ValueError(f"captions of {length} tokens, the text encoder takes at most {self.pos.shape[0]}")
         x = self.input(hidden.to(self.input.weight.dtype)) + self.pos[:length]
         keep = mask.bool()
         if mask_ratio > 0:
-            keep = keep & _keep_real_tokens(keep, mask_ratio, generator)
+            keep = keep & _keep_real_tokens(keep, mask_ratio, generator, noise)
         x = x * keep.unsqueeze(-1)
         attend = attendable(keep)
         for block in self.blocks:
@@ -219,11 +224,13 @@ class TextEncoder(nn.Module):
         return F.normalize(self.proj(masked_mean(self.norm(x), keep)), dim=-1)
 
 
-def _keep_real_tokens(mask: torch.Tensor, mask_ratio: float, generator: torch.Generator | None) -> torch.Tensor:
+def _keep_real_tokens(mask: torch.Tensor, mask_ratio: float, generator: torch.Generator | None,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
     """True for a random ``1 - mask_ratio`` of each row's real tokens (at least one): the
     text counterpart of :func:`random_masking`, over rows of different lengths, so the
     drop is a mask rather than a gather."""
-    noise = torch.rand(mask.shape, device=mask.device, generator=generator)
+    if noise is None:
+        noise = torch.rand(mask.shape, device=mask.device, generator=generator)
     noise = noise.masked_fill(~mask, 2.0)  # padding sorts last, never kept
     rank = torch.argsort(torch.argsort(noise, dim=1), dim=1)
     n_keep = (mask.sum(1, keepdim=True) * (1 - mask_ratio)).floor().clamp(min=1)
@@ -239,16 +246,16 @@ class MAC(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
     def encode_video(self, frames: torch.Tensor, mask_ratio: float = 0.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.video(frames, mask_ratio, generator)
+                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.video(frames, mask_ratio, generator, noise)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] as one-frame clips."""
         return self.video(images.unsqueeze(1))
 
     def encode_text(self, hidden: torch.Tensor, mask: torch.Tensor, mask_ratio: float = 0.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.text(hidden, mask, mask_ratio, generator)
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.text(hidden, mask, mask_ratio, generator, noise)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: weight decay on matrices only, never on biases, norms, position

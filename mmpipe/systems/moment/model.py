@@ -44,10 +44,12 @@ class MomentConfig:
     # image encoder decides it), then recorded with the weights.
     frame_dim: int = 0
     text_hidden_size: int = 384  # all-MiniLM-L6-v2's token states
-    width: int = 64
+    # Small world, 500 steps: width 128 / mlp 256 reached validation R1@0.7 0.335 against
+    # 0.273 for 64 / 128 (test 0.301 against 0.288), for ~25 s more training in `make run`.
+    width: int = 128
     depth: int = 3
     heads: int = 4
-    mlp: int = 128
+    mlp: int = 256
     dropout: float = 0.0  # crops (train.crop_probability) regularise better here
     max_frames: int = 128  # temporal positions: 64 s at 2 frames a second
     text_positions: int = 64

@@ -36,7 +36,7 @@ another space, and the pipeline refuses them (:func:`load_version`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
@@ -50,7 +50,10 @@ from mmpipe.media.features import VideoFeaturesConfig, read_frame_features
 from mmpipe.nn.text_tower import TextFeatures, encode_texts, load_text_encoder
 from mmpipe.registry.mlflow_registry import RunContext, configure, register_logged_model
 from mmpipe.registry.pyfunc import log_model_with_text_tower, read_logged_record
-from mmpipe.registry.serving import resolve_model_uri, version_uri as registered_version_uri
+from mmpipe.layout import truth_path
+from mmpipe.partitions import read_days
+from mmpipe.registry.serving import resolve_model_uri, serving_version, version_uri as registered_version_uri
+from mmpipe.serving.service import COUNT, ID, TEXT, NotReady, Operation, Param, ServingPaths, UnknownId
 from mmpipe.spec import Trained
 from mmpipe.systems.moment.data import MomentInputs
 from mmpipe.systems.moment.model import DecodeConfig, MomentConfig, MomentModel, MomentOutput, decode_query
@@ -260,10 +263,104 @@ def moment_lookup(video_id: str, query: str, storage: Path, model: str | None = 
     trained on (``storage/features/frames/...``)."""
     predictor = load_predictor(model or resolve_model_uri(REGISTERED_NAME))
     features = read_frame_features(Path(storage), encoder=predictor.encoder, version=predictor.encoder_version)
+    frames, times = video_frames(features, video_id)
+    spans = predictor.predict([query], [frames], [times], [None])[0]
+    return spans, predictor
+
+
+# ---------------------------------------------------------------------------------------
+# warm serving (`mmpipe serve`): a stored video's moments for a query, loaded once
+
+
+def video_frames(features, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(frame features [T, D], times [T]) of one video of a frame-feature table, in time order."""
     rows = np.flatnonzero(features.index["video_id"].astype(str).to_numpy() == str(video_id))
     if not len(rows):
-        raise KeyError(f"video {video_id!r} has no frame features by {predictor.encoder} v{predictor.encoder_version}")
+        raise KeyError(f"video {video_id!r} has no frame features by {features.encoder} v{features.version}")
     times = features.index["t_s"].to_numpy(np.float64)[rows]
     order = np.argsort(times, kind="stable")
-    spans = predictor.predict([query], [features.embedding[rows][order]], [times[order]], [None])[0]
-    return spans, predictor
+    return features.embedding[rows][order], times[order]
+
+
+def known_windows(storage: Path, raw_root: Path) -> dict[tuple[str, str], list[list[float]]]:
+    """The true windows of every annotated (video id, query text): the world's truth
+    (``_truth/moments.parquet``) where the landing zone has it, else the annotation's own
+    ``windows`` (a user's QVHighlights / Charades-STA file)."""
+    path = Path(storage) / "validated" / "moment_queries.parquet"
+    if not path.is_file():
+        return {}
+    queries = pd.read_parquet(path, columns=["query_id", "video_id", "query", "windows"])
+    truth_file = truth_path(raw_root, "moments")
+    truth: dict[str, list[list[float]]] = {}
+    if truth_file.is_file():
+        moments = pd.read_parquet(truth_file, columns=["query_id", "start_s", "end_s"])
+        for query_id, start, end in zip(moments["query_id"].astype(str), moments["start_s"], moments["end_s"]):
+            truth.setdefault(query_id, []).append([float(start), float(end)])
+    found = {}
+    for query_id, video_id, query, windows in zip(queries["query_id"].astype(str), queries["video_id"].astype(str),
+                                                  queries["query"].astype(str), queries["windows"]):
+        annotated = [[float(start), float(end)] for start, end in windows] if windows is not None else []
+        found[(video_id, query.strip().lower())] = sorted(truth.get(query_id, annotated))
+    return found
+
+
+@dataclass
+class MomentServing:
+    """One loaded version: its predictor, every video's frame features (by the encoder
+    version it was trained on), the videos' durations and the known true windows."""
+
+    version: str
+    predictor: MomentPredictor
+    frames: dict[str, tuple[np.ndarray, np.ndarray]]
+    durations: dict[str, float]
+    truth: dict[tuple[str, str], list[list[float]]]
+
+
+class MomentService:
+    """The moment model's serving side (:class:`mmpipe.serving.service.Service`): the
+    registered champion (else the challenger), over the stored frame features."""
+
+    name = "moment"
+    registered_model = REGISTERED_NAME
+
+    def __init__(self, paths: ServingPaths):
+        self.storage, self.raw = Path(paths.storage), Path(paths.raw)
+        self.operations = (
+            Operation("moments", "moments", "where in a stored video a query happens: the top spans, "
+                      "with the true windows where they are known",
+                      (Param("video", ID, "a video id"),
+                       Param("q", TEXT, "a moment query, e.g. 'the red striped circle moves to the left'"),
+                       Param("k", COUNT, "number of spans", default=5)), self.moments),)
+
+    def target_version(self) -> str | None:
+        return serving_version(REGISTERED_NAME)
+
+    def load(self, version: str) -> MomentServing:
+        predictor = load_predictor(version_uri(version))
+        predictor.text_features(["warm up"])  # the text tower loaded now, not by the first request
+        try:
+            features = read_frame_features(self.storage, encoder=predictor.encoder, version=predictor.encoder_version)
+        except FileNotFoundError as err:
+            raise NotReady(str(err)) from None
+        frames = {video_id: video_frames(features, video_id)
+                  for video_id in features.index["video_id"].astype(str).unique()}
+        durations = {}
+        videos_dir = self.storage / "validated" / "videos"
+        if videos_dir.is_dir():
+            videos = read_days(videos_dir, columns=["video_id", "duration_s"])
+            durations = dict(zip(videos["video_id"].astype(str), videos["duration_s"].astype(float)))
+        return MomentServing(str(version), predictor, frames, durations, known_windows(self.storage, self.raw))
+
+    @staticmethod
+    def moments(served: MomentServing, video: str, q: str, k: int) -> dict:
+        stored = served.frames.get(video)
+        if stored is None:
+            raise UnknownId(f"unknown video {video!r}: no frame features by {served.predictor.encoder} "
+                            f"v{served.predictor.encoder_version} hold it")
+        embeddings, times = stored
+        duration = served.durations.get(video)
+        spans = served.predictor.predict([q], [embeddings], [times], [duration])[0]
+        return {"video_id": video, "query": q, "duration_s": duration,
+                "truth": served.truth.get((video, q.strip().lower())),
+                "results": [{"start_s": round(float(start), 3), "end_s": round(float(end), 3),
+                             "score": round(float(score), 6)} for start, end, score in spans[:k]]}

@@ -28,4 +28,5 @@ SPEC = SystemSpec(
     evaluate_sweeps=pinclip_eval.evaluate_sweeps,
     description="PinCLIP pin embeddings (image, text, fused), registered in MLflow as `pinclip`.",
     data_deps=("storage/validated", "storage/graph", "storage/features/pin_text.safetensors"),
+    service=serve.PinService,
 )

@@ -30,6 +30,7 @@ from mmpipe.eval.ranking import ranking_metrics_per_query, top_k
 from mmpipe.eval.related_ceiling import board_mate_relevance, board_membership
 from mmpipe.eval.splits import WINDOWS, DateWindows, cold_items, date_windows
 from mmpipe.layout import resolve_inside
+from mmpipe.media.images import open_rgb
 from mmpipe.media.pixels import normalize_pixels
 from mmpipe.nn.text_tower import TextFeatures, default_text_model_dir, encode_texts_reusing, text_key
 
@@ -45,11 +46,10 @@ def caption_text(title, description) -> str:
 def read_rgb(path: Path, image_size: int) -> np.ndarray:
     """uint8 [image_size, image_size, 3], square-resized like the video frames are."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-            return np.array(image, dtype=np.uint8)  # a writable copy, as torch wants
+        image = open_rgb(path)  # upright (EXIF orientation), RGB
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        return np.array(image, dtype=np.uint8)  # a writable copy, as torch wants
     except (OSError, ValueError) as err:
         raise OSError(f"cannot decode pin image {path}: {err}") from err
 

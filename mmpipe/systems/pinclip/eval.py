@@ -37,7 +37,7 @@ import torch
 
 from mmpipe.eval.ranking import metric_key, ranking_metrics_per_query, summarise, top_k, top_k_from_scores
 from mmpipe.eval.related_ceiling import SaveProbabilities, ceiling_scores, load_save_probabilities
-from mmpipe.eval.report import bar_plot_png, metrics_table_markdown
+from mmpipe.eval.report import bar_plot_png, metrics_table_markdown, windows_sentence
 from mmpipe.eval.retrieval import paired_bootstrap_gain, relative_gain, retrieval_metrics
 from mmpipe.layout import truth_path
 from mmpipe.nn.text_tower import TextFeatures, encode_texts, load_text_encoder
@@ -406,10 +406,9 @@ def pinclip_report(scores: Scores, protocol: RelatedPinsProtocol, model: str = M
         f"({headline['gain']:+.1%}, {_percent_interval(*headline['gain_ci'])}); true ceiling "
         f"{headline.get('ceiling', math.nan):.3f}, {headline['gap_closed']:.0%} of the baseline-to-ceiling "
         "distance closed.", "",
-        f"Windows by pin creation date: train before **{w.train_end}** ({len(protocol.window_pins['train'])} pins, "
-        f"the only ones training saw), validation {w.train_end} to {w.test_start} "
-        f"({len(protocol.window_pins[VALIDATION])} pins: the promotion gate reads `{PRIMARY_METRIC}`), test from "
-        f"**{w.test_start}** ({len(protocol.window_pins[TEST])} pins). Each query pin searches all "
+        windows_sentence(w, "pin", {window: f"{len(protocol.window_pins[window])} pins"
+                                    for window in ("train", VALIDATION, TEST)}, PRIMARY_METRIC)
+        + " Each query pin searches all "
         f"{len(protocol.ids)} pins; a result is relevant when it shares a board with the query. Queries with a "
         f"board-mate: validation {queries[VALIDATION]} of {candidates[VALIDATION]}, test {queries[TEST]} of "
         f"{candidates[TEST]}, cold {queries[COLD]} of {candidates[COLD]} (no impression or save before the "

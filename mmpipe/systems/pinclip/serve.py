@@ -48,7 +48,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Sequence
@@ -62,6 +62,7 @@ from safetensors.torch import load_file
 
 from mmpipe.embeddings import EmbeddingsNotFoundError, embedding_frame, read_embeddings
 from mmpipe.index.faiss_index import VectorIndex
+from mmpipe.index.incremental import read_state
 from mmpipe.nn.text_tower import (
     TextFeatures,
     encode_texts,
@@ -78,13 +79,14 @@ from mmpipe.registry.mlflow_registry import (
 from mmpipe.registry.pyfunc import (TEXT_PACKAGE, decode_base64_image, encode_base64_image,
                                      log_model_with_text_tower, warn_on_package_drift)
 from mmpipe.registry.serving import (RUN_PIPELINE_FIRST, SearchSetupError,
-                                     resolve_model_uri as registry_model_uri,
+                                     resolve_model_uri as registry_model_uri, serving_version,
                                      version_uri as registered_version_uri)
+from mmpipe.serving.service import COUNT, ID, TEXT as TEXT_PARAM, NotReady, Operation, Param, ServingPaths, UnknownId
 from mmpipe.systems.pinclip.data import PinDataset, caption_text, normalize_pixels, read_rgb
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.spec import Trained
 from mmpipe.systems.pinclip.train import PinCLIPSettings, embed_pins
-from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state
+from mmpipe.train.checkpoint import MODEL_FILE, STATE_FILE, read_trainer_state, readable_checkpoint
 
 REGISTERED_NAME = "pinclip"
 DEFAULT_TEXT_MAX_LENGTH = 32  # encode_texts' default, what training uses unless told otherwise
@@ -161,7 +163,8 @@ class PinEmbedder:
         None reads ``config["text"]["max_length"]`` from the checkpoint when recorded there.
         """
         record = read_trainer_state(Path(directory))["config"]
-        return cls._build(record, Path(directory) / MODEL_FILE, text_model_dir, text_max_length)
+        # the checkpoint a save moved aside when the directory itself is incomplete
+        return cls._build(record, readable_checkpoint(directory) / MODEL_FILE, text_model_dir, text_max_length)
 
     @classmethod
     def _build(cls, record: dict, weights: Path, text_model_dir: Path | None,
@@ -551,3 +554,101 @@ def register(trained: Trained, settings: PinCLIPSettings, run_context: RunContex
     """The lifecycle's entry point: log the trained PinCLIP (packaged MiniLM text tower) into
     the active MLflow run and register it as the ``challenger``; returns its version."""
     return log_pinclip(trained.model, None, run_context, text_max_length=settings.text_max_length)[1]
+
+
+# ---------------------------------------------------------------------------------------
+# warm serving (`mmpipe serve`): text -> pins and pin -> similar pins, loaded once
+
+
+@dataclass
+class PinServing:
+    """One loaded version: its searcher (model, both indexes and the captions in memory),
+    every pin's stored fused embedding and the boards each pin is saved to."""
+
+    version: str
+    searcher: PinSearcher
+    fused: dict[str, np.ndarray]
+    boards: dict[str, list[dict]]
+
+    def pins(self, hits: pd.DataFrame) -> list[dict]:
+        return [{"pin_id": pin_id, "caption": caption, "score": round(float(score), 6),
+                 "boards": self.boards.get(pin_id, [])}
+                for pin_id, caption, score in zip(hits["pin_id"], hits["caption"], hits["score"])]
+
+
+def pin_boards(storage: Path) -> dict[str, list[dict]]:
+    """The boards (board_id, name) each validated pin is saved to, by pin id."""
+    validated = Path(storage) / "validated"
+    if not (validated / "board_pins.parquet").is_file():
+        return {}
+    saves = pd.read_parquet(validated / "board_pins.parquet", columns=["board_id", "pin_id"]).drop_duplicates()
+    names: dict[str, str] = {}
+    if (validated / "boards.parquet").is_file():
+        boards = pd.read_parquet(validated / "boards.parquet", columns=["board_id", "name"])
+        names = dict(zip(boards["board_id"].astype(str), boards["name"].astype(str)))
+    found: dict[str, list[dict]] = {}
+    for board_id, pin_id in zip(saves["board_id"].astype(str), saves["pin_id"].astype(str)):
+        found.setdefault(pin_id, []).append({"board_id": board_id, "name": names.get(board_id, board_id)})
+    return found
+
+
+class PinService:
+    """PinCLIP's serving side (:class:`mmpipe.serving.service.Service`).
+
+    It serves the version that built the pin index (``partitions.json``), so a text query
+    is embedded in the space the index holds: a new champion is picked up once the pipeline
+    has re-embedded the pins with it and rebuilt the index (``pin_embeddings`` ->
+    ``faiss_pin_index``); before the index records a version, the registered champion.
+    """
+
+    name = "pinclip"
+    registered_model = REGISTERED_NAME
+
+    def __init__(self, paths: ServingPaths):
+        self.storage = Path(paths.storage)
+        self.index_dir = self.storage / "index" / "pins"
+        k = Param("k", COUNT, "number of pins", default=10)
+        self.operations = (
+            Operation("text", "text_to_pins", "pins whose images match a text query (PinCLIP text -> image index)",
+                      (Param("q", TEXT_PARAM, "a text query, e.g. 'a blue striped star'"), k), self.text),
+            Operation("similar", "pin_to_pins", "pins nearest a stored pin (fused embeddings), with their boards",
+                      (Param("pin", ID, "a pin id"), k), self.similar),
+        )
+
+    def target_version(self) -> str | None:
+        state = read_state(self.index_dir)
+        if state is not None and state.get("model_version") is not None:
+            return str(state["model_version"])
+        return serving_version(REGISTERED_NAME)
+
+    def load(self, version: str) -> PinServing:
+        state = read_state(self.index_dir)
+        if state is not None and str(state.get("model_version")) not in (str(version), "None"):
+            raise NotReady(f"the pin index holds version {state['model_version']}'s embeddings, not {version}'s")
+        searcher = PinSearcher(load_embedder(version_uri(version)), index_dir=self.index_dir,
+                               pins_table_path=self.storage / "validated" / "pins",
+                               embeddings=self.storage / "embeddings" / "pins")
+        for kind in {searcher.text_index, searcher.pin_index}:
+            searcher.index(kind)
+        searcher.captions()
+        try:  # only this version's rows: a re-embedding under way must not mix spaces
+            ids, vectors = read_embeddings(searcher.embeddings, searcher.pin_index, model_version=version)
+        except EmbeddingsNotFoundError as err:
+            raise NotReady(str(err)) from None
+        return PinServing(str(version), searcher, dict(zip(ids, vectors)), pin_boards(self.storage))
+
+    @staticmethod
+    def text(served: PinServing, q: str, k: int) -> dict:
+        vector = served.searcher.embedder.encode_texts([q])[0]
+        hits = served.searcher.search_vector(vector, served.searcher.text_index, k)
+        return {"query": q, "results": served.pins(hits)}
+
+    @staticmethod
+    def similar(served: PinServing, pin: str, k: int) -> dict:
+        vector = served.fused.get(pin)
+        if vector is None:
+            raise UnknownId(f"unknown pin {pin!r}: no stored embedding has that id")
+        hits = served.searcher.search_vector(vector, served.searcher.pin_index, k, exclude=(pin,))
+        caption = served.searcher.captions().get(pin, "")
+        return {"pin": {"pin_id": pin, "caption": caption, "boards": served.boards.get(pin, [])},
+                "results": served.pins(hits)}

@@ -10,7 +10,10 @@ them does. A second phase trains the fusion module alone on cached tower outputs
 Every batch is a pure function of (seed, step): the pair batch is batch ``step % n`` of
 the sampler's epoch ``step // n`` and the top-up is drawn with ``default_rng([seed,
 step])``. With the optimizer and RNG state in the checkpoint, a run stopped at step k and
-resumed ends with the same weights as one that never stopped.
+resumed ends with the same weights as one that never stopped. Under torchrun every process
+forms the whole step batch (rows, flips, caption states), runs its share of the pins
+(``shard``) through the towers and gathers the embeddings, so both losses are the
+global batch's (:mod:`mmpipe.train.distributed`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from mmpipe.nn.layers import unpadded_length
-from mmpipe.nn.losses import BoardProxyLoss, ClipLoss, clamp_logit_scale_
+from mmpipe.nn.losses import BoardProxyLoss, ClipLoss, clamp_logit_scale_, gather_features
 from mmpipe.nn.text_tower import TextFeatures
 from mmpipe.spec import Trained
 from mmpipe.systems.pinclip.data import (VALIDATION, NeighborPairBatchSampler, NeighborPairs, PairBatch, PinCLIPInputs,
@@ -31,6 +34,7 @@ from mmpipe.systems.pinclip.data import (VALIDATION, NeighborPairBatchSampler, N
 from mmpipe.systems.pinclip.losses import NEIGHBOR_LOSSES, neighbor_loss
 from mmpipe.systems.pinclip.model import PinCLIP, PinCLIPConfig
 from mmpipe.train.checkpoint import load_checkpoint, read_trainer_state
+from mmpipe.train.distributed import ComputeConfig, shard, to_device
 from mmpipe.train.loop import CHECKPOINT_DIR, Logger, LoopConfig, Phase, TrainingTask, fit
 
 
@@ -105,6 +109,7 @@ class PinCLIPSettings:
     model: PinCLIPConfig = PinCLIPConfig()
     train: PinCLIPTrainConfig = PinCLIPTrainConfig()
     text_max_length: int = 48  # tokens per caption in the text tower cache
+    compute: ComputeConfig = ComputeConfig()  # processes, device, bf16: not part of the checkpoint's config
 
 
 @dataclass
@@ -123,10 +128,14 @@ def neighbor_weight_at(step: int, cfg: PinCLIPTrainConfig) -> float:
     return cfg.neighbor_weight * step / cfg.neighbor_warmup_steps
 
 
-def _maybe_flip(pixels: torch.Tensor, rng: np.random.Generator, enabled: bool) -> torch.Tensor:
+def _maybe_flip(pixels: torch.Tensor, rng: np.random.Generator, enabled: bool, batch_size: int | None = None,
+                part: slice = slice(None)) -> torch.Tensor:
+    """Mirror a random half of a batch of ``batch_size`` pins (default: ``pixels``'s), of which
+    ``pixels`` are rows ``part``: the draw is the whole batch's, so a shard flips the pins
+    the whole batch would."""
     if not enabled:
         return pixels
-    flip = torch.from_numpy(rng.random(len(pixels)) < 0.5)
+    flip = torch.from_numpy(rng.random(len(pixels) if batch_size is None else batch_size) < 0.5)[part]
     pixels[flip] = pixels[flip].flip(-1)
     return pixels
 
@@ -258,7 +267,7 @@ class PinCLIPTask(TrainingTask):
         of the cached towers: the eval's primary metric, without a tower pass."""
         rows = np.arange(len(self.dataset))
         fused = torch.cat([self.model.fuse(*self.towers.rows(rows[start:start + chunk]))
-                           for start in range(0, len(rows), chunk)]).numpy()
+                           for start in range(0, len(rows), chunk)]).cpu().numpy()
         return self.validation.mean_ndcg(fused, k)
 
 
@@ -276,13 +285,15 @@ def train_pinclip(
     progress: bool = False,
     text_max_length: int | None = None,
     validation: QuerySet | None = None,
+    compute: ComputeConfig = ComputeConfig(),
 ) -> TrainResult:
     """Train (or resume) a PinCLIP with the shared loop; checkpoints go to
     ``out_dir/checkpoint``. ``stop_after`` ends the run early at that step (with a
     checkpoint), as an interrupted run would; ``resume=True`` continues it, in either phase.
     The checkpoint records the settings (with ``text_max_length``, the cache's caption length).
     With ``validation`` (related-pins queries of the validation window) the fusion phase
-    stops early on their nDCG@10 and keeps its best weights.
+    stops early on their nDCG@10 and keeps its best weights. ``compute``: the device, bf16
+    autocast; under torchrun every process calls this and they train as one (DDP).
     """
     task = PinCLIPTask(model_cfg, cfg, dataset, text, train_rows, pairs, validation)
     record = {"model": model_cfg.to_dict(), "train": asdict(cfg)}
@@ -290,7 +301,7 @@ def train_pinclip(
         record["text_max_length"] = text_max_length
     result = fit(task, out_dir, resume=resume, stop_after=stop_after, config_record=record,
                  loop=LoopConfig(cfg.checkpoint_every, cfg.log_every, cfg.grad_clip_norm),
-                 log=log, progress=progress, desc="pinclip")
+                 log=log, progress=progress, desc="pinclip", compute=compute)
     return TrainResult(task.model, result.steps, result.final, result.history, result.seconds, result.validation)
 
 
@@ -300,7 +311,7 @@ def train(settings: PinCLIPSettings, inputs: PinCLIPInputs, out_dir: Path | None
     result = train_pinclip(settings.model, settings.train, inputs.dataset, inputs.text, inputs.train_rows,
                            inputs.pairs, out_dir=out_dir, resume=resume, log=log,
                            text_max_length=settings.text_max_length,
-                           validation=inputs.protocol.query_sets[VALIDATION])
+                           validation=inputs.protocol.query_sets[VALIDATION], compute=settings.compute)
     # cutoff_date and train_pins are what the retraining sensor reads back from the champion's run.
     params = {**settings.model.to_dict(), **asdict(settings.train), "text_max_length": settings.text_max_length,
               "train_pins": len(inputs.train_rows), "train_pairs": len(inputs.pairs),
@@ -366,13 +377,18 @@ def _tower_losses(model: PinCLIP, batches: _Batches, step: int, cfg: PinCLIPTrai
                   dataset: PinDataset, text: TextFeatures, proxy_sets: nn.ModuleList | None
                   ) -> dict[str, torch.Tensor | float]:
     """Image-text InfoNCE over the step's pins plus the ramped neighbor alignment of their
-    fused (and, with ``text_neighbor_weight``, text) embeddings, from one forward pass."""
+    fused (and, with ``text_neighbor_weight``, text) embeddings, from one forward pass. This
+    process's share of the pins goes through the towers; the losses see every process's
+    embeddings (``ClipLoss`` and ``gather_features``), and the step's labels are the global batch's."""
     batch, rng = batches.step_batch(step)
     rows = torch.from_numpy(batch.rows)
-    pixels = _maybe_flip(dataset.pixels(rows), rng, cfg.hflip)
+    part = shard(len(rows))
+    device = model.logit_scale.device
+    pixels = to_device(_maybe_flip(dataset.pixels(rows[part]), rng, cfg.hflip, len(rows), part), device)
     image_tokens, image_emb = model.encode_image(pixels)
-    text_hidden, text_mask = text.tokens(rows)
-    text_tokens, text_emb = model.encode_text(text_hidden, text_mask)
+    text_hidden, text_mask = text.tokens(rows)  # cut after the longest caption of the whole batch
+    text_mask = to_device(text_mask[part], device)
+    text_tokens, text_emb = model.encode_text(to_device(text_hidden[part], device), text_mask)
     logit_scale, neighbor_logit_scale = model.logit_scale.exp(), model.neighbor_logit_scale.exp()
     loss = loss_clip = ClipLoss()(image_emb, text_emb, logit_scale)
     losses: dict[str, torch.Tensor | float] = {"loss_clip": loss_clip.detach()}
@@ -380,10 +396,10 @@ def _tower_losses(model: PinCLIP, batches: _Batches, step: int, cfg: PinCLIPTrai
     if batch.pairs is not None:
         # Fusion head 0 carries the neighbor loss to the towers; the others would only cost
         # time, since the fusion phase trains every head afresh (fusion_reinit) or from it.
-        fused = model.fuse(image_tokens, text_tokens, text_mask, image_emb, text_emb, head=0)
+        fused = gather_features(model.fuse(image_tokens, text_tokens, text_mask, image_emb, text_emb, head=0))
         loss_neighbor = neighbor_loss(fused, neighbor_logit_scale, batches, batch, cfg.neighbor_loss, proxies)
         if cfg.text_neighbor_weight:
-            loss_text = proxies(text_emb, batches.pairs.board_membership(batch.rows))
+            loss_text = proxies(gather_features(text_emb), batches.pairs.board_membership(batch.rows))
             loss_neighbor = loss_neighbor + cfg.text_neighbor_weight * loss_text
             losses["loss_text_neighbor"] = loss_text.detach()
         weight = neighbor_weight_at(step, cfg)
@@ -397,18 +413,23 @@ def _fusion_losses(model: PinCLIP, batches: list[_Batches], towers: TowerCache, 
                    cfg: PinCLIPTrainConfig, proxy_sets: nn.ModuleList | None) -> dict[str, torch.Tensor | float]:
     """Every fusion head on its own batch (and proxies): the mean of their losses, so a
     head's gradient does not depend on how many there are. With proxies every head's batch
-    has the same size and all heads run in one batched call (``fuse_per_head``)."""
+    has the same size and all heads run in one batched call (``fuse_per_head``). Each
+    process fuses its share of every head's pins and gathers the rest."""
     scale = model.neighbor_logit_scale.exp()
     if cfg.fusion_loss == "proxies":
         head_batches = [head.board_pin_batch(step) for head in batches]
-        fused = model.fuse_per_head(*towers.stacked_rows([batch.rows for batch in head_batches]))
-        losses = [proxies(fused_head, head.pairs.board_membership(batch.rows))
+        part = shard(len(head_batches[0].rows))
+        inputs = towers.stacked_rows([batch.rows for batch in head_batches])  # [H, B, ...]
+        fused = model.fuse_per_head(*(tensor[:, part] for tensor in inputs))
+        losses = [proxies(gather_features(fused_head), head.pairs.board_membership(batch.rows))
                   for proxies, fused_head, head, batch in zip(proxy_sets, fused, batches, head_batches)]
     else:
         head_batches = [head.step_batch(step)[0] for head in batches]
-        losses = [neighbor_loss(model.fuse(*towers.rows(batch.rows), head=h), scale, head, batch,
-                                 cfg.fusion_loss, None)
-                  for h, (head, batch) in enumerate(zip(batches, head_batches))]
+        losses = []
+        for h, (head, batch) in enumerate(zip(batches, head_batches)):
+            part = shard(len(batch.rows))
+            fused = gather_features(model.fuse(*(tensor[part] for tensor in towers.rows(batch.rows)), head=h))
+            losses.append(neighbor_loss(fused, scale, head, batch, cfg.fusion_loss, None))
     loss = torch.stack(losses).mean()
     return {"loss": loss, "loss_fusion_neighbor": loss.detach(), "pins": sum(len(b.rows) for b in head_batches),
             "neighbor_temperature": 1 / scale.detach()}
@@ -431,13 +452,15 @@ class TowerCache:
     def build(cls, model: PinCLIP, dataset: PinDataset, text: TextFeatures, rows: np.ndarray,
               batch_size: int = 256) -> TowerCache:
         model.eval()
+        device = model.logit_scale.device  # the cache lives where the fusion trains
         parts: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, len(rows), batch_size):
             chunk = torch.from_numpy(rows[start:start + batch_size])
-            image_tokens, image_emb = model.encode_image(dataset.pixels(chunk))
+            image_tokens, image_emb = model.encode_image(to_device(dataset.pixels(chunk), device))
             # Every chunk at the cache's full caption length, so the chunks concatenate.
-            text_tokens, text_emb = model.encode_text(text.hidden[chunk], text.mask[chunk])
-            parts.append((image_tokens, image_emb, text_tokens, text.mask[chunk].bool(), text_emb))
+            mask = to_device(text.mask[chunk].bool(), device)
+            text_tokens, text_emb = model.encode_text(to_device(text.hidden[chunk], device), mask)
+            parts.append((image_tokens, image_emb, text_tokens, mask, text_emb))
         position = np.full(len(dataset), -1, dtype=np.int64)
         position[rows] = np.arange(len(rows))
         return cls(position, *(torch.cat(column) for column in zip(*parts)))
