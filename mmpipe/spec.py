@@ -8,6 +8,7 @@ and shared code reads names and metrics from here instead of spelling them out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,31 @@ class EvalOutcome:
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """A bound the model's own eval row must meet before the gate may promote it, beside
+    beating the champion (say, every codebook level in use). ``metric`` is a key of
+    ``EvalOutcome.metrics[model_method]``; a missing or non-finite value is unmet."""
+
+    metric: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def describe(self) -> str:
+        bounds = [f">= {self.minimum:g}" if self.minimum is not None else "",
+                  f"<= {self.maximum:g}" if self.maximum is not None else ""]
+        return f"{self.metric} {' and '.join(b for b in bounds if b)}"
+
+    def unmet(self, row: Mapping[str, float]) -> str | None:
+        """Why ``row`` (one method's metrics) fails the requirement, or None when it holds."""
+        value = row.get(self.metric)
+        if value is None or not math.isfinite(float(value)):
+            return f"{self.describe()}: not measured"
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            return f"{self.describe()}: is {float(value):.4g}"
+        return None
+
+
+@dataclass(frozen=True)
 class SystemSpec:
     """A system's identity, its judged metric and its entry points (plain functions)."""
 
@@ -74,6 +100,10 @@ class SystemSpec:
     description: str = ""
     # what its DVC stage reads under storage/ (the derived data its inputs come from)
     data_deps: tuple[str, ...] = ("storage/validated", "storage/graph", "storage/features")
+    # bounds the model's eval row must meet before promotion (the gate refuses otherwise)
+    requirements: tuple[Requirement, ...] = ()
+    # the model asset's name when the system's own vocabulary names it (default <name>_model)
+    model_asset_name: str | None = None
     # (paths) -> its warm serving side for `mmpipe serve` (mmpipe.serving.service.Service);
     # None: the system answers nothing online
     service: Callable[[ServingPaths], Service] | None = None
@@ -84,7 +114,7 @@ class SystemSpec:
 
     @property
     def model_asset(self) -> str:
-        return f"{self.name}_model"
+        return self.model_asset_name or f"{self.name}_model"
 
     @property
     def eval_asset(self) -> str:

@@ -16,9 +16,9 @@ from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
 from orchestration.resources import PipelinePaths, ValidationPolicy
 from orchestration.sensors import RetrainingThresholds, record_run_failures
-from orchestration.systems import chan, mac, moment, pinclip
+from orchestration.systems import chan, ctr, mac, moment, pinclip, semantic_id
 
-SYSTEMS = [pinclip, mac, moment, chan]
+SYSTEMS = [pinclip, mac, moment, chan, semantic_id, ctr]
 
 all_assets_job = dg.define_asset_job(
     "all_assets", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),

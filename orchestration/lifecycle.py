@@ -212,9 +212,12 @@ def _eval_asset(spec: SystemSpec, inputs: SystemInputs, variants: list[str]) -> 
         champion = registered_version(spec, CHAMPION, required=False)
         outcome = spec.evaluate(data, settings, challenger, champion,
                                 {variant: spec.model_dir(paths.storage(), variant) for variant in variants})
+        model_row = outcome.metrics.get(spec.model_method, {})
         evidence = GateEvidence(spec.registered_model, spec.primary_metric, spec.higher_is_better,
                                 str(challenger), outcome.challenger_value, champion_version=champion,
-                                champion_value=outcome.champion_value, note=outcome.note)
+                                champion_value=outcome.champion_value, note=outcome.note,
+                                requirements=tuple(r.describe() for r in spec.requirements),
+                                unmet_requirements=unmet_requirements(spec, model_row))
         markdown = f"{outcome.markdown}\n{evidence.markdown()}"
         summary = {**outcome.summary, "promotion": evidence.to_dict(),
                    "gate": {"metric": spec.primary_metric, "model": spec.model_method,
@@ -312,6 +315,11 @@ def baselines_beaten(spec: SystemSpec, metrics: dict[str, dict[str, float]]) -> 
     beaten = all((model > number) if spec.higher_is_better else (model < number) for number in scored.values())
     return beaten, {"model": model, "best_baseline": best, "best_baseline_value": scored[best],
                     "baselines": baselines}
+
+
+def unmet_requirements(spec: SystemSpec, model_row: dict[str, float]) -> tuple[str, ...]:
+    """Each of the SPEC's requirements the model's eval row fails, said with its value."""
+    return tuple(reason for reason in (r.unmet(model_row) for r in spec.requirements) if reason is not None)
 
 
 def _baselines_check(spec: SystemSpec, inputs: SystemInputs) -> dg.AssetChecksDefinition:

@@ -23,6 +23,7 @@ from mmpipe.eval.classification import oracle_auc, roc_auc
 from mmpipe.eval.splits import cold_items, date_windows
 from mmpipe.world.generate import stream_rng
 from mmpipe.world.pins import (
+    AFFINITIES_PER_USER,
     CLICK_NOISE_STD,
     DEFECTS,
     POSITION_BIAS,
@@ -322,6 +323,26 @@ def test_user_affinities_drive_clicks(tiny_world):
     ])
     clicked = interactions["clicked"].to_numpy()
     assert clicked[total > 0.5].mean() > 2 * clicked[total < -0.5].mean()
+
+
+def test_users_share_their_community_taste():
+    """Every user's affinities are her community's profile plus at most AFFINITIES_PER_USER[1]
+    quirks: two members of a community agree on all but a few values, members of different
+    communities on far fewer."""
+    cfg = world_config("small")
+    users = generate_users(cfg, stream_rng(cfg.seed, "users"))
+    assert users.community.shape == (cfg.n_users,)
+    assert set(np.unique(users.community)) == set(range(cfg.taste_communities))
+    nonzero = users.affinity != 0
+    for c in range(cfg.taste_communities):
+        members = nonzero[users.community == c]
+        # the profile: values most members weigh; each member differs from it in <= 2 quirks
+        profile = members.mean(axis=0) > 0.5
+        assert 3 <= profile.sum() <= 6
+        assert ((members ^ profile).sum(axis=1) <= AFFINITIES_PER_USER[1]).all()
+    same = users.community[:, None] == users.community[None, :]
+    agreement = (nonzero[:, None, :] == nonzero[None, :, :]).mean(axis=2)
+    assert agreement[same].mean() > agreement[~same].mean() + 0.1
 
 
 def test_the_feed_shows_cold_pins_few_times_or_never(tiny_world):

@@ -203,3 +203,27 @@ def report_order(metrics: Mapping[str, Mapping], model: str, baselines) -> list[
     if missing:
         raise ValueError(f"no metrics for {missing}; have {sorted(metrics)}")
     return list(dict.fromkeys([model, *baselines, *metrics]))
+
+
+def line_plot_png(series: Mapping[str, Mapping[str, float]], ylabel: str, title: str, xlabel: str = "") -> bytes:
+    """One line per method over shared categorical x values (the keys of each method's
+    mapping, in first-seen order); missing or non-finite points are left out. PNG bytes."""
+    xs = list(dict.fromkeys(x for values in series.values() for x in values))
+    if not xs:
+        raise ValueError("no points to plot")
+    fig = Figure(figsize=(6.0, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for method, values in series.items():
+        points = [(i, float(values[x])) for i, x in enumerate(xs)
+                  if values.get(x) is not None and math.isfinite(float(values[x]))]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

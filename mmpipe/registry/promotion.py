@@ -32,6 +32,7 @@ UNSCORED_CHALLENGER = "unscored_challenger"  # the challenger's metric is not a 
 UNSCORED_CHAMPION = "unscored_champion"  # the champion has no recorded metric: refused
 ALREADY_CHAMPION = "already_champion"  # the version already holds the alias: nothing to do
 ROLLED_BACK = "rolled_back"  # an operator moved the alias back (``mmpipe registry rollback``)
+UNMET_REQUIREMENTS = "unmet_requirements"  # a bound of the system's SPEC.requirements fails: refused
 
 EVAL_TAG_PREFIX = "eval."
 PROMOTION_TAG_PREFIX = "promotion."
@@ -205,6 +206,7 @@ def promote_if_better(
     min_delta: float = 0.0,
     champion_value: float | None = None,
     scored_champion: str | None = None,
+    unmet_requirements: tuple[str, ...] = (),
 ) -> PromotionDecision:
     """Move ``name@champion`` to ``version`` when it scores at least as well; record why.
 
@@ -213,7 +215,9 @@ def promote_if_better(
     eval step re-scored the champion on the same data: then it passes ``champion_value``
     with ``scored_champion`` (the version it scored), which is used only if that version
     still holds the alias. A champion with no recorded number refuses the challenger
-    rather than guess. Every decision is tagged on ``version`` (``promotion.*``), except
+    rather than guess. A challenger with ``unmet_requirements`` (the system's own bounds,
+    each a sentence saying which failed) is refused whatever the numbers say, even as the
+    first version. Every decision is tagged on ``version`` (``promotion.*``), except
     "already champion", which keeps the tags of the decision that made it champion.
     """
     version = str(version)
@@ -222,6 +226,10 @@ def promote_if_better(
         decision = PromotionDecision(
             False, ALREADY_CHAMPION, metric, float(value), float(value), higher_is_better,
             f"version {version} already holds {CHAMPION}: nothing to compare")
+    elif unmet_requirements:
+        decision = PromotionDecision(
+            False, UNMET_REQUIREMENTS, metric, float(value), champion_value, higher_is_better,
+            f"requirements not met ({'; '.join(unmet_requirements)}): refused, champion stays")
     else:
         decision = _compare_with(client, name, current, metric, float(value), higher_is_better,
                                  min_delta, champion_value if _same(scored_champion, current) else None)
@@ -272,6 +280,8 @@ class GateEvidence:
     champion_version: str | None = None
     champion_value: float | None = None
     note: str = ""  # e.g. why the champion was not re-scored
+    requirements: tuple[str, ...] = ()  # the SPEC's requirements, described
+    unmet_requirements: tuple[str, ...] = ()  # those the challenger fails, each with its value
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,7 +290,9 @@ class GateEvidence:
     def from_dict(cls, record: dict) -> GateEvidence:
         # Report JSON writes NaN as null: an unscored challenger reads back as NaN, not None.
         value = record["challenger_value"]
-        return cls(**{**record, "challenger_value": math.nan if value is None else float(value)})
+        return cls(**{**record, "challenger_value": math.nan if value is None else float(value),
+                      "requirements": tuple(record.get("requirements", ())),
+                      "unmet_requirements": tuple(record.get("unmet_requirements", ()))})
 
     def markdown(self) -> str:
         direction = "higher" if self.higher_is_better else "lower"
@@ -298,6 +310,12 @@ class GateEvidence:
                          f"{_show(self.champion_value)} |")
         else:
             lines.append(f"| {self.champion_version} | champion | its recorded `{metric_tag(self.metric)}` |")
+        if self.requirements:
+            unmet = set(self.unmet_requirements)
+            lines += ["", "Requirements (all must hold):", ""]
+            lines += [f"- `{text}`: " + ("**unmet** (" + next(u for u in unmet if u.startswith(text)) + ")"
+                                          if any(u.startswith(text) for u in unmet) else "met")
+                      for text in self.requirements]
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
@@ -310,6 +328,7 @@ def promote_from_evidence(client: MlflowClient, evidence: GateEvidence, min_delt
         client, evidence.registered_model, evidence.challenger_version, evidence.metric,
         evidence.challenger_value, higher_is_better=evidence.higher_is_better, min_delta=min_delta,
         champion_value=evidence.champion_value, scored_champion=evidence.champion_version,
+        unmet_requirements=tuple(evidence.unmet_requirements),
     )
 
 

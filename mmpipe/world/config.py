@@ -18,6 +18,7 @@ class WorldConfig:
     n_boards: int = 200
     n_users: int = 500
     n_impressions: int = 100_000
+    taste_communities: int = 8  # users share tastes within a community (world/pins.py)
     image_size: int = 96
     max_objects_per_pin: int = 3
     off_theme_rate: float = 0.10
