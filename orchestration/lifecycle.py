@@ -256,7 +256,9 @@ def _ablations_report_asset(spec: SystemSpec, inputs: SystemInputs) -> dg.Assets
     sweeps = list(spec.sweeps)
 
     @dg.asset(name=f"ablations_{spec.name}", group_name=ABLATIONS_GROUP, kinds={"markdown"},
-              deps=[spec.model_asset, *map(spec.variant_asset, sweeps), *inputs.deps], code_version="1",
+              # the baselines the main job trains (spec.ablations) too: a system's ladder may start at one
+              deps=[spec.model_asset, *map(spec.variant_asset, [*spec.ablations, *sweeps]), *inputs.deps],
+              code_version="1",
               backfill_policy=SINGLE_RUN,
               description=f"The sweeps of {spec.name} ({', '.join(sweeps)}) against the model they vary, on the "
                           "validation and test windows, each difference with its bootstrap interval.")

@@ -50,7 +50,9 @@ def _materialize_all(raw_root: Path, storage: Path, instance: dg.DagsterInstance
         resources=_resources(raw_root, storage),
         instance=instance,
         run_config={"ops": {"pinclip_model": pinclip, "pinclip_no_neighbor_model": pinclip,
-                            "mac_model": {"config": TINY["mac"]}, "moment_model": {"config": TINY["moment"]}}},
+                            "mac_model": {"config": TINY["mac"]}, "moment_model": {"config": TINY["moment"]},
+                            "semantic_id_codebook": {"config": TINY["semantic_id"]},
+                            "ctr_model": {"config": TINY["ctr"]}, "ctr_id_only_model": {"config": TINY["ctr"]}}},
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
 
