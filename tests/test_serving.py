@@ -12,6 +12,7 @@ rebuilds the pin index under the server, so it runs last.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -308,21 +309,28 @@ def test_media_store_refuses_image_paths_that_leave_the_raw_root(tmp_path):
 # the explorer page in headless Chromium
 
 
-@pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
+@contextlib.contextmanager
+def explorer_page(port: int, shots: Path):
+    """The explorer page of the server on ``port``, loaded in headless Chromium (``tab``);
+    ``shots``: where :func:`screenshot` saves."""
     chromium = require_executable("chromium", install_hint="apt-get install chromium (Debian's package)")
     from playwright.sync_api import sync_playwright
 
-    shots = tmp_path_factory.mktemp("screenshots")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             tab = browser.new_page(viewport={"width": 1100, "height": 900})
-            tab.goto(f"http://{HOST}:{server.port}/")
+            tab.goto(f"http://{HOST}:{port}/")
             tab.wait_for_selector("body[data-ready=true]")
             yield SimpleNamespace(tab=tab, shots=shots)
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    with explorer_page(server.port, tmp_path_factory.mktemp("screenshots")) as opened:
+        yield opened
 
 
 def screenshot(page, panel: str) -> Path:
