@@ -317,16 +317,16 @@ class CTRService:
                          "signup_date": str(row["signup_date"]), "history": history, "clicks": len(clicked)},
                 "date": served.today, "position": 0, "cutoff_date": served.cutoff_date,
                 "candidates": int(len(candidates)),
-                "results": [{"pin_id": scorer.item_ids[i], "title": served.titles[i],
-                             "image": f"/media/pin/{quote(scorer.item_ids[i], safe='')}",
-                             "p_click": round(float(p[j]), 6), "cold": bool(served.cold[i])}
-                            for i, j in ((int(candidates[j]), int(j)) for j in top)]}
+                "results": [{"pin_id": scorer.item_ids[row], "title": served.titles[row],
+                             "image": f"/media/pin/{quote(scorer.item_ids[row], safe='')}",
+                             "p_click": round(float(p_click), 6), "cold": bool(served.cold[row])}
+                            for row, p_click in zip(candidates[top].tolist(), p[top])]}
 
     @staticmethod
     def users(served: CTRServing, k: int) -> dict:
         counts = {user: len(served.clicks.get(user, [])) for user in served.users.index}
         clickers = sorted((user for user in counts if counts[user]), key=lambda user: (-counts[user], user))
         without = sorted(user for user in counts if not counts[user])
-        chosen = clickers[:max(1, k - 1)] + without[:1]
+        chosen = clickers[:max(1, k - 1)] + without[:1]  # a new user's ranking is worth seeing too
         chosen += [user for user in clickers + without if user not in chosen][:max(0, k - len(chosen))]
         return {"users": [{"user_id": user, "clicks": counts[user]} for user in chosen[:k]]}
