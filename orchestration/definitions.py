@@ -16,11 +16,9 @@ from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
 from orchestration.resources import PipelinePaths, ValidationPolicy
 from orchestration.sensors import RetrainingThresholds, record_run_failures
-from orchestration.systems import chan, mac, moment, pinclip, semantic_id
+from orchestration.systems import chan, ctr, mac, moment, pinclip, semantic_id
 
-# CTR (orchestration/systems/ctr.py) joins when it beats its baselines on the small world:
-# its blocking beats_baselines check would otherwise stop `make run` (issue 16's notes).
-SYSTEMS = [pinclip, mac, moment, chan, semantic_id]
+SYSTEMS = [pinclip, mac, moment, chan, semantic_id, ctr]
 
 all_assets_job = dg.define_asset_job(
     "all_assets", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ABLATIONS_GROUP),

@@ -5,13 +5,13 @@ registry CLI, ``mmpipe serve``); systems never import each other.
 """
 
 from mmpipe.systems.chan import SPEC as CHAN
+from mmpipe.systems.ctr import SPEC as CTR
 from mmpipe.systems.mac import SPEC as MAC
 from mmpipe.systems.moment import SPEC as MOMENT
 from mmpipe.systems.pinclip import SPEC as PINCLIP
 from mmpipe.systems.semantic_id import SPEC as SEMANTIC_ID
 
-# CTR's SPEC (mmpipe.systems.ctr) joins with its assets (orchestration/definitions.py).
-SPECS = (PINCLIP, MAC, MOMENT, CHAN, SEMANTIC_ID)
+SPECS = (PINCLIP, MAC, MOMENT, CHAN, SEMANTIC_ID, CTR)
 
 
 def spec_named(name: str):
