@@ -12,6 +12,7 @@ rebuilds the pin index under the server, so it runs last.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -40,7 +41,7 @@ from mmpipe.serving.service import MAX_COUNT, MAX_TEXT_CHARS, ServingPaths, Unkn
 from tests.conftest import PROJECT_ROOT
 from tests.servers import HOST, free_port, log_tail, require_executable, start, stop, wait_until_up
 
-SYSTEMS = {"pinclip", "mac", "moment", "chan"}
+SYSTEMS = {"pinclip", "mac", "moment", "chan", "ctr"}
 POLL_S = 0.5
 
 
@@ -104,6 +105,13 @@ def champion(server, name: str) -> str:
     return str(server.registry.get_model_version_by_alias(name, "champion").version)
 
 
+def serving_version(server, name: str) -> str:
+    """The version a service serves: the champion, else the challenger (the tiny run's
+    smoke-trained CTR model need not pass its gate)."""
+    aliases = server.registry.get_registered_model(name).aliases
+    return str(aliases.get("champion", aliases.get("challenger")))
+
+
 # ---------------------------------------------------------------------------------------
 # answers
 
@@ -113,12 +121,13 @@ def test_every_system_is_served_by_its_registered_version(server):
     assert status == 200 and health["ready"] is True
     assert set(health["services"]) == SYSTEMS
     for name, entry in health["services"].items():
-        assert entry["version"] == champion(server, name) and entry["error"] is None, name
+        assert entry["version"] == serving_version(server, name) and entry["error"] is None, name
     # the index-backed services serve the version their index was built by
     assert read_state(server.storage / "index" / "pins")["model_version"] == health["services"]["pinclip"]["version"]
     _, described = get(server, "/api/services")
     kinds = {op["kind"] for entry in described["services"].values() for op in entry["operations"]}
-    assert kinds == {"text_to_pins", "pin_to_pins", "text_to_videos", "moments", "summary"}
+    assert kinds == {"text_to_pins", "pin_to_pins", "text_to_videos", "moments", "summary", "user_to_pins",
+                     "example_users"}
 
 
 def test_text_to_pins_matches_the_in_process_search_and_names_its_version(server):
@@ -179,6 +188,18 @@ def test_summary_keeps_the_shots_of_the_models_budget(server, samples):
         assert len(kept) == budget.max_shots(len(shots))
     # the budget keeps the best-scored shots
     assert min(shot["score"] for shot in kept) >= max([s["score"] for s in shots if not s["selected"]], default=0)
+
+
+def test_user_to_pins_ranks_the_item_table_by_the_pipelines_ctr_version(server):
+    """The pipeline's CTR version through `mmpipe serve` (the ranking's details, against the
+    pyfunc and the tables, are tests/test_ctr_service.py's)."""
+    _, offered = get(server, "/api/ctr/users", {"k": 3})
+    user = offered["users"][0]["user_id"]
+    status, answer = get(server, "/api/ctr/rank", {"user": user, "k": 6})
+    assert status == 200 and answer["model"]["version"] == serving_version(server, "ctr")
+    p = [pin["p_click"] for pin in answer["results"]]
+    assert len(p) == 6 and p == sorted(p, reverse=True) and all(0 < value < 1 for value in p)
+    assert not {pin["pin_id"] for pin in answer["results"]} & set(answer["user"]["history"])
 
 
 def test_concurrent_requests_get_the_answers_of_sequential_ones(server):
@@ -258,6 +279,8 @@ def test_the_text_tower_encodes_from_many_threads_at_once():
     ("/api/moment/moments", {"video": "v0001", "q": "x" * 10_000}, 422, "10000 characters long"),
     ("/api/chan/summary", {"video": "v9999", "q": "red"}, 404, "unknown video 'v9999'"),
     ("/api/chan/summary", {"video": "v0001"}, 422, "missing parameter 'q'"),
+    ("/api/ctr/rank", {"user": "u_nobody"}, 404, "unknown user 'u_nobody'"),
+    ("/api/ctr/rank", {"user": "u0001", "k": "0"}, 422, "k must be between 1"),
     ("/api/nothing/here", {}, 404, "Not Found"),
     ("/media/pin/p999999", {}, 404, "unknown pin 'p999999'"),
     ("/media/pin/..%2F..%2Fetc%2Fpasswd", {}, 404, ""),
@@ -266,7 +289,7 @@ def test_the_text_tower_encodes_from_many_threads_at_once():
     ("/media/frame/v0001", {"t": "nan"}, 422, "t must be a time in seconds"),
 ], ids=["empty", "blank", "10k-chars", "control-char", "k-zero", "k-negative", "k-huge", "k-not-a-number",
         "missing", "unexpected", "unknown-pin", "overlong-id", "video-search-empty", "unknown-video-moments",
-        "moment-10k-chars", "unknown-video-summary", "summary-missing-query", "unknown-route", "unknown-pin-image",
+        "moment-10k-chars", "unknown-video-summary", "summary-missing-query", "unknown-user", "rank-k-zero", "unknown-route", "unknown-pin-image",
         "pin-image-traversal", "unknown-video-frame", "negative-time", "nan-time"])
 def test_bad_request_gets_a_4xx_with_a_clear_message(server, path, params, status, message):
     got, body = get(server, path, params)
@@ -308,21 +331,28 @@ def test_media_store_refuses_image_paths_that_leave_the_raw_root(tmp_path):
 # the explorer page in headless Chromium
 
 
-@pytest.fixture(scope="module")
-def page(server, tmp_path_factory):
+@contextlib.contextmanager
+def explorer_page(port: int, shots: Path):
+    """The explorer page of the server on ``port``, loaded in headless Chromium (``tab``);
+    ``shots``: where :func:`screenshot` saves."""
     chromium = require_executable("chromium", install_hint="apt-get install chromium (Debian's package)")
     from playwright.sync_api import sync_playwright
 
-    shots = tmp_path_factory.mktemp("screenshots")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True)
         try:
             tab = browser.new_page(viewport={"width": 1100, "height": 900})
-            tab.goto(f"http://{HOST}:{server.port}/")
+            tab.goto(f"http://{HOST}:{port}/")
             tab.wait_for_selector("body[data-ready=true]")
             yield SimpleNamespace(tab=tab, shots=shots)
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    with explorer_page(server.port, tmp_path_factory.mktemp("screenshots")) as opened:
+        yield opened
 
 
 def screenshot(page, panel: str) -> Path:

@@ -1,6 +1,7 @@
 // The explorer page: plain JS over the serving API, no build step.
-// Each panel asks for an operation *kind* (text_to_pins, pin_to_pins, text_to_videos,
-// moments, summary); /api/services says which service answers it, so the page names no system.
+// Each panel asks for an operation *kind* (text_to_pins, pin_to_pins, user_to_pins,
+// text_to_videos, moments, summary); /api/services says which service answers it, so the
+// page names no system.
 "use strict";
 
 const routes = {};  // kind -> "/api/<service>/<operation>"
@@ -66,6 +67,51 @@ function similar(pinId) {
     drawPins($("similar-results"), answer.results);
   });
   $("similar-panel").scrollIntoView({behavior: "smooth", block: "nearest"});
+}
+
+// A ranked pin: thumbnail, click probability at the top slot, a badge when the pin is cold
+// (no impression or save before the model's training cut-off).
+function rankedCard(pin) {
+  const card = document.createElement("div");
+  card.className = pin.cold ? "pin cold" : "pin";
+  card.dataset.pinId = pin.pin_id;
+  card.innerHTML = `<img src="${esc(pin.image || pinImage(pin.pin_id))}" alt="${esc(pin.pin_id)}" loading="eager">
+    ${pin.cold ? '<span class="badge" data-testid="cold-badge" title="no impression or save before the training cut-off">cold</span>' : ""}
+    <div class="score">p_click ${pin.p_click.toFixed(4)}</div>
+    <div class="caption">${esc(pin.pin_id)} · ${esc(pin.title)}</div>`;
+  if (routes.pin_to_pins) card.addEventListener("click", () => similar(pin.pin_id));
+  return card;
+}
+
+function drawFeed(answer) {
+  const user = answer.user;
+  const history = user.history.map((pinId) => `<img src="${pinImage(pinId)}" alt="${esc(pinId)}" title="${esc(pinId)}">`);
+  const cold = answer.results.filter((pin) => pin.cold).length;
+  byTestId("feed-user-info").innerHTML = `<div><b>${esc(user.user_id)}</b> · ${esc(user.country || "no country")}
+    · signed up ${esc(user.signup_date)} · ${user.clicks} clicks (left out) · ranked for ${esc(answer.date)} at the top slot
+    among ${answer.candidates} pins; ${cold} of ${answer.results.length} shown are cold (cut-off ${esc(answer.cutoff_date)})</div>
+    <div class="track-label">recent clicks, newest last${history.length ? "" : ": none"}</div>
+    <div class="history" data-testid="feed-history">${history.join("")}</div>`;
+  $("feed-results").replaceChildren(...answer.results.map(rankedCard));
+}
+
+// A few user ids of the loaded data as buttons that rank for that user.
+async function offerUsers() {
+  if (!routes.example_users) return;
+  try {
+    const {users} = await ask("example_users", {k: 8});
+    const target = byTestId("feed-examples");
+    target.innerHTML = "try: " + users.map((u) =>
+      `<button type="button" data-user="${esc(u.user_id)}">${esc(u.user_id)} (${u.clicks} clicks)</button>`).join(" ");
+    for (const button of target.querySelectorAll("button")) {
+      button.addEventListener("click", () => {
+        $("feed-user").value = button.dataset.user;
+        $("feed-form").requestSubmit();
+      });
+    }
+  } catch (err) {
+    byTestId("feed-error").textContent = err.message;
+  }
 }
 
 // A strip of keyframes at the given times, the one nearest `best` outlined.
@@ -162,9 +208,11 @@ async function start() {
   }
   for (const panel of document.querySelectorAll(".panel")) panel.hidden = !routes[panel.dataset.kind];
   bind("pins-form", "pins", "text_to_pins", ["q", "k"], (answer) => drawPins($("pins-results"), answer.results));
+  bind("feed-form", "feed", "user_to_pins", ["user", "k"], drawFeed);
   bind("videos-form", "videos", "text_to_videos", ["q", "k"], drawVideos);
   bind("moments-form", "moments", "moments", ["video", "q", "k"], drawMoments);
   bind("summary-form", "summary", "summary", ["video", "q"], drawSummary);
+  await offerUsers();
   document.body.dataset.ready = "true";
 }
 

@@ -23,6 +23,7 @@ SPEC = SystemSpec(
     baselines=ctr_eval.BASELINES,
     train=train.train,
     register=serve.register,
+    service=serve.CTRService,
     evaluate=ctr_eval.evaluate,
     ablations=ctr_eval.ABLATIONS,
     sweeps=ctr_eval.SWEEPS,
