@@ -68,11 +68,20 @@ def executor(mode: str | None = None) -> dg.ExecutorDefinition:
     return dg.in_process_executor
 
 
+# Steps a multiprocess run may start at once when that differs from the cores' divisor: a chain
+# of torch steps keeps every core (MMPIPE_CONCURRENCY=1) while its light checks, whose time is
+# mostly the step process's start, overlap with it (orchestration/parallel_runs.py).
+MAX_STEPS_ENV = "MMPIPE_MAX_STEPS"
+
+
 def multiprocess_config() -> dict:
-    """The multiprocess executor's config: ``concurrency()`` steps at once, each forked from a
-    server that has imported this code location once (``forkserver``), instead of a fresh
-    interpreter importing torch, Dagster and GX for every step (10 s a step on 2 cores)."""
-    return {"max_concurrent": concurrency(), "start_method": {"forkserver": {}}}
+    """The multiprocess executor's config: ``MMPIPE_MAX_STEPS`` (default ``concurrency()``) steps
+    at once, each forked from a server that has imported this code location once
+    (``forkserver``), instead of a fresh interpreter importing torch, Dagster and GX per step."""
+    steps = int(os.environ.get(MAX_STEPS_ENV) or concurrency())
+    # Named: Dagster preloads a run's module only for a job loaded from one, not `-m` Definitions.
+    return {"max_concurrent": max(1, steps),
+            "start_method": {"forkserver": {"preload_modules": ["orchestration.definitions"]}}}
 
 
 def concurrency() -> int:

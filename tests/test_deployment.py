@@ -85,7 +85,8 @@ def test_the_multiprocess_mode_runs_steps_in_processes_that_share_the_cores(tmp_
     monkeypatch.setenv("MMPIPE_CONCURRENCY", "2")
     multiprocess = executor()
     assert multiprocess.name == "multiprocess" and concurrency() == 2
-    assert multiprocess_config() == {"max_concurrent": 2, "start_method": {"forkserver": {}}}
+    assert multiprocess_config() == {"max_concurrent": 2, "start_method": {
+        "forkserver": {"preload_modules": ["orchestration.definitions"]}}}  # imported once per run, not per step
     threads = torch.get_num_threads()
     try:
         monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)

@@ -210,3 +210,21 @@ def test_summarise_means_and_metric_keys():
     assert metric_key("recall", "test", 10) == "R@10/test"
     with pytest.raises(KeyError):
         metric_key("mrr", "test", 10)
+
+
+def test_ideal_dcg_of_whole_and_fractional_grades_equals_a_sort_per_query():
+    """The per-grade count path (whole grades, e.g. shared boards) and the sort path agree
+    with the obvious reference: each query's grades sorted, the top k discounted."""
+    from mmpipe.eval.ranking import _ideal_dcg
+
+    rng = np.random.default_rng(3)
+    dense = rng.integers(0, 4, size=(25, 40)) * (rng.random((25, 40)) < 0.3)
+    dense[0] = 0  # a query without relevant items: ideal DCG 0
+    for grades in (dense.astype(np.float64), dense * 0.5):
+        matrix = sp.csr_matrix(grades)
+        for k in (1, 3, 10, 40):
+            expected = [sum(g / math.log2(i + 2) for i, g in enumerate(sorted(row[row > 0], reverse=True)[:k]))
+                        for row in grades]
+            binary = [sum(1 / math.log2(i + 2) for i in range(min(k, int((row > 0).sum())))) for row in grades]
+            np.testing.assert_allclose(_ideal_dcg(matrix, k, binary=False), expected, rtol=1e-12)
+            np.testing.assert_allclose(_ideal_dcg(matrix, k, binary=True), binary, rtol=1e-12)

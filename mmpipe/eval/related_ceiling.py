@@ -296,13 +296,25 @@ def board_membership(board_saves: pd.DataFrame, pin_ids: Sequence[str], board_id
     return membership
 
 
-def board_mate_relevance(membership: sp.csr_matrix, query_rows: np.ndarray) -> sp.csr_matrix:
+def board_mate_relevance(membership: sp.csr_matrix, query_rows: np.ndarray, chunk_size: int = 2048) -> sp.csr_matrix:
     """[Q, n_pins] number of boards each pin shares with each query pin (itself excluded):
-    the graded relevance of related pins; grade > 0 is a board-mate."""
+    the graded relevance of related pins; grade > 0 is a board-mate.
+
+    Built ``chunk_size`` queries at a time: with a few huge boards a query has thousands of
+    board-mates (100M entries for 20k queries at 100k pins), and the product's intermediate
+    copies of all queries at once held several times that."""
     query_rows = np.asarray(query_rows, dtype=np.int64)
-    shared = (membership[query_rows] @ membership.T).tocoo()
-    not_self = shared.col != query_rows[shared.row]
-    return sp.csr_matrix((shared.data[not_self], (shared.row[not_self], shared.col[not_self])), shape=shared.shape)
+    membership = sp.csr_matrix(membership)
+    parts = []
+    for start in range(0, len(query_rows), chunk_size):
+        rows = query_rows[start:start + chunk_size]
+        shared = (membership[rows] @ membership.T).tocoo()
+        not_self = shared.col != rows[shared.row]
+        parts.append(sp.csr_matrix((shared.data[not_self], (shared.row[not_self], shared.col[not_self])),
+                                   shape=shared.shape))
+    if not parts:
+        return sp.csr_matrix((0, membership.shape[0]))
+    return sp.csr_matrix(sp.vstack(parts, format="csr"))
 
 
 def _board_indicator(query_boards: sp.csr_matrix | Sequence[Sequence[int]], n_boards: int) -> sp.csr_matrix:
