@@ -73,8 +73,8 @@ def _top_k_of_block(scores: np.ndarray, k: int, excluded: tuple[np.ndarray, np.n
     # Every entry >= the k-th best was returned unless the m-th value still reaches it.
     complete = values[:, m - 1] < kth_best if m < n else np.ones(n_rows, dtype=bool)
     keep = (values >= kth_best[:, None]) & (indices != own_column[:, None]) & complete[:, None]
-    row_of, column_of = np.nonzero(keep)
-    row_of, column_of = row_of, indices[row_of, column_of]
+    row_of, position = np.nonzero(keep)
+    column_of = indices[row_of, position]
     tied = np.flatnonzero(~complete)
     if len(tied):
         candidates = scores[tied] >= kth_best[tied, None]
@@ -102,8 +102,8 @@ def top_k_from_scores(
     scorer (an inner product, a ceiling's probabilities) shares this selection code.
     ``exclude[q]`` is a corpus row never returned for query q (usually the query itself),
     -1 for none. Scores must not be NaN: NaN has no place in an order. Selection holds a
-    few arrays of the block's size, about 40 bytes per score: lower ``chunk_size`` for
-    corpora of 100k rows and more.
+    boolean array of the block's size beside the scores (a row whose ties at the k-th score
+    run past the k + 2 best is compared in full): lower ``chunk_size`` for very large corpora.
     """
     exclude = _check_chunking(n_queries, chunk_size, exclude)
     # An excluded row leaves one fewer candidate; asking for more would have to return it.
