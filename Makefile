@@ -16,7 +16,7 @@ export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: lock setup run world version materialize ablations day test bench ui worker clean
+.PHONY: lock setup run world version materialize ablations day pin-side medium-pin-side test bench ui worker clean
 
 setup: $(VENV)/.installed
 
@@ -75,6 +75,17 @@ day: setup $(DAGSTER_HOME)/dagster.yaml
 	days=$$($(BIN)/python -m orchestration.ingest sync) && \
 	$(BIN)/dagster asset materialize -m orchestration.definitions --partition $${days#*...} \
 	  --select "$$($(BIN)/python -m orchestration.ingest assets)"
+
+# The pin side (validation, graph, PinCLIP, eval, gate, embeddings, index) as phases of runs, each
+# day-partitioned phase as PARALLEL concurrent runs over disjoint days (orchestration/parallel_runs.py);
+# step times, wall time and peak memory go to storage/reports/pin_side_runs.json.
+PARALLEL ?= 2
+pin-side: setup $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m orchestration.parallel_runs pin-side --parallel $(PARALLEL) --report storage/reports/pin_side_runs.json
+
+# The medium world's (100k pins; `make world SCALE=medium` first) with the multiprocess executor.
+medium-pin-side:
+	$(MAKE) pin-side SCALE=medium MODE=multiprocess
 
 test: setup
 	$(BIN)/python -m pytest -q

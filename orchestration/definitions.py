@@ -11,7 +11,7 @@ from orchestration.assets.raw import raw_assets
 from orchestration.assets.validated import validated_assets
 from orchestration.assets.video_features import video_feature_assets
 from orchestration.checks import validation_checks
-from orchestration.deployment import executor
+from orchestration.deployment import executor, share_cores
 from orchestration.lifecycle import ABLATIONS_GROUP
 from orchestration.ingest import daily_ingest_schedule, ingest_day_job, new_day_sensor
 from orchestration.resources import PipelinePaths, ValidationPolicy
@@ -28,6 +28,8 @@ all_assets_job = dg.define_asset_job(
 assets = [*raw_assets, *validated_assets, validated_frames, *video_feature_assets, graph_neighbor_pairs,
           *overview_assets, *(asset for system in SYSTEMS for asset in system.assets)]
 asset_checks = [*validation_checks, *(check for system in SYSTEMS for check in system.asset_checks)]
+
+share_cores()  # multiprocess mode: each step process takes its share of the cores
 
 defs = dg.Definitions(
     assets=assets,

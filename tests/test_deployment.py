@@ -67,6 +67,36 @@ def test_the_default_mode_is_the_embedded_instance_and_needs_no_server(tmp_path,
         assert (home / "history" / "runs.db").exists()  # SQLite, in DAGSTER_HOME
 
 
+def test_the_multiprocess_mode_runs_steps_in_processes_that_share_the_cores(tmp_path, monkeypatch):
+    """SQLite as embedded, the training slot taken per step (steps of one run overlap), and the
+    executor's concurrency is what every step process divides the cores by."""
+    import torch
+
+    from orchestration.deployment import concurrency, multiprocess_config, share_cores
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(instance_config("multiprocess"), home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.event_log_storage.supports_global_concurrency_limits
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "op"
+    monkeypatch.setenv("MMPIPE_MODE", "multiprocess")
+    monkeypatch.setenv("MMPIPE_CONCURRENCY", "2")
+    multiprocess = executor()
+    assert multiprocess.name == "multiprocess" and concurrency() == 2
+    assert multiprocess_config() == {"max_concurrent": 2, "start_method": {
+        "forkserver": {"preload_modules": ["orchestration.definitions"]}}}  # imported once per run, not per step
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+        assert share_cores() == 4 == torch.get_num_threads()  # 8 cores, 2 steps at once
+        monkeypatch.setenv("MMPIPE_MODE", "embedded")
+        assert share_cores() == 4  # other modes leave torch as it is
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_mode_variable_picks_the_executor(monkeypatch):
     monkeypatch.setenv("MMPIPE_MODE", "celery")
     monkeypatch.setenv("MMPIPE_CELERY_BROKER", "redis://127.0.0.1:1/0")

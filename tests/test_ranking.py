@@ -13,6 +13,7 @@ from mmpipe.eval.ranking import (
     ranking_metrics_per_query,
     summarise,
     top_k,
+    top_k_from_group_scores,
     top_k_from_scores,
 )
 
@@ -67,6 +68,42 @@ def test_top_k_from_scores_calls_each_chunk_once_and_matches_top_k():
     ranked = top_k_from_scores(block, 10, 5, chunk_size=4)
     assert calls == [(0, 4), (4, 8), (8, 10)]
     np.testing.assert_array_equal(ranked, top_k(queries, corpus, 5))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+def test_grouped_top_k_equals_the_full_scores_path_with_ties_and_exclusion(chunk_size):
+    """Rows scoring through their group (the ceiling's pins alike) rank exactly as the full
+    [queries, corpus] scores do: ties to the lower row, the query's own row excluded, groups
+    smaller than k, empty groups, a query whose own group is the best, -inf scores."""
+    rng = np.random.default_rng(2)
+    n_rows, n_groups = 80, 12
+    group_of_row = rng.integers(0, n_groups, size=n_rows)
+    group_of_row[group_of_row == 5] = 6  # group 5 has no rows: it must never be returned
+    group_scores = rng.integers(0, 4, size=(30, n_groups)).astype(np.float64)  # few values: many ties
+    group_scores[3, :] = 1.0  # one query with every group tied
+    group_scores[4, 2] = -np.inf
+    exclude = rng.integers(-1, n_rows, size=30)
+    exclude[7] = int(np.flatnonzero(group_of_row == group_of_row[0])[0])
+    group_scores[7, group_of_row[exclude[7]]] = 10.0  # the excluded row's group is the best
+    full = group_scores[:, group_of_row]
+    calls = []
+
+    def block(start: int, stop: int) -> np.ndarray:
+        calls.append((start, stop))
+        return group_scores[start:stop]
+
+    for k in (1, 3, 10, n_rows - 1):
+        got = top_k_from_group_scores(block, group_of_row, 30, k, exclude=exclude, chunk_size=chunk_size)
+        np.testing.assert_array_equal(got, top_k_from_scores(lambda start, stop: full[start:stop], 30, k,
+                                                             exclude=exclude, chunk_size=chunk_size))
+        np.testing.assert_array_equal(got, naive_top_k(full, k, exclude))
+    assert calls[: -(-30 // chunk_size)] == [(s, min(s + chunk_size, 30)) for s in range(0, 30, chunk_size)]
+    np.testing.assert_array_equal(top_k_from_group_scores(block, group_of_row, 30, n_rows),
+                                  naive_top_k(full, n_rows, None))
+    with pytest.raises(ValueError, match="rankable"):
+        top_k_from_group_scores(block, group_of_row, 30, n_rows, exclude=exclude)
+    with pytest.raises(ValueError, match="NaN"):
+        top_k_from_group_scores(lambda start, stop: np.full((stop - start, n_groups), np.nan), group_of_row, 2, 1)
 
 
 def test_top_k_refuses_what_it_cannot_rank():
@@ -173,3 +210,21 @@ def test_summarise_means_and_metric_keys():
     assert metric_key("recall", "test", 10) == "R@10/test"
     with pytest.raises(KeyError):
         metric_key("mrr", "test", 10)
+
+
+def test_ideal_dcg_of_whole_and_fractional_grades_equals_a_sort_per_query():
+    """The per-grade count path (whole grades, e.g. shared boards) and the sort path agree
+    with the obvious reference: each query's grades sorted, the top k discounted."""
+    from mmpipe.eval.ranking import _ideal_dcg
+
+    rng = np.random.default_rng(3)
+    dense = rng.integers(0, 4, size=(25, 40)) * (rng.random((25, 40)) < 0.3)
+    dense[0] = 0  # a query without relevant items: ideal DCG 0
+    for grades in (dense.astype(np.float64), dense * 0.5):
+        matrix = sp.csr_matrix(grades)
+        for k in (1, 3, 10, 40):
+            expected = [sum(g / math.log2(i + 2) for i, g in enumerate(sorted(row[row > 0], reverse=True)[:k]))
+                        for row in grades]
+            binary = [sum(1 / math.log2(i + 2) for i in range(min(k, int((row > 0).sum())))) for row in grades]
+            np.testing.assert_allclose(_ideal_dcg(matrix, k, binary=False), expected, rtol=1e-12)
+            np.testing.assert_allclose(_ideal_dcg(matrix, k, binary=True), binary, rtol=1e-12)

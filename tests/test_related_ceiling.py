@@ -182,7 +182,12 @@ def test_ceiling_beats_random_and_attribute_equality_on_the_tiny_world(tiny_worl
     def metrics(ranked: np.ndarray) -> dict[str, float]:
         return summarise(ranking_metrics_per_query(ranked, relevance, k))
 
-    ceiling = metrics(related_pins_ceiling(queries, membership[queries], probs, k))
+    ranked = related_pins_ceiling(queries, membership[queries], probs, k)
+    # The grouped path (scores per row of the truth's table) is the full-scores path exactly.
+    full = ceiling_scores(membership[queries], probs)
+    np.testing.assert_array_equal(ranked, top_k_from_scores(lambda start, stop: full[start:stop], len(queries), k,
+                                                            exclude=queries))
+    ceiling = metrics(ranked)
     rng = np.random.default_rng(0)
     random = [metrics(top_k_from_scores(lambda start, stop: rng.random((stop - start, n_pins)), len(queries), k,
                                         exclude=queries)) for _ in range(10)]

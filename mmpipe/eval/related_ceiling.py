@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from scipy.stats import poisson
 
 from mmpipe import layout
-from mmpipe.eval.ranking import DEFAULT_CHUNK_SIZE, top_k_from_scores
+from mmpipe.eval.ranking import DEFAULT_CHUNK_SIZE, top_k_from_group_scores
 from mmpipe.world.advance import (
     board_themes_matrix,
     committed,
@@ -296,13 +296,25 @@ def board_membership(board_saves: pd.DataFrame, pin_ids: Sequence[str], board_id
     return membership
 
 
-def board_mate_relevance(membership: sp.csr_matrix, query_rows: np.ndarray) -> sp.csr_matrix:
+def board_mate_relevance(membership: sp.csr_matrix, query_rows: np.ndarray, chunk_size: int = 2048) -> sp.csr_matrix:
     """[Q, n_pins] number of boards each pin shares with each query pin (itself excluded):
-    the graded relevance of related pins; grade > 0 is a board-mate."""
+    the graded relevance of related pins; grade > 0 is a board-mate.
+
+    Built ``chunk_size`` queries at a time: with a few huge boards a query has thousands of
+    board-mates (100M entries for 20k queries at 100k pins), and the product's intermediate
+    copies of all queries at once held several times that."""
     query_rows = np.asarray(query_rows, dtype=np.int64)
-    shared = (membership[query_rows] @ membership.T).tocoo()
-    not_self = shared.col != query_rows[shared.row]
-    return sp.csr_matrix((shared.data[not_self], (shared.row[not_self], shared.col[not_self])), shape=shared.shape)
+    membership = sp.csr_matrix(membership)
+    parts = []
+    for start in range(0, len(query_rows), chunk_size):
+        rows = query_rows[start:start + chunk_size]
+        shared = (membership[rows] @ membership.T).tocoo()
+        not_self = shared.col != rows[shared.row]
+        parts.append(sp.csr_matrix((shared.data[not_self], (shared.row[not_self], shared.col[not_self])),
+                                   shape=shared.shape))
+    if not parts:
+        return sp.csr_matrix((0, membership.shape[0]))
+    return sp.csr_matrix(sp.vstack(parts, format="csr"))
 
 
 def _board_indicator(query_boards: sp.csr_matrix | Sequence[Sequence[int]], n_boards: int) -> sp.csr_matrix:
@@ -320,8 +332,9 @@ def _board_indicator(query_boards: sp.csr_matrix | Sequence[Sequence[int]], n_bo
     return indicator
 
 
-def ceiling_scores(query_boards: sp.csr_matrix | Sequence[Sequence[int]], probs: SaveProbabilities) -> np.ndarray:
-    """[Q, n_pins] P(candidate is saved to at least one of the query's boards).
+def ceiling_row_scores(query_boards: sp.csr_matrix | Sequence[Sequence[int]], probs: SaveProbabilities) -> np.ndarray:
+    """[Q, n_rows of ``probs.table``] P(a pin of that row is saved to at least one of the
+    query's boards): ``ceiling_scores`` before it is spread to the pins sharing a row.
 
     score = 1 - prod over the query's boards b of (1 - P(candidate saved to b)), treating
     a candidate's boards as independent (the draw without replacement makes them slightly
@@ -333,7 +346,13 @@ def ceiling_scores(query_boards: sp.csr_matrix | Sequence[Sequence[int]], probs:
     with np.errstate(divide="ignore"):
         log_missed = np.log1p(-probs.table)  # [n_rows, n_boards]
     missed_all = np.asarray(indicator @ log_missed.T)  # [Q, n_rows]
-    return -np.expm1(missed_all)[:, probs.row_of_pin]
+    return -np.expm1(missed_all)
+
+
+def ceiling_scores(query_boards: sp.csr_matrix | Sequence[Sequence[int]], probs: SaveProbabilities) -> np.ndarray:
+    """[Q, n_pins] P(candidate is saved to at least one of the query's boards)
+    (``ceiling_row_scores`` of each pin's row); for small worlds and tests."""
+    return ceiling_row_scores(query_boards, probs)[:, probs.row_of_pin]
 
 
 def related_pins_ceiling(
@@ -343,10 +362,13 @@ def related_pins_ceiling(
     k: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> np.ndarray:
-    """[Q, k] pin rows ranked by ``ceiling_scores``, the query pin itself excluded."""
+    """[Q, k] pin rows ranked by ``ceiling_scores``, the query pin itself excluded.
+
+    Pins sharing a row of ``probs.table`` score alike, so the ranking works on those rows
+    (a few thousand at 100k pins) and never forms the [Q, n_pins] scores."""
     query_rows = np.asarray(query_rows, dtype=np.int64)
     indicator = _board_indicator(query_boards, len(probs.board_ids))
     if indicator.shape[0] != len(query_rows):
         raise ValueError(f"{len(query_rows)} query rows but {indicator.shape[0]} queries' boards")
-    return top_k_from_scores(lambda start, stop: ceiling_scores(indicator[start:stop], probs),
-                             len(query_rows), k, exclude=query_rows, chunk_size=chunk_size)
+    return top_k_from_group_scores(lambda start, stop: ceiling_row_scores(indicator[start:stop], probs),
+                                   probs.row_of_pin, len(query_rows), k, exclude=query_rows, chunk_size=chunk_size)

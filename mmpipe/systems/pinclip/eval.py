@@ -35,8 +35,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from mmpipe.eval.ranking import metric_key, ranking_metrics_per_query, summarise, top_k, top_k_from_scores
-from mmpipe.eval.related_ceiling import SaveProbabilities, ceiling_scores, load_save_probabilities
+from mmpipe.eval.ranking import metric_key, ranking_metrics_per_query, summarise, top_k, top_k_from_group_scores
+from mmpipe.eval.related_ceiling import SaveProbabilities, ceiling_row_scores, load_save_probabilities
 from mmpipe.eval.report import bar_plot_png, metrics_table_markdown, windows_sentence
 from mmpipe.eval.retrieval import paired_bootstrap_gain, relative_gain, retrieval_metrics
 from mmpipe.layout import truth_path
@@ -147,7 +147,7 @@ def rank_embeddings(embeddings: EmbeddingSet, protocol: RelatedPinsProtocol, k: 
                     subsets: Sequence[str] = SUBSETS) -> dict[str, np.ndarray]:
     """Each subset's queries' top ``k`` corpus rows by cosine, the query itself excluded."""
     protocol.check(embeddings)
-    return {subset: protocol.query_sets[subset].ranked(embeddings.pin, k) for subset in subsets}
+    return protocol.ranked(embeddings.pin, k, subsets)
 
 
 def ceiling_ranked(protocol: RelatedPinsProtocol, probs: SaveProbabilities, k: int = K,
@@ -165,8 +165,9 @@ def ceiling_ranked(protocol: RelatedPinsProtocol, probs: SaveProbabilities, k: i
     for subset in subsets:
         rows = protocol.query_sets[subset].rows
         boards = protocol.membership[rows] @ to_truth
-        ranked[subset] = top_k_from_scores(lambda start, stop: ceiling_scores(boards[start:stop], probs)[:, columns],
-                                           len(rows), k, exclude=rows)
+        # scored per row of the truth's table (pins alike share one), never per corpus pin
+        ranked[subset] = top_k_from_group_scores(lambda start, stop: ceiling_row_scores(boards[start:stop], probs),
+                                                 probs.row_of_pin[columns], len(rows), k, exclude=rows)
     return ranked
 
 
