@@ -64,6 +64,9 @@ def served(materialized, tiny_world, tmp_path_factory):
                            data=inputs.settings, embedding="fused",
                            train=CTRTrainConfig(steps=200, batch_size=128, warmup_steps=10, validate_every=50))
     torch.set_num_threads(1)
+    # register() points MLflow's process-wide URIs at this store; later modules' tests load
+    # `models:/` URIs of the session's pipeline run through them, so they are put back after.
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         env.setenv("MMPIPE_MLFLOW_ARTIFACTS", str(root / "mlruns"))
@@ -90,6 +93,8 @@ def served(materialized, tiny_world, tmp_path_factory):
         finally:
             server.should_exit = True
             thread.join(timeout=30)
+            mlflow.set_tracking_uri(before[0])
+            mlflow.set_registry_uri(before[1])
 
 
 def clicks_of(served, user: str) -> list[str]:

@@ -111,7 +111,10 @@ def test_postgres_mode_tracks_mlflow_in_postgres(postgres_run, postgres):
         {spec.registered_model for spec in SPECS}
     aliases = set(postgres.query("mlflow", "SELECT name, alias FROM registered_model_aliases"))
     for spec in SPECS:  # a fresh registry: every first version is the challenger and, promoted, the champion
-        assert {(spec.registered_model, "challenger"), (spec.registered_model, "champion")} <= aliases
+        assert (spec.registered_model, "challenger") in aliases
+        # a system with promotion requirements may be refused on the tiny world (CTR's overall AUC
+        # against its ID-only baseline after a few dozen steps): its challenger stays the only alias
+        assert (spec.registered_model, "champion") in aliases or spec.requirements, spec.name
     run_id = instance.get_latest_materialization_event(
         dg.AssetKey("pinclip_model")).asset_materialization.metadata["mlflow_run_id"].value
     [(status, artifacts)] = postgres.query("mlflow", "SELECT status, artifact_uri FROM runs WHERE run_uuid = %s",
