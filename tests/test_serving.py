@@ -192,7 +192,7 @@ def test_summary_keeps_the_shots_of_the_models_budget(server, samples):
 
 def test_user_to_pins_ranks_the_item_table_by_the_pipelines_ctr_version(server):
     """The pipeline's CTR version through `mmpipe serve` (the ranking's details, against the
-    pyfunc and the tables, are tests/test_ctr_service.py's)."""
+    pyfunc and the tables, are tests/test_serving_ctr.py's)."""
     _, offered = get(server, "/api/ctr/users", {"k": 3})
     user = offered["users"][0]["user_id"]
     status, answer = get(server, "/api/ctr/rank", {"user": user, "k": 6})
