@@ -11,8 +11,10 @@
 
 ``ingest_day`` materializes, for one day: the raw tables a day appends to (observed again:
 new content hash), that day's partitions of validated pins, interactions and videos, its
-frames, frame and shot features and pin embeddings, the video text features, the dimension tables that reference them (board_pins, the
-videos' annotations), the caption cache, and the FAISS index (which adds only the new day).
+frames, frame and shot features, pin embeddings and, from them, the pins' behavior embeddings and
+semantic IDs (by the promoted semantic-ID codebook: a new pin gets its IDs the day it arrives),
+the video text features, the dimension tables that reference them (board_pins, the videos'
+annotations), the caption cache, and the FAISS index (which adds only the new day).
 Nothing else: no training, eval or promotion.
 """
 
@@ -35,11 +37,13 @@ _DAILY_TABLES = ("pins", "board_pins", "interactions", "videos", "moment_queries
 INGEST_ASSETS = (
     *map(names.raw, _DAILY_TABLES), *map(names.validated, _DAILY_TABLES),
     names.VALIDATED_FRAMES, names.FRAME_FEATURES, names.SHOT_FEATURES, names.QUERY_TEXT_FEATURES,
-    names.PIN_TEXT_FEATURES, names.PIN_EMBEDDINGS, names.FAISS_PIN_INDEX,
+    names.PIN_TEXT_FEATURES, names.PIN_EMBEDDINGS, names.BEHAVIOR_ITEM_EMBEDDINGS, names.PIN_SEMANTIC_IDS,
+    names.FAISS_PIN_INDEX,
 )
 # The assets partitioned by day among them: a day's run writes exactly these partitions.
 INGEST_DAY_PARTITIONED = (*map(names.validated, ("pins", "interactions", "videos")), names.VALIDATED_FRAMES,
-                          names.FRAME_FEATURES, names.SHOT_FEATURES, names.PIN_EMBEDDINGS)
+                          names.FRAME_FEATURES, names.SHOT_FEATURES, names.PIN_EMBEDDINGS,
+                          names.BEHAVIOR_ITEM_EMBEDDINGS, names.PIN_SEMANTIC_IDS)
 
 ingest_day_job = dg.define_asset_job(
     "ingest_day",

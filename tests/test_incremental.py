@@ -95,6 +95,30 @@ def test_index_grows_by_the_new_days_valid_pins_without_a_rebuild(incremental):
     assert meta["sync"].value == "add" and meta["days_added"].value == NEW_DAY
 
 
+def test_the_new_days_pins_get_semantic_ids_from_the_champion_codebook(incremental):
+    """A new pin gets its behavior embedding and semantic ID the day it arrives, from the same
+    codebook version as the earlier days'; its ID is flagged collided exactly when an earlier
+    pin or another new pin holds it (on the tiny world's 16-ID codebook, all of them)."""
+    from mmpipe.systems.semantic_id.serve import CODEBOOK_VERSION, COLLIDED
+
+    storage = incremental["storage"]
+    new_pins = read_days(storage / "validated" / "pins", [NEW_DAY])
+    behavior = pd.read_parquet(storage / "embeddings" / "behavior" / f"created_at={NEW_DAY}.parquet")
+    assert sorted(behavior["pin_id"]) == sorted(new_pins["pin_id"])
+    ids_dir = storage / "semantic_ids" / "pins"
+    new = pd.read_parquet(ids_dir / f"created_at={NEW_DAY}.parquet")
+    earlier = pd.concat([pd.read_parquet(path) for path in sorted(ids_dir.glob("created_at=*.parquet"))
+                         if NEW_DAY not in path.name])
+    assert sorted(new["pin_id"]) == sorted(new_pins["pin_id"])
+    assert set(new[CODEBOOK_VERSION]) == set(earlier[CODEBOOK_VERSION])
+    levels = [column for column in new.columns if column.startswith("level_")]
+    assert levels
+    taken = set(map(tuple, earlier[levels].to_numpy()))
+    ids = pd.Series(list(map(tuple, new[levels].to_numpy())))
+    shared = ids.isin(taken) | ids.duplicated(keep=False)
+    assert new[COLLIDED].tolist() == shared.tolist()
+
+
 def test_the_new_partition_conserves_rows(incremental):
     raw_root, storage = incremental["raw_root"], incremental["storage"]
     for table in ("pins", "interactions", "videos"):
