@@ -260,11 +260,13 @@ def _ablations_report_asset(spec: SystemSpec, inputs: SystemInputs) -> dg.Assets
               deps=[spec.model_asset, *map(spec.variant_asset, [*spec.ablations, *sweeps]), *inputs.deps],
               code_version="1",
               backfill_policy=SINGLE_RUN,
-              description=f"The sweeps of {spec.name} ({', '.join(sweeps)}) against the model they vary, on the "
+              description=f"The sweeps of {spec.name} ({', '.join(sweeps)}) and its main-job baselines "
+                          f"({', '.join(spec.ablations) or 'none'}) against the model they vary, on the "
                           "validation and test windows, each difference with its bootstrap interval.")
     def ablations_report(paths: PipelinePaths) -> dg.MaterializeResult:
         settings = trained_settings(spec, paths)
-        dirs = {variant: spec.model_dir(paths.storage(), variant) for variant in sweeps}
+        # the main job's baselines (spec.ablations) beside the sweeps: the ladder a report reads may start at one
+        dirs = {variant: spec.model_dir(paths.storage(), variant) for variant in [*spec.ablations, *sweeps]}
         try:
             data = inputs.load(paths, settings)
         except NothingToTrain as error:

@@ -124,3 +124,12 @@ def test_prefix_tables_key_a_level_by_the_codes_above_it():
     assert rows[:, 1].tolist() == [1, 2, 4, 6, 1, 5]  # c1 * K + c2: items 0 and 2 share c2 = 1, not the prefix
     vectors = model.items(torch.arange(6))
     assert torch.equal(vectors[0], vectors[4]) and not torch.equal(vectors[0, 8:], vectors[2, 8:])
+
+
+def test_the_ablations_ladder_needs_the_id_only_baseline(tmp_path):
+    """The lifecycle passes the main job's baselines beside the sweeps; a ladder without its
+    first step is refused by name, not read from a guessed directory."""
+    from mmpipe.systems.ctr.eval import evaluate_sweeps
+
+    with pytest.raises(ValueError, match="starts at 'id_only'.*'multimodal'"):
+        evaluate_sweeps(None, CTRSettings(), tmp_path / "model", {"multimodal": tmp_path / "multimodal"})

@@ -230,11 +230,12 @@ def evaluate(inputs: CTRInputs, settings: CTRSettings, challenger_version: str, 
 
 def evaluate_sweeps(inputs: CTRInputs, settings: CTRSettings, model_dir: Path, sweep_dirs: Mapping[str, Path]
                     ) -> EvalOutcome:
-    """The full ladder from the ablations job's checkpoints. The ladder's first step, the
-    ID-only DIN, is a baseline the main job trains beside the model (SystemSpec.model_dir
-    names its checkpoint ``<model dir>_id_only``), so the sweeps are read against it too."""
-    id_only_dir = Path(model_dir).with_name(f"{Path(model_dir).name}_{ID_ONLY}")
-    models = {MODEL_NAME: load_trained(Path(model_dir)), ID_ONLY: load_trained(id_only_dir),
+    """The full ladder from the ablations job's checkpoints: ``sweep_dirs`` holds the sweeps
+    and the baselines the main job trains beside the model, the ladder's first step (the
+    ID-only DIN) among them."""
+    if ID_ONLY not in sweep_dirs:
+        raise ValueError(f"the CTR ladder starts at {ID_ONLY!r}, which sweep_dirs lacks (it has {sorted(sweep_dirs)})")
+    models = {MODEL_NAME: load_trained(Path(model_dir)),
               **{name: load_trained(Path(directory)) for name, directory in sweep_dirs.items()}}
     metrics, comparisons, exposure = score(models, inputs)
     markdown, plots, summary = report(metrics, comparisons, exposure, inputs)
