@@ -144,12 +144,22 @@ def test_rqvae_learns_to_reconstruct_better_than_random_codes():
 
 
 def test_requirement_refuses_a_dead_level():
-    requirement, = REQUIREMENTS
+    requirement, _ = REQUIREMENTS
     dead_level = {requirement.metric: 0.25}
     assert requirement.unmet(dead_level) is not None and "0.25" in requirement.unmet(dead_level)
     assert requirement.unmet({requirement.metric: 0.95}) is None
     assert requirement.unmet({}) is not None  # not measured is not met
     assert Requirement("x", maximum=1.0).unmet({"x": 2.0})
+
+
+def test_requirement_holds_the_codebook_to_rq_kmeans_within_the_margin():
+    """Non-inferiority, not a strict win: a tie with residual k-means (which reconstructs as
+    well on the small world) passes, a clear loss does not."""
+    _, against_kmeans = REQUIREMENTS
+    assert against_kmeans.metric == "recon_cosine_over_rq_kmeans/validation"
+    assert against_kmeans.unmet({against_kmeans.metric: -0.0001}) is None
+    assert against_kmeans.unmet({against_kmeans.metric: 0.002}) is None
+    assert "-0.005" in against_kmeans.unmet({against_kmeans.metric: -0.005})
 
 
 class FakeClient:
@@ -170,7 +180,7 @@ class FakeClient:
 
 def test_gate_refuses_a_codebook_with_a_dead_level_even_as_the_first_version():
     client = FakeClient()
-    requirement, = REQUIREMENTS
+    requirement, _ = REQUIREMENTS
     unmet = (requirement.unmet({requirement.metric: 0.25}),)
     decision = promote_if_better(client, "semantic_id", "1", "recon_cosine/validation", 0.99,
                                  unmet_requirements=unmet)

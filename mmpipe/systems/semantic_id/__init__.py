@@ -20,7 +20,7 @@ SPEC = SystemSpec(
     primary_metric=semantic_id_eval.PRIMARY_METRIC,
     higher_is_better=semantic_id_eval.HIGHER_IS_BETTER,
     model_method=semantic_id_eval.MODEL_NAME,
-    baselines=semantic_id_eval.BASELINES,
+    baselines=semantic_id_eval.GATE_BASELINES,
     train=train.train,
     register=serve.register,
     evaluate=semantic_id_eval.evaluate,
@@ -30,6 +30,7 @@ SPEC = SystemSpec(
     model_asset_name="semantic_id_codebook",
     description="The behavior-aware item encoder and the RQ-VAE semantic-ID codebook over it, trained on "
                 "PinCLIP's stored fused pin embeddings and train-window co-engagement, registered in MLflow as "
-                "`semantic_id`; promoted only when every level uses >= 90% of its codes on the validation window.",
+                "`semantic_id`; promoted only when every level uses >= 90% of its codes on the validation window "
+                "and its reconstruction is within 0.001 cosine of residual k-means's.",
     data_deps=("storage/validated", "storage/embeddings/pins"),
 )
