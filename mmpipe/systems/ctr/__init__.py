@@ -20,7 +20,7 @@ SPEC = SystemSpec(
     primary_metric=ctr_eval.PRIMARY_METRIC,
     higher_is_better=ctr_eval.HIGHER_IS_BETTER,
     model_method=ctr_eval.MODEL_NAME,
-    baselines=ctr_eval.BASELINES,
+    baselines=ctr_eval.GATE_BASELINES,
     train=train.train,
     register=serve.register,
     service=serve.CTRService,
@@ -31,7 +31,8 @@ SPEC = SystemSpec(
     requirements=ctr_eval.REQUIREMENTS,
     description="DIN over click histories with hashed item IDs, per-level semantic-ID tables and the multimodal "
                 "embedding plus zero-initialised residual codebooks, trained on the train window's impressions, "
-                "registered in MLflow as `ctr`; gated on the validation window's cold-item AUC, its overall AUC "
-                "not below the ID-only DIN's.",
+                "registered in MLflow as `ctr`; gated on the validation window's cold-item AUC (above popularity, within "
+                f"{ctr_eval.COLD_NON_INFERIORITY_MARGIN:g} of the ID-only DIN's), its overall AUC not below the "
+                "ID-only DIN's.",
     data_deps=("storage/validated", "storage/embeddings", "storage/semantic_ids"),
 )
