@@ -74,6 +74,11 @@ class Requirement:
         return None
 
 
+def describe_requirements(requirements) -> str:
+    """``requirements`` for a report's prose: each in backticks, joined by "and"."""
+    return " and ".join(f"`{r.describe()}`" for r in requirements)
+
+
 @dataclass(frozen=True)
 class SystemSpec:
     """A system's identity, its judged metric and its entry points (plain functions)."""

@@ -33,7 +33,7 @@ from mmpipe.eval.classification import (group_auc, log_loss, paired_bootstrap_au
                                         paired_bootstrap_group_auc_difference, paired_bootstrap_log_loss_difference,
                                         roc_auc)
 from mmpipe.eval.report import line_plot_png, methods_legend, metrics_table_markdown, report_order, signed_points
-from mmpipe.spec import EvalOutcome, Requirement
+from mmpipe.spec import EvalOutcome, Requirement, describe_requirements
 from mmpipe.systems.ctr.data import EXPOSURE_BUCKETS, TEST, TRAIN, VALIDATION, CTRInputs, exposure_bucket
 from mmpipe.systems.ctr.train import CTRSettings, load_trained, predict
 
@@ -272,7 +272,7 @@ def report(metrics: dict, comparisons: dict, exposure: dict, inputs: CTRInputs) 
     lines = [f"# CTR evaluation: {MODEL_NAME}", "",
              f"Impressions by date: train before **{w.train_end}** ({counts[TRAIN]['all']}), validation to "
              f"{w.test_start} ({counts[VALIDATION]['all']}, {counts[VALIDATION]['cold']} of cold items; the gate reads "
-             f"`{PRIMARY_METRIC}` and requires {' and '.join(f'`{r.describe()}`' for r in REQUIREMENTS)}), test from **{w.test_start}** "
+             f"`{PRIMARY_METRIC}` and requires {describe_requirements(REQUIREMENTS)}), test from **{w.test_start}** "
              f"({counts[TEST]['all']}, {counts[TEST]['cold']} of cold items). Items: {inputs.items.embedding_kind} "
              f"embeddings, semantic IDs of codebook version {inputs.items.codebook_version}.", ""]
     for window in (TEST, VALIDATION):

@@ -35,7 +35,7 @@ import torch
 
 from mmpipe.eval.report import bar_plot_png, methods_legend, metrics_table_markdown, report_order, signed_points
 from mmpipe.eval.retrieval import paired_comparison
-from mmpipe.spec import EvalOutcome, Requirement
+from mmpipe.spec import EvalOutcome, Requirement, describe_requirements
 from mmpipe.systems.semantic_id.data import HELD_OUT, TEST, TRAIN, VALIDATION, SemanticIDInputs
 from mmpipe.systems.semantic_id.model import kmeans, resolve_collisions
 from mmpipe.systems.semantic_id.serve import SemanticIDCoder, load_version_coder
@@ -241,7 +241,7 @@ def report(metrics: dict, comparisons: dict, inputs: SemanticIDInputs, coder: Se
              f"**{w.train_end}** ({len(inputs.rows(TRAIN))} pins, {len(inputs.pairs[TRAIN])} co-engagement pairs), "
              f"validation to {w.test_start} ({len(inputs.rows(VALIDATION))} pins, "
              f"{len(inputs.pairs[VALIDATION])} held-out pairs; the gate reads `{PRIMARY_METRIC}` and requires "
-             f"{' and '.join(f'`{r.describe()}`' for r in REQUIREMENTS)}), test from **{w.test_start}** ({len(inputs.rows(TEST))} pins, "
+             f"{describe_requirements(REQUIREMENTS)}), test from **{w.test_start}** ({len(inputs.rows(TEST))} pins, "
              f"{len(inputs.pairs[TEST])} held-out pairs). Input: PinCLIP version {inputs.pinclip_version}.", ""]
     for window in (TEST, VALIDATION):
         codebook_columns = [metric_key(m, window) for m in ("recon_cosine", "recon_mse", "min_level_utilisation",
