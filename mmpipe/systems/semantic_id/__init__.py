@@ -31,6 +31,7 @@ SPEC = SystemSpec(
     description="The behavior-aware item encoder and the RQ-VAE semantic-ID codebook over it, trained on "
                 "PinCLIP's stored fused pin embeddings and train-window co-engagement, registered in MLflow as "
                 "`semantic_id`; promoted only when every level uses >= 90% of its codes on the validation window "
-                "and its reconstruction is within 0.001 cosine of residual k-means's.",
+                f"and its reconstruction is within {semantic_id_eval.NON_INFERIORITY_MARGIN:g} cosine of residual "
+                "k-means's.",
     data_deps=("storage/validated", "storage/embeddings/pins"),
 )
