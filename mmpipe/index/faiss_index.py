@@ -20,7 +20,7 @@ Which index (the faiss guidelines, see ``choose_factory``):
   (built in 24 s) against IVF4000,Flat's 32x at the same nprobe; at 100k x 256 about 30x.
   Small indexes pay its fixed per-query cost (the graph walk, the re-rank): at 30k x 64
   plain IVF was 13x and this 3x, so the crossover lies between 30k and 100k vectors; the
-  default run's indexes (5,000 pins, 600 videos) are exact either way.
+  default run's indexes (5,000 pins, 900 videos) are exact either way.
 * ``hnsw`` stays available by name. ``quantize_below`` sits between the sizes measured
   (plain IVF ahead at 30k and 100k, ``ivf_sq8`` at 1M), at about their geometric mean.
 
