@@ -9,7 +9,7 @@ and shared code reads names and metrics from here instead of spelling them out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,7 +74,7 @@ class Requirement:
         return None
 
 
-def describe_requirements(requirements) -> str:
+def describe_requirements(requirements: Iterable[Requirement]) -> str:
     """``requirements`` for a report's prose: each in backticks, joined by "and"."""
     return " and ".join(f"`{r.describe()}`" for r in requirements)
 
